@@ -1,0 +1,140 @@
+"""One settings object per process, built from the environment (and an optional TOML file).
+
+The environment is passed in, never read at import time, so tests build their own settings and
+Flink functions can be pickled with the settings they were given (no module-level singleton).
+
+Precedence: explicit environment variable > TOML file (``FLEET_CONFIG_FILE``) > default.
+Every field is read from ``FLEET_<FIELD_NAME_UPPER>``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Mapping
+
+ENV_PREFIX = "FLEET_"
+
+
+def _project_root() -> Path:
+    return Path(__file__).resolve().parent.parent
+
+
+@dataclass(frozen=True)
+class Settings:
+    # Where the local stack keeps data, logs, pids, jars and the development PKI.
+    var_dir: Path = field(default_factory=lambda: _project_root() / "var")
+    # Deployment environment: "local" allows development defaults; anything else refuses them.
+    environment: str = "local"
+    log_level: str = "INFO"
+
+    # Kafka
+    kafka_bootstrap: str = "127.0.0.1:9092"
+    kafka_controller_port: int = 9093
+    topic_prefix: str = "fleet."
+    topic_partitions: int = 4
+    kafka_heap: str = "768m"
+
+    # Cassandra
+    cassandra_hosts: str = "127.0.0.1"
+    cassandra_port: int = 9042
+    cassandra_storage_port: int = 7000
+    cassandra_keyspace: str = "fleet"
+    cassandra_replication_factor: int = 1
+    cassandra_heap: str = "1G"
+
+    # MQTT broker: devices connect on the device port, platform services on the service port.
+    mqtt_host: str = "127.0.0.1"
+    mqtt_device_port: int = 8883
+    mqtt_service_port: int = 8884
+    mqtt_max_inflight: int = 1000
+    mqtt_max_queued: int = 100000
+
+    # Flink
+    flink_rest_port: int = 8081
+    flink_parallelism: int = 2
+
+    # Bridge
+    bridge_client_id: str = "fleet-bridge"
+    bridge_share_group: str = "bridge"
+    bridge_metrics_port: int = 9108
+    max_payload_bytes: int = 16384
+    kafka_linger_ms: int = 5
+    kafka_batch_size: int = 65536
+
+    # API
+    api_host: str = "127.0.0.1"
+    api_port: int = 8000
+
+    # Parquet lake
+    lake_dir: Path | None = None
+
+    @property
+    def pki_dir(self) -> Path:
+        return self.var_dir / "pki"
+
+    @property
+    def log_dir(self) -> Path:
+        return self.var_dir / "log"
+
+    @property
+    def run_dir(self) -> Path:
+        return self.var_dir / "run"
+
+    @property
+    def data_dir(self) -> Path:
+        return self.var_dir / "data"
+
+    @property
+    def jar_dir(self) -> Path:
+        return self.var_dir / "jars"
+
+    @property
+    def lake_path(self) -> Path:
+        return self.lake_dir if self.lake_dir is not None else self.var_dir / "lake"
+
+    @property
+    def cassandra_contact_points(self) -> list[str]:
+        return [h.strip() for h in self.cassandra_hosts.split(",") if h.strip()]
+
+    def topic(self, name: str) -> str:
+        """Full Kafka topic name for a logical topic (see fleet.topics.KafkaTopics)."""
+        return f"{self.topic_prefix}{name}"
+
+    def replace(self, **changes: Any) -> "Settings":
+        return dataclasses.replace(self, **changes)
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
+        env = os.environ if env is None else env
+        values: dict[str, Any] = {}
+        config_file = env.get(ENV_PREFIX + "CONFIG_FILE")
+        if config_file:
+            with open(config_file, "rb") as fh:
+                values.update(tomllib.load(fh))
+        for f in fields(cls):
+            raw = env.get(ENV_PREFIX + f.name.upper())
+            if raw is not None:
+                values[f.name] = raw
+        known = {f.name: f for f in fields(cls)}
+        unknown = set(values) - set(known)
+        if unknown:
+            raise ValueError(f"unknown settings: {', '.join(sorted(unknown))}")
+        return cls(**{name: _coerce(known[name], value) for name, value in values.items()})
+
+
+def _coerce(f: dataclasses.Field, value: Any) -> Any:
+    kind = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
+    if value is None:
+        return None
+    if kind.startswith("int"):
+        try:
+            return int(value)
+        except ValueError:
+            raise ValueError(f"setting {f.name} must be an integer, got {value!r}") from None
+    if kind.startswith("Path"):
+        return Path(value).expanduser().resolve() if value != "" else None
+    return str(value)

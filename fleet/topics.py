@@ -1,0 +1,121 @@
+"""The topic contracts: MQTT topics devices speak, Kafka topics the pipeline speaks.
+
+Pure functions and constants only; documented for device authors in docs/device-contract.md.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from enum import Enum
+
+# A device id is also the certificate CN and an MQTT topic level, so it must not contain
+# MQTT wildcards, separators or anything a shell or CQL would need quoting for.
+DEVICE_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
+
+
+def is_valid_device_id(device_id: str) -> bool:
+    return bool(DEVICE_ID_PATTERN.match(device_id))
+
+
+class Kafka:
+    """Logical Kafka topic names; the full name is ``settings.topic(name)`` (adds the prefix)."""
+
+    TELEMETRY = "telemetry"
+    SHADOW_REPORTED = "shadow-reported"
+    SHADOW_DESIRED = "shadow-desired"
+    COMMANDS = "commands"
+    COMMAND_RESULTS = "command-results"
+    OTA_DEPLOYMENTS = "ota-deployments"
+    OTA_STATUS = "ota-status"
+    OTA_NOTIFY = "ota-notify"
+    DEVICE_EVENTS = "device-events"
+    RULES = "rules"
+    ALERTS = "alerts"
+    DEAD_LETTER = "dead-letter"
+
+    ALL = (
+        TELEMETRY, SHADOW_REPORTED, SHADOW_DESIRED, COMMANDS, COMMAND_RESULTS, OTA_DEPLOYMENTS,
+        OTA_STATUS, OTA_NOTIFY, DEVICE_EVENTS, RULES, ALERTS, DEAD_LETTER,
+    )
+    # Topics holding the latest value per key rather than a history.
+    COMPACTED = (RULES,)
+
+
+class Uplink(str, Enum):
+    """Device-to-platform MQTT message kinds, by topic suffix under devices/{id}/."""
+
+    TELEMETRY = "telemetry"
+    SHADOW_UPDATE = "shadow/update"
+    SHADOW_GET = "shadow/get"
+    COMMAND_RESULT = "commands/+/result"
+    OTA_STATUS = "ota/status"
+    STATUS = "status"
+
+    @property
+    def kafka_topic(self) -> str:
+        return _UPLINK_TO_KAFKA[self]
+
+    @property
+    def schema_name(self) -> str:
+        return self.name.lower().replace("_", "-")
+
+    @property
+    def mqtt_filter(self) -> str:
+        return f"devices/+/{self.value}"
+
+
+_UPLINK_TO_KAFKA = {
+    Uplink.TELEMETRY: Kafka.TELEMETRY,
+    Uplink.SHADOW_UPDATE: Kafka.SHADOW_REPORTED,
+    Uplink.SHADOW_GET: Kafka.SHADOW_REPORTED,
+    Uplink.COMMAND_RESULT: Kafka.COMMAND_RESULTS,
+    Uplink.OTA_STATUS: Kafka.OTA_STATUS,
+    Uplink.STATUS: Kafka.DEVICE_EVENTS,
+}
+
+
+@dataclass(frozen=True)
+class ParsedTopic:
+    device_id: str
+    kind: Uplink
+    # The command id for commands/{command_id}/result, else None.
+    command_id: str | None = None
+
+
+class TopicError(ValueError):
+    """A topic the platform does not accept; ``reason`` is a stable machine-readable code."""
+
+    def __init__(self, reason: str, message: str):
+        super().__init__(message)
+        self.reason = reason
+
+
+def parse_uplink_topic(topic: str) -> ParsedTopic:
+    """Map an MQTT topic published by a device to its device id and message kind.
+
+    >>> parse_uplink_topic("devices/d-1/telemetry")
+    ParsedTopic(device_id='d-1', kind=<Uplink.TELEMETRY: 'telemetry'>, command_id=None)
+    """
+    parts = topic.split("/")
+    if len(parts) < 3 or parts[0] != "devices":
+        raise TopicError("unknown_topic", f"topic {topic!r} is not under devices/{{device_id}}/")
+    device_id = parts[1]
+    if not is_valid_device_id(device_id):
+        raise TopicError("invalid_device_id", f"device id {device_id!r} in topic {topic!r} is not well-formed")
+    rest = parts[2:]
+    if len(rest) == 3 and rest[0] == "commands" and rest[2] == "result":
+        command_id = rest[1]
+        if not command_id:
+            raise TopicError("unknown_topic", f"topic {topic!r} has an empty command id")
+        return ParsedTopic(device_id, Uplink.COMMAND_RESULT, command_id)
+    suffix = "/".join(rest)
+    for kind in Uplink:
+        if kind is not Uplink.COMMAND_RESULT and kind.value == suffix:
+            return ParsedTopic(device_id, kind)
+    raise TopicError("unknown_topic", f"topic {topic!r} is not an uplink topic of the device contract")
+
+
+def device_topic(device_id: str, suffix: str) -> str:
+    """devices/{device_id}/{suffix}, for both directions."""
+    return f"devices/{device_id}/{suffix}"
