@@ -1,0 +1,22 @@
+"""The operator API: a thin FastAPI shell over the registry, stores and Kafka intents."""
+
+from __future__ import annotations
+
+from fastapi import FastAPI
+
+from api.routes import health
+from fleet.logs import configure_logging
+from fleet.settings import Settings
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings.from_env()
+    configure_logging("api", settings.log_level)
+    app = FastAPI(
+        title="Fleet Platform API",
+        version="0.1.0",
+        description="Register devices, read shadows and telemetry, send commands, roll out firmware.",
+    )
+    app.state.settings = settings
+    app.include_router(health.router)
+    return app

@@ -1,0 +1,133 @@
+"""The platform's own long-running processes (bridge, API) as stack components."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import urllib.request
+from pathlib import Path
+
+from fleet.settings import Settings
+from fleet.stack.process import ManagedProcess, ensure_port_free, port_open
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+
+
+def _http_ok(url: str, timeout: float = 2.0) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as resp:
+            return resp.status == 200
+    except (OSError, ValueError):
+        return False
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    """Environment that recreates ``settings`` in a child process (FLEET_* variables)."""
+    env = dict(os.environ)
+    env["FLEET_VAR_DIR"] = str(settings.var_dir)
+    env["FLEET_KAFKA_BOOTSTRAP"] = settings.kafka_bootstrap
+    env["FLEET_TOPIC_PREFIX"] = settings.topic_prefix
+    env["FLEET_CASSANDRA_HOSTS"] = settings.cassandra_hosts
+    env["FLEET_CASSANDRA_PORT"] = str(settings.cassandra_port)
+    env["FLEET_CASSANDRA_KEYSPACE"] = settings.cassandra_keyspace
+    env["FLEET_MQTT_HOST"] = settings.mqtt_host
+    env["FLEET_MQTT_DEVICE_PORT"] = str(settings.mqtt_device_port)
+    env["FLEET_MQTT_SERVICE_PORT"] = str(settings.mqtt_service_port)
+    env["FLEET_BRIDGE_METRICS_PORT"] = str(settings.bridge_metrics_port)
+    env["FLEET_API_PORT"] = str(settings.api_port)
+    env["FLEET_LAKE_DIR"] = str(settings.lake_path)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(PROJECT_ROOT), env.get("PYTHONPATH")]))
+    return env
+
+
+class BridgeComponent:
+    """One MQTT->Kafka bridge process (more can join the same shared subscription)."""
+
+    name = "bridge"
+    start_timeout = 30.0
+
+    def __init__(self, settings: Settings, instance: int = 0):
+        self.settings = settings.replace(bridge_metrics_port=settings.bridge_metrics_port + instance) \
+            if instance else settings
+        suffix = f"-{instance}" if instance else ""
+        self.name = f"bridge{suffix}"
+        self.process = ManagedProcess(
+            name=self.name, argv=[sys.executable, "-m", "bridge"],
+            log_file=settings.log_dir / f"{self.name}.log", pid_file=settings.run_dir / f"{self.name}.pid",
+            env=settings_env(self.settings), cwd=PROJECT_ROOT,
+        )
+
+    def prepare(self) -> None:
+        pass
+
+    def start(self) -> None:
+        if not self.process.is_running():
+            ensure_port_free("127.0.0.1", self.settings.bridge_metrics_port, self.name)
+            self.process.start()
+
+    def healthy(self) -> bool:
+        return _http_ok(f"http://127.0.0.1:{self.settings.bridge_metrics_port}/health")
+
+    def post_start(self) -> None:
+        pass
+
+    def stop(self) -> None:
+        self.process.stop(timeout=30)
+
+    def is_running(self) -> bool:
+        return self.process.is_running()
+
+    def endpoints(self) -> dict[str, str]:
+        port = self.settings.bridge_metrics_port
+        return {"health": f"http://127.0.0.1:{port}/health", "metrics": f"http://127.0.0.1:{port}/metrics"}
+
+    def log_files(self) -> list[Path]:
+        return [self.process.log_file]
+
+
+class ApiComponent:
+    name = "api"
+    start_timeout = 30.0
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.process = ManagedProcess(
+            name=self.name,
+            argv=[sys.executable, "-m", "uvicorn", "api.main:create_app", "--factory",
+                  "--host", settings.api_host, "--port", str(settings.api_port), "--no-access-log"],
+            log_file=settings.log_dir / "api.log", pid_file=settings.run_dir / "api.pid",
+            env=settings_env(settings), cwd=PROJECT_ROOT,
+        )
+
+    def prepare(self) -> None:
+        pass
+
+    def start(self) -> None:
+        if not self.process.is_running():
+            ensure_port_free(self.settings.api_host, self.settings.api_port, "the API")
+            self.process.start()
+
+    def healthy(self) -> bool:
+        return port_open(self.settings.api_host, self.settings.api_port) and \
+            _http_ok(f"http://{self.settings.api_host}:{self.settings.api_port}/health")
+
+    def post_start(self) -> None:
+        pass
+
+    def stop(self) -> None:
+        self.process.stop(timeout=15)
+
+    def is_running(self) -> bool:
+        return self.process.is_running()
+
+    def endpoints(self) -> dict[str, str]:
+        base = f"http://{self.settings.api_host}:{self.settings.api_port}"
+        return {"api": base, "openapi": f"{base}/docs", "metrics": f"{base}/metrics"}
+
+    def log_files(self) -> list[Path]:
+        return [self.process.log_file]
+
+
+def describe(obj) -> str:
+    return json.dumps(obj, indent=2, default=str)
