@@ -1,0 +1,39 @@
+"""Shared fixtures. Integration tests share ONE running stack for the whole session.
+
+The ``stack`` fixture reuses a healthy stack if one is up (e.g. from ``fleet stack up``), else
+starts it with the project's own launcher and stops what it started at the end. On a developer
+machine where it cannot start, integration tests skip; under ``CI=true`` that is a failure.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from fleet.settings import Settings
+
+IN_CI = os.environ.get("CI", "").lower() == "true"
+STACK_COMPONENTS = ["mosquitto", "kafka", "cassandra", "flink", "bridge", "api"]
+
+
+@pytest.fixture(scope="session")
+def settings() -> Settings:
+    return Settings.from_env()
+
+
+@pytest.fixture(scope="session")
+def stack(settings: Settings):
+    from fleet.stack import launcher
+    from fleet.stack.process import StackError
+
+    already = {row["name"] for row in launcher.status(settings) if row["state"] == "healthy"}
+    try:
+        launcher.up(settings, STACK_COMPONENTS)
+    except (StackError, ImportError) as exc:
+        if IN_CI:
+            pytest.fail(f"the local stack did not start under CI: {exc}")
+        pytest.skip(f"no local stack ({exc})")
+    yield settings
+    if os.environ.get("FLEET_TEST_KEEP_STACK") != "1":
+        launcher.down(settings, [n for n in STACK_COMPONENTS if n not in already])

@@ -1,0 +1,75 @@
+"""Raw MQTT clients with chosen certificates, for tests of what the broker allows."""
+
+from __future__ import annotations
+
+import ssl
+import threading
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import paho.mqtt.client as mqtt
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from fleet.pki import LocalPKI
+
+
+def device_credentials(pki: LocalPKI, device_id: str, directory: Path) -> tuple[Path, Path]:
+    """Key made 'on the device', CSR signed by the platform CA: (cert path, key path)."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    csr = (x509.CertificateSigningRequestBuilder()
+           .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, device_id)]))
+           .sign(key, hashes.SHA256()))
+    cert_pem = pki.sign_device_csr(csr.public_bytes(serialization.Encoding.PEM), device_id)
+    directory.mkdir(parents=True, exist_ok=True)
+    key_path, cert_path = directory / f"{device_id}.key", directory / f"{device_id}.crt"
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    key_path.chmod(0o600)
+    cert_path.write_bytes(cert_pem)
+    return cert_path, key_path
+
+
+@dataclass
+class MqttTestClient:
+    client: mqtt.Client
+    connected: threading.Event = field(default_factory=threading.Event)
+    reason_code: object = None
+    messages: list = field(default_factory=list)
+    suback: list = field(default_factory=list)
+    puback: dict = field(default_factory=dict)
+
+    def stop(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+def connect(host: str, port: int, ca: Path, cert: Path | None, key: Path | None,
+            client_id: str | None = None, timeout: float = 5.0) -> MqttTestClient:
+    """Connect and wait; raises ConnectionError if the broker (or TLS) refuses."""
+    c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id or f"t-{uuid.uuid4().hex[:8]}",
+                    protocol=mqtt.MQTTv5)
+    c.tls_set(ca_certs=str(ca), certfile=str(cert) if cert else None, keyfile=str(key) if key else None,
+              cert_reqs=ssl.CERT_REQUIRED)
+    tc = MqttTestClient(c)
+
+    def on_connect(client, userdata, flags, reason_code, properties):
+        tc.reason_code = reason_code
+        tc.connected.set()
+
+    c.on_connect = on_connect
+    c.on_message = lambda client, userdata, msg: tc.messages.append((msg.topic, msg.payload))
+    c.on_subscribe = lambda client, userdata, mid, codes, props: tc.suback.extend(codes)
+    c.on_publish = lambda client, userdata, mid, rc, props: tc.puback.__setitem__(mid, rc)
+    try:
+        c.connect(host, port, keepalive=10)
+    except (ssl.SSLError, OSError) as exc:
+        raise ConnectionError(f"refused at connect: {exc}") from exc
+    c.loop_start()
+    if not tc.connected.wait(timeout) or tc.reason_code is None or tc.reason_code.is_failure:
+        c.loop_stop()
+        raise ConnectionError(f"refused: {tc.reason_code}")
+    return tc
