@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Runs every test level in one pytest session so the integration tests share one real stack,
+# which the session starts (and stops) itself through the project's launcher.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export PYTHONUNBUFFERED=1
+status=0
+.venv/bin/python -m pytest -p no:cacheprovider "$@" || status=$?
+if [ $status -ne 0 ] && [ "${CI:-}" = "true" ]; then
+  echo "--- service logs (last lines) ---"
+  .venv/bin/fleet stack logs -n 30 || true
+fi
+exit $status
