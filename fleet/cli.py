@@ -5,6 +5,7 @@
     fleet stack status               what runs, where it listens, where it logs
     fleet stack logs [NAME] [-n N]   tail the logs
     fleet demo                       whole stack + jobs + bridge + API + a simulated fleet
+    fleet init                       on an existing cluster: PKI (if none), topics, migrations
 """
 
 from __future__ import annotations
@@ -62,6 +63,24 @@ def _demo(settings: Settings, args) -> int:
                     bridges=args.bridges, keep_running=not args.stop)
 
 
+def _init(settings: Settings, args) -> int:
+    """Prepare external Kafka/Cassandra (compose, a real cluster): everything is idempotent."""
+    from fleet.pki import LocalPKI
+    from fleet.stack.kafka import create_topics
+    from fleet.stack.migrations import apply_migrations
+    from fleet.topics import Kafka
+
+    pki = LocalPKI(settings.pki_dir)
+    pki.ensure(hostnames=("localhost", *args.broker_host))
+    pki.service_identity(settings.bridge_client_id)
+    print(f"PKI ready in {settings.pki_dir}")
+    created = create_topics(settings, Kafka.ALL)
+    print(f"Kafka topics ready ({len(created)} created) on {settings.kafka_bootstrap}")
+    apply_migrations(settings)
+    print(f"Cassandra keyspace {settings.cassandra_keyspace} migrated on {settings.cassandra_hosts}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fleet", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -82,6 +101,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("name", nargs="?")
     p.add_argument("-n", "--lines", type=int, default=40)
     p.set_defaults(func=_stack_logs)
+
+    p = sub.add_parser("init", help="PKI, Kafka topics and Cassandra migrations on an existing cluster")
+    p.add_argument("--broker-host", action="append", default=[],
+                   help="extra DNS name for the broker certificate (repeatable)")
+    p.set_defaults(func=_init)
 
     p = sub.add_parser("demo", help="run a simulated fleet through the whole pipeline")
     p.add_argument("--devices", type=int, default=200)
