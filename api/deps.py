@@ -1,0 +1,130 @@
+"""Typed dependencies for every route: settings, the Cassandra session, the caller and its role.
+
+    @router.get("/v1/things")
+    def list_things(principal: Viewer, session: CassandraSession, settings: SettingsDep): ...
+
+Credentials: ``Authorization: Bearer <api key or token>`` or ``X-API-Key: <api key>``. Roles
+nest (admin > operator > viewer). A key scoped to device groups sees only devices in one of
+them: use ``ensure_device_visible`` on every device-level route.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Annotated, Callable, Iterable, TypeVar
+
+from fastapi import Depends, HTTPException, Request, status
+from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
+
+from fleet.apikeys import ApiKeyStore, AuthFailure
+from fleet.auth import Principal, Role, parse_secret
+from fleet.db import CassandraSessions, StoreUnavailable
+from fleet.settings import Settings
+
+__all__ = [
+    "SettingsDep", "CassandraSession", "Principal", "Role", "CurrentPrincipal", "Viewer", "Operator", "Admin",
+    "ensure_device_visible", "ensure_groups_allowed", "require_role", "app_store",
+]
+
+T = TypeVar("T")
+
+# auto_error=False: we answer missing credentials ourselves with one clear 401.
+_bearer = HTTPBearer(auto_error=False, description="an API key (fk_...) or a token (ft_...)")
+_api_key = APIKeyHeader(name="X-API-Key", auto_error=False, description="an API key (fk_...)")
+
+MISSING_CREDENTIAL = "missing credential: send 'Authorization: Bearer <token>' or 'X-API-Key: <key>'"
+_CHALLENGE = {"WWW-Authenticate": 'Bearer realm="fleet"'}
+
+
+def get_settings(request: Request) -> Settings:
+    return request.app.state.settings
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+
+
+def get_cassandra(request: Request):
+    sessions: CassandraSessions = request.app.state.cassandra
+    try:
+        return sessions.get()
+    except StoreUnavailable as exc:
+        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, f"the registry store is unavailable: {exc}")
+
+
+# A cassandra.cluster.Session on settings.cassandra_keyspace, shared by the whole app.
+CassandraSession = Annotated[object, Depends(get_cassandra)]
+
+_store_lock = threading.Lock()
+
+
+def app_store(request: Request, factory: Callable[[object], T], session=None) -> T:
+    """One repository object per app and class (they prepare statements once)."""
+    stores: dict = request.app.state.stores
+    store = stores.get(factory)
+    if store is None:
+        with _store_lock:
+            store = stores.get(factory)
+            if store is None:
+                store = stores[factory] = factory(session if session is not None else get_cassandra(request))
+    return store
+
+
+def get_principal(
+    request: Request,
+    bearer: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+    api_key: Annotated[str | None, Depends(_api_key)],
+) -> Principal:
+    credential = bearer.credentials if bearer else api_key
+    if not credential:
+        raise HTTPException(status.HTTP_401_UNAUTHORIZED, MISSING_CREDENTIAL, headers=_CHALLENGE)
+    invalid = {"WWW-Authenticate": 'Bearer realm="fleet", error="invalid_token"'}
+    if parse_secret(credential) is None:  # not even shaped like ours: no store round trip
+        raise HTTPException(status.HTTP_401_UNAUTHORIZED, "invalid credential", headers=invalid)
+    try:
+        principal = app_store(request, ApiKeyStore).authenticate(credential)
+    except AuthFailure as exc:
+        raise HTTPException(status.HTTP_401_UNAUTHORIZED, str(exc), headers=invalid)
+    request.state.principal = principal  # for the audit log
+    return principal
+
+
+CurrentPrincipal = Annotated[Principal, Depends(get_principal)]
+
+
+def require_role(role: Role) -> Callable[[Principal], Principal]:
+    def guard(principal: CurrentPrincipal) -> Principal:
+        if not principal.role.allows(role):
+            raise HTTPException(status.HTTP_403_FORBIDDEN,
+                                f"this needs the {role.value} role; the credential has {principal.role.value}")
+        return principal
+
+    guard.__name__ = f"require_{role.value}"
+    return guard
+
+
+Viewer = Annotated[Principal, Depends(require_role(Role.viewer))]
+Operator = Annotated[Principal, Depends(require_role(Role.operator))]
+Admin = Annotated[Principal, Depends(require_role(Role.admin))]
+
+
+def ensure_device_visible(principal: Principal, device_groups: Iterable[str] | None,
+                          device_id: str | None = None) -> None:
+    """404 (same as a missing device, so a scoped key cannot probe ids) outside the key's groups."""
+    if not principal.sees_groups(device_groups):
+        what = f"device {device_id!r}" if device_id else "device"
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"{what} not found")
+
+
+def ensure_groups_allowed(principal: Principal, groups: Iterable[str] | None) -> None:
+    """403 when a scoped key would create or move a device outside its groups."""
+    if principal.groups is None:
+        return
+    groups = set(groups or ())
+    scope = ", ".join(sorted(principal.groups))
+    if not groups:
+        raise HTTPException(status.HTTP_403_FORBIDDEN,
+                            f"this key is scoped to groups [{scope}]; the device must be in one of them")
+    outside = sorted(groups - principal.groups)
+    if outside:
+        raise HTTPException(status.HTTP_403_FORBIDDEN,
+                            f"this key is scoped to groups [{scope}]; it cannot use groups [{', '.join(outside)}]")

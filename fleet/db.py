@@ -1,0 +1,58 @@
+"""A Cassandra session per process, opened lazily and closed once.
+
+Processes (the API, the bridge's registry check, CLI commands) hold one ``CassandraSessions``
+built from their settings; nothing connects at import time.
+"""
+
+from __future__ import annotations
+
+import threading
+
+from fleet.settings import Settings
+
+
+class StoreUnavailable(RuntimeError):
+    """Cassandra cannot be reached or the keyspace is missing (not migrated yet)."""
+
+
+class CassandraSessions:
+    def __init__(self, settings: Settings, *, connect_timeout: float = 10.0):
+        self.settings = settings
+        self.connect_timeout = connect_timeout
+        self._lock = threading.Lock()
+        self._cluster = None
+        self._session = None
+
+    def get(self):
+        """The shared ``cassandra.cluster.Session`` on the keyspace; connects on first use."""
+        if self._session is not None:
+            return self._session
+        with self._lock:
+            if self._session is None:
+                self._session = self._connect()
+        return self._session
+
+    def _connect(self):
+        from cassandra.cluster import Cluster, NoHostAvailable
+        from cassandra.policies import DCAwareRoundRobinPolicy
+
+        s = self.settings
+        cluster = Cluster(s.cassandra_contact_points, port=s.cassandra_port,
+                          load_balancing_policy=DCAwareRoundRobinPolicy(),
+                          connect_timeout=self.connect_timeout, protocol_version=5)
+        try:
+            session = cluster.connect(s.cassandra_keyspace)
+        except NoHostAvailable as exc:
+            cluster.shutdown()
+            raise StoreUnavailable(f"Cassandra at {s.cassandra_hosts}:{s.cassandra_port} is unreachable") from exc
+        except Exception as exc:  # InvalidRequest: keyspace missing
+            cluster.shutdown()
+            raise StoreUnavailable(f"Cassandra keyspace {s.cassandra_keyspace!r} is not available: {exc}") from exc
+        self._cluster = cluster
+        return session
+
+    def shutdown(self) -> None:
+        with self._lock:
+            if self._cluster is not None:
+                self._cluster.shutdown()
+            self._cluster = self._session = None
