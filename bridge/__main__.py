@@ -1,0 +1,55 @@
+"""``python -m bridge [--instance N]``: one uplink bridge process (settings from FLEET_* env).
+
+Run instances 0..N-1 to share the load; keep each instance's number across restarts, since its
+MQTT session (holding unacknowledged and queued messages) belongs to that client id.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import threading
+
+from bridge.uplink import UplinkBridge
+from fleet.logs import configure_logging, log_fields
+from fleet.settings import Settings
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bridge", description="MQTT -> Kafka uplink bridge")
+    parser.add_argument("--instance", type=int, default=0,
+                        help="instance number, unique among running bridges and stable across restarts")
+    parser.add_argument("--metrics-port", type=int, default=None,
+                        help="override FLEET_BRIDGE_METRICS_PORT (0 = no HTTP endpoint)")
+    parser.add_argument("--drain-timeout", type=float, default=30.0)
+    args = parser.parse_args(argv)
+
+    settings = Settings.from_env()
+    if args.metrics_port is not None:
+        settings = settings.replace(bridge_metrics_port=args.metrics_port)
+    configure_logging("bridge", settings.log_level)
+    log = logging.getLogger("bridge")
+
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda signum, frame: stop.set())
+
+    bridge = UplinkBridge(settings, instance=args.instance)
+    try:
+        bridge.start()
+    except Exception as exc:
+        log.error("bridge could not start", extra=log_fields(error=str(exc)))
+        return 1
+    while not stop.wait(30):
+        m = bridge.metrics
+        log.info("progress", extra=log_fields(
+            received=int(m.value("fleet_bridge_received_total")), acked=int(m.value("fleet_bridge_acked_total")),
+            inflight=int(m.value("fleet_bridge_inflight")), errors=int(m.value("fleet_bridge_produce_errors_total"))))
+    drained = bridge.stop(args.drain_timeout)
+    return 0 if drained else 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

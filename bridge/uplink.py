@@ -1,0 +1,308 @@
+"""MQTT -> Kafka uplink: a thin shell around fleet.envelope.handle_uplink.
+
+Delivery guarantee (at least once, device -> Kafka):
+- the bridge subscribes with a persistent MQTT 5 session (clean_start=False, long session
+  expiry) under a client id that is stable per instance (``<bridge_client_id>-<instance>``);
+- paho runs with ``manual_ack=True``: a message is PUBACKed only after Kafka confirmed its record
+  (for dead letters too), so whatever the bridge had not confirmed when it died is still
+  unacknowledged in its broker session, and the broker resends it when the instance reconnects;
+- while the instance is down the session keeps its subscriptions, so the broker queues new
+  messages for it (up to ``max_queued_messages``) instead of dropping them.
+
+Threads: the MqttLoop thread runs every paho call (receive, validate, ``producer.send``, PUBACK);
+kafka-python's I/O thread confirms records and hands the ack back with ``loop.call_soon`` (paho's
+client is not safe to drive from two threads: with an external loop, ``ack()`` from another
+thread would write to the TLS socket concurrently). Acks carry the connection generation they
+were received in; after a reconnect the broker resends unacknowledged messages with the same
+packet ids, so an ack from an older generation is dropped (acking it could release a newer
+message that reuses the id before its own record is confirmed).
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import socket
+import ssl
+import threading
+import time
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from kafka import KafkaProducer
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.subscribeoptions import SubscribeOptions
+
+from bridge.metrics import BridgeMetrics, HttpEndpoint
+from fleet.envelope import DeadLetter, Routed, handle_uplink
+from fleet.logs import log_fields
+from fleet.mqtt_loop import MqttLoop
+from fleet.settings import Settings
+from fleet.topics import Kafka, Uplink
+from fleet.validation import UplinkValidators, default_validators
+
+log = logging.getLogger("bridge")
+
+SESSION_EXPIRY_S = 7 * 24 * 3600  # keep an instance's queue across restarts and outages
+KEEPALIVE_S = 30
+STUCK_AFTER_S = 30.0  # /health turns 503 when records wait longer than this for Kafka
+
+
+def shared_filters(group: str) -> list[str]:
+    """One MQTT 5 shared subscription per uplink kind: members of ``group`` split the load."""
+    return [f"$share/{group}/{kind.mqtt_filter}" for kind in Uplink]
+
+
+class _Delivery:
+    """Per-record completion, called on kafka-python's I/O thread."""
+
+    __slots__ = ("bridge", "mid", "qos", "gen", "t0")
+
+    def __init__(self, bridge: "UplinkBridge", mid: int, qos: int, gen: int, t0: float):
+        self.bridge, self.mid, self.qos, self.gen, self.t0 = bridge, mid, qos, gen, t0
+
+    def ok(self, metadata: Any) -> None:
+        b = self.bridge
+        b.metrics.produce_latency.observe(time.perf_counter() - self.t0)
+        b.metrics.produced_to(metadata.topic).inc()
+        b.loop.call_soon(b._delivered, self.mid, self.qos, self.gen)
+
+    def failed(self, exc: BaseException) -> None:
+        b = self.bridge
+        b.metrics.produce_errors.inc()
+        log.error("Kafka did not take a record; the message will be redelivered",
+                  extra=log_fields(error=repr(exc), mid=self.mid))
+        b.loop.call_soon(b._delivery_failed, self.gen)
+
+
+class UplinkBridge:
+    def __init__(self, settings: Settings, *, instance: int = 0, producer: KafkaProducer | None = None,
+                 validators: UplinkValidators | None = None, http_host: str = "127.0.0.1"):
+        self.settings = settings
+        self.client_id = f"{settings.bridge_client_id}-{instance}"
+        self.metrics = BridgeMetrics()
+        self.validators = validators or default_validators()
+        self.loop = MqttLoop(name="bridge-mqtt")
+        self.http_host = http_host
+        self._producer = producer
+        self._topic_names = {name: settings.topic(name) for name in Kafka.ALL}
+        self._accepting = True
+        self._stopping = False
+        self._gen = 0
+        self._inflight = 0
+        self._last_progress = time.monotonic()
+        self._backoff = 0.5
+        self._reconnect_timer = None
+        self._connect_attempted = False
+        self._connected = threading.Event()
+        self._drained = threading.Condition()
+        self._http: HttpEndpoint | None = None
+        self.client = self._make_client()
+
+    # -- set-up -----------------------------------------------------------------------------
+    def _make_client(self) -> mqtt.Client:
+        from fleet.pki import LocalPKI  # the local stack's CA; production mounts files at the same paths
+
+        pki = LocalPKI(self.settings.pki_dir)
+        cert, key = pki.service_identity(self.settings.bridge_client_id)
+        c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=self.client_id, protocol=mqtt.MQTTv5,
+                        manual_ack=True)
+        c.tls_set(ca_certs=str(pki.ca_chain_path), certfile=str(cert), keyfile=str(key),
+                  cert_reqs=ssl.CERT_REQUIRED, tls_version=ssl.PROTOCOL_TLS_CLIENT)
+        c.on_connect = self._on_connect
+        c.on_disconnect = self._on_disconnect
+        c.on_message = self._on_message
+        c.on_subscribe = self._on_subscribe
+        self.loop.attach(c)
+        return c
+
+    def _make_producer(self) -> KafkaProducer:
+        s = self.settings
+        return KafkaProducer(
+            bootstrap_servers=s.kafka_bootstrap.split(","),
+            client_id=self.client_id,
+            acks="all",
+            enable_idempotence=True,  # retries can't duplicate or reorder a partition's records
+            linger_ms=s.kafka_linger_ms,
+            batch_size=s.kafka_batch_size,
+            max_block_ms=10_000,
+        )
+
+    def start(self) -> "UplinkBridge":
+        """Connect to Kafka (fail fast if the topics are missing), then MQTT, then serve HTTP."""
+        if self._producer is None:
+            self._producer = self._make_producer()
+        for name in {kind.kafka_topic for kind in Uplink} | {Kafka.DEAD_LETTER}:
+            if not self._producer.partitions_for(self._topic_names[name]):
+                raise RuntimeError(f"Kafka topic {self._topic_names[name]} does not exist")
+        if self.settings.bridge_metrics_port:
+            self._http = HttpEndpoint(self.http_host, self.settings.bridge_metrics_port, self.metrics,
+                                      self.health).start()
+        self.loop.start()
+        self.loop.call_soon(self._connect)
+        log.info("bridge started", extra=log_fields(client_id=self.client_id, filters=shared_filters(
+            self.settings.bridge_share_group), metrics_port=self.settings.bridge_metrics_port))
+        return self
+
+    @property
+    def http_port(self) -> int | None:
+        return self._http.port if self._http else None
+
+    # -- MQTT connection (loop thread) ------------------------------------------------------
+    def _connect(self) -> None:
+        self._reconnect_timer = None
+        if self._stopping:
+            return
+        props = Properties(PacketTypes.CONNECT)
+        props.SessionExpiryInterval = SESSION_EXPIRY_S
+        # How many unacknowledged messages the broker may push to us (MQTT 5 Receive Maximum):
+        # the bridge's pipeline depth between MQTT and Kafka.
+        props.ReceiveMaximum = max(1, min(self.settings.mqtt_max_inflight, 65535))
+        try:
+            if not self._connect_attempted:
+                self._connect_attempted = True
+                self.client.connect(self.settings.mqtt_host, self.settings.mqtt_service_port,
+                                    keepalive=KEEPALIVE_S, clean_start=False, properties=props)
+            else:
+                self.client.reconnect()
+        except (OSError, ssl.SSLError) as exc:
+            log.warning("MQTT connect failed", extra=log_fields(error=str(exc)))
+            self._schedule_reconnect()
+
+    def _schedule_reconnect(self) -> None:
+        if self._stopping or self._reconnect_timer is not None:
+            return
+        delay = self._backoff * random.uniform(0.5, 1.5)
+        self._backoff = min(self._backoff * 2, 30.0)
+        self._reconnect_timer = self.loop.call_later(delay, self._connect)
+
+    def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
+        if reason_code.is_failure:
+            log.error("broker refused the bridge", extra=log_fields(reason=str(reason_code)))
+            return
+        self._gen += 1
+        self._backoff = 0.5
+        self._connected.set()
+        self.metrics.mqtt_connected.set(1)
+        opts = SubscribeOptions(qos=1)
+        client.subscribe([(f, opts) for f in shared_filters(self.settings.bridge_share_group)])
+        log.info("connected to MQTT", extra=log_fields(session_present=flags.session_present, generation=self._gen))
+
+    def _on_subscribe(self, client, userdata, mid, reason_codes, properties) -> None:
+        failed = [str(rc) for rc in reason_codes if rc.is_failure]
+        if failed:
+            log.error("subscription refused", extra=log_fields(reasons=failed))
+
+    def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
+        self._gen += 1  # acks still on their way belong to the old connection
+        self._connected.clear()
+        self.metrics.mqtt_connected.set(0)
+        if not self._stopping:
+            log.warning("MQTT connection lost", extra=log_fields(reason=str(reason_code)))
+            self._schedule_reconnect()
+
+    # -- the hot path (loop thread) ---------------------------------------------------------
+    def _on_message(self, client, userdata, msg: mqtt.MQTTMessage) -> None:
+        if not self._accepting:
+            return  # left unacknowledged: the broker resends it when this instance reconnects
+        now_ms = time.time_ns() // 1_000_000
+        try:
+            topic = msg.topic
+        except UnicodeDecodeError:
+            topic = msg._topic.decode("utf-8", "replace")
+        out = handle_uplink(topic, msg.payload, now_ms, self.settings.max_payload_bytes, self.validators)
+        self.metrics.received.inc()
+        if type(out) is DeadLetter:
+            self.metrics.rejected.labels(out.reason).inc()
+            log.info("dead-lettered", extra=log_fields(reason=out.reason, detail=out.detail, mqtt_topic=topic))
+        self._send(out, msg.mid, msg.qos)
+
+    def _send(self, out: Routed | DeadLetter, mid: int, qos: int) -> None:
+        delivery = _Delivery(self, mid, qos, self._gen, time.perf_counter())
+        try:
+            future = self._producer.send(self._topic_names[out.topic], value=out.value, key=out.key)
+        except Exception as exc:  # e.g. buffer full for max_block_ms: not acked, so not lost
+            delivery.failed(exc)
+            return
+        self._inflight += 1
+        future.add_callback(delivery.ok)
+        future.add_errback(delivery.failed)
+
+    def _delivered(self, mid: int, qos: int, gen: int) -> None:
+        self._inflight -= 1
+        self._last_progress = time.monotonic()
+        if gen == self._gen:
+            self.client.ack(mid, qos)
+            self.metrics.acked.inc()
+        self._note_drained()
+
+    def _delivery_failed(self, gen: int) -> None:
+        self._inflight -= 1
+        # The broker resends an unacknowledged message only on a new connection: reconnect so
+        # this one (and any other unconfirmed) comes again.
+        if gen == self._gen and self.client.is_connected() and not self._stopping:
+            log.warning("reconnecting to have unconfirmed messages redelivered")
+            self.client.disconnect()  # on_disconnect schedules the reconnect
+        self._note_drained()
+
+    def _note_drained(self) -> None:
+        self.metrics.inflight.set(self._inflight)
+        if self._inflight == 0 and not self._accepting:
+            with self._drained:
+                self._drained.notify_all()
+
+    # -- health -----------------------------------------------------------------------------
+    def _kafka_reachable(self) -> bool:
+        for server in self.settings.kafka_bootstrap.split(","):
+            host, _, port = server.strip().rpartition(":")
+            try:
+                with socket.create_connection((host or "127.0.0.1", int(port)), timeout=1.0):
+                    return True
+            except OSError:
+                continue
+        return False
+
+    def health(self) -> tuple[bool, dict]:
+        inflight = self._inflight
+        stuck = inflight > 0 and time.monotonic() - self._last_progress > STUCK_AFTER_S
+        mqtt_ok = self._connected.is_set()
+        kafka_ok = self._kafka_reachable() and not stuck
+        ok = mqtt_ok and kafka_ok and self._accepting
+        return ok, {"status": "ok" if ok else "unavailable", "client_id": self.client_id, "mqtt_connected": mqtt_ok,
+                    "kafka_reachable": kafka_ok, "inflight": inflight, "accepting": self._accepting}
+
+    # -- shutdown ---------------------------------------------------------------------------
+    def stop(self, drain_timeout: float = 30.0) -> bool:
+        """Stop taking messages, wait for in-flight records and their acks, flush, disconnect.
+
+        Returns True when everything in flight was confirmed and acknowledged in time.
+        """
+        log.info("stopping: draining in-flight messages", extra=log_fields(inflight=self._inflight))
+        self._accepting = False
+        deadline = time.monotonic() + drain_timeout
+        if self._producer is not None:
+            self._producer.flush(timeout=drain_timeout)
+        with self._drained:
+            while self._inflight > 0 and time.monotonic() < deadline:
+                self._drained.wait(0.1)
+        drained = self._inflight == 0
+        done = threading.Event()
+
+        def disconnect() -> None:
+            self._stopping = True
+            if self._reconnect_timer is not None:
+                self._reconnect_timer.cancel()
+            self.client.disconnect()  # session (and subscriptions) stay for the next start
+            done.set()
+
+        self.loop.call_soon(disconnect)
+        done.wait(5)
+        time.sleep(0.1)  # let the PUBACKs and DISCONNECT leave the socket
+        self.loop.stop()
+        if self._producer is not None:
+            self._producer.close(timeout=5)
+        if self._http is not None:
+            self._http.stop()
+        log.info("stopped", extra=log_fields(drained=drained, inflight=self._inflight))
+        return drained

@@ -1,0 +1,275 @@
+"""The reference device agent: mutual TLS, MQTT 5, telemetry at QoS 1, status with a last will.
+
+What a firmware author should copy (see docs for the topic contract):
+- connect with the device's own key and certificate (CN = device id) and verify the broker
+  against the platform CA chain;
+- a last will ``{"online": false, "reason": "connection_lost"}`` on ``devices/{id}/status``
+  (retained, QoS 1), and after every connect a retained ``{"online": true, ...}``; a clean
+  shutdown publishes ``{"online": false, "reason": "shutdown"}`` before DISCONNECT;
+- telemetry ``{ts, seq, metrics, attrs}`` at QoS 1, ``seq`` +1 per message and persisted;
+- messages published while offline, and those not acknowledged before a disconnect, stay
+  buffered (bounded) and are sent again in order after reconnecting (paho keeps its outgoing
+  QoS 1 queue across reconnects and resends unacknowledged ones with DUP set);
+- reconnect with exponential backoff and jitter, so a fleet doesn't stampede a restarted broker.
+
+Threading: paho calls run on one MqttLoop thread (shared by many agents in the simulator).
+``publish_telemetry`` must be called on that thread; ``send_telemetry`` is the thread-safe form.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import ssl
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from device.identity import DeviceIdentity
+from device.seqstore import SeqStore
+from fleet.mqtt_loop import MqttLoop
+from fleet.topics import device_topic
+
+try:
+    import orjson
+
+    _dumps = orjson.dumps
+except ImportError:  # pragma: no cover
+    import json
+
+    def _dumps(obj: Any) -> bytes:
+        return json.dumps(obj, separators=(",", ":")).encode()
+
+log = logging.getLogger(__name__)
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    host: str
+    port: int
+    keepalive: int = 30
+    firmware_version: str = "agent-0.1.0"
+    # QoS 1 messages on the wire awaiting PUBACK (the broker may allow more; this paces us).
+    max_inflight: int = 100
+    # Offline buffer: messages kept while disconnected or unacknowledged; beyond it new
+    # telemetry is dropped (counted in stats.dropped) rather than exhausting memory.
+    max_buffered: int = 10_000
+    backoff_min: float = 0.5
+    backoff_max: float = 30.0
+    # Keep the MQTT session (and queued downlink messages) for this long while offline.
+    session_expiry: int = 3600
+
+    @classmethod
+    def from_settings(cls, settings: Any, **overrides: Any) -> "AgentConfig":
+        return cls(host=settings.mqtt_host, port=settings.mqtt_device_port, **overrides)
+
+
+@dataclass
+class AgentStats:
+    sent: int = 0          # telemetry messages handed to MQTT (incl. buffered)
+    acked: int = 0         # PUBACKs received for telemetry
+    dropped: int = 0       # rejected because the offline buffer was full
+    connects: int = 0
+    connect_failures: int = 0
+    disconnects: int = 0
+    last_acked_seq: int = -1
+
+
+class DeviceAgent:
+    def __init__(self, identity: DeviceIdentity, config: AgentConfig, loop: MqttLoop | None = None, *,
+                 on_ack: Callable[[int], None] | None = None, persist_seq: bool = True):
+        self.identity = identity
+        self.device_id = identity.device_id
+        self.config = config
+        self.stats = AgentStats()
+        self.on_ack = on_ack
+        self._own_loop = loop is None
+        self.loop = loop or MqttLoop(name=f"agent-{identity.device_id}")
+        self.seq = SeqStore(identity.directory / "seq" if persist_seq else None)
+        self._telemetry_topic = device_topic(self.device_id, "telemetry")
+        self._status_topic = device_topic(self.device_id, "status")
+        self._pending: dict[int, int] = {}    # mid -> seq (-1 for non-telemetry) awaiting PUBACK
+        self._backoff = config.backoff_min
+        self._stopping = False
+        self._connected = threading.Event()
+        self._idle = threading.Condition()
+        self._reconnect_timer = None
+        self.client = self._make_client()
+
+    # -- set-up -----------------------------------------------------------------------------
+    def _make_client(self) -> mqtt.Client:
+        c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=self.device_id, protocol=mqtt.MQTTv5)
+        c.tls_set(ca_certs=str(self.identity.ca_path), certfile=str(self.identity.cert_path),
+                  keyfile=str(self.identity.key_path), cert_reqs=ssl.CERT_REQUIRED,
+                  tls_version=ssl.PROTOCOL_TLS_CLIENT)
+        c.max_inflight_messages_set(self.config.max_inflight)
+        c.max_queued_messages_set(self.config.max_buffered)
+        # Set once at connect time, so it carries no ts: the platform stamps ingest_ts.
+        c.will_set(self._status_topic, _dumps({"online": False, "reason": "connection_lost"}), qos=1, retain=True)
+        c.on_connect = self._on_connect
+        c.on_disconnect = self._on_disconnect
+        c.on_publish = self._on_publish
+        self.loop.attach(c)
+        return c
+
+    def start(self) -> "DeviceAgent":
+        if self._own_loop:
+            self.loop.start()
+        self.loop.call_soon(self._connect)
+        return self
+
+    def _connect(self) -> None:
+        self._reconnect_timer = None
+        if self._stopping:
+            return
+        props = Properties(PacketTypes.CONNECT)
+        props.SessionExpiryInterval = self.config.session_expiry
+        try:
+            if self.stats.connects or self.stats.connect_failures:
+                self.client.reconnect()
+            else:
+                self.client.connect(self.config.host, self.config.port, keepalive=self.config.keepalive,
+                                    clean_start=False, properties=props)
+        except (OSError, ssl.SSLError) as exc:
+            self.stats.connect_failures += 1
+            log.debug("%s: connect failed: %s", self.device_id, exc)
+            self._schedule_reconnect()
+
+    def _schedule_reconnect(self) -> None:
+        if self._stopping or self._reconnect_timer is not None:
+            return
+        delay = self._backoff * random.uniform(0.5, 1.5)
+        self._backoff = min(self._backoff * 2, self.config.backoff_max)
+        self._reconnect_timer = self.loop.call_later(delay, self._connect)
+
+    # -- callbacks (loop thread) ------------------------------------------------------------
+    def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
+        if reason_code.is_failure:
+            self.stats.connect_failures += 1
+            log.warning("%s: broker refused the connection: %s", self.device_id, reason_code)
+            return  # paho then reports a disconnect, which schedules the retry
+        self.stats.connects += 1
+        self._backoff = self.config.backoff_min
+        self._connected.set()
+        self._publish_status(True)
+
+    def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
+        self._connected.clear()
+        self.stats.disconnects += 1
+        if not self._stopping:
+            log.debug("%s: disconnected (%s), reconnecting", self.device_id, reason_code)
+            self._schedule_reconnect()
+        self._notify_idle()
+
+    def _on_publish(self, client, userdata, mid, reason_code, properties) -> None:
+        seq = self._pending.pop(mid, None)
+        if seq is not None and seq >= 0:
+            self.stats.acked += 1
+            self.stats.last_acked_seq = seq
+            if self.on_ack is not None:
+                self.on_ack(seq)
+        if not self._pending:
+            self._notify_idle()
+
+    def _notify_idle(self) -> None:
+        with self._idle:
+            self._idle.notify_all()
+
+    # -- publishing (loop thread) -----------------------------------------------------------
+    def _publish(self, topic: str, payload: bytes, seq: int, retain: bool = False) -> bool:
+        info = self.client.publish(topic, payload, qos=1, retain=retain)
+        if info.rc == mqtt.MQTT_ERR_QUEUE_SIZE:
+            return False
+        # MQTT_ERR_NO_CONN is fine: paho keeps the message and sends it after reconnecting.
+        self._pending[info.mid] = seq
+        return True
+
+    def _publish_status(self, online: bool, reason: str | None = None) -> None:
+        status: dict[str, Any] = {"online": online, "ts": now_ms(), "firmware_version": self.config.firmware_version}
+        if reason:
+            status["reason"] = reason
+        self._publish(self._status_topic, _dumps(status), -1, retain=True)
+
+    def publish_telemetry(self, metrics: Mapping[str, float], attrs: Mapping[str, Any] | None = None,
+                          ts: int | None = None) -> int | None:
+        """Queue one telemetry message (loop thread); returns its seq, or None if the buffer is full."""
+        if len(self._pending) >= self.config.max_buffered:
+            self.stats.dropped += 1
+            return None
+        seq = self.seq.take()
+        msg: dict[str, Any] = {"ts": now_ms() if ts is None else ts, "seq": seq, "metrics": metrics}
+        if attrs:
+            msg["attrs"] = attrs
+        if not self._publish(self._telemetry_topic, _dumps(msg), seq):
+            self.stats.dropped += 1
+            return None
+        self.stats.sent += 1
+        return seq
+
+    def send_telemetry(self, metrics: Mapping[str, float], attrs: Mapping[str, Any] | None = None) -> None:
+        """Thread-safe publish_telemetry (the seq is assigned on the loop thread)."""
+        self.loop.call_soon(self.publish_telemetry, dict(metrics), dict(attrs) if attrs else None)
+
+    def publish_raw(self, suffix: str, payload: bytes, retain: bool = False) -> None:
+        """Thread-safe: any payload on devices/{id}/{suffix} (tests use it for malformed input)."""
+        self.loop.call_soon(self._publish, device_topic(self.device_id, suffix), payload, -1, retain)
+
+    # -- state ------------------------------------------------------------------------------
+    @property
+    def connected(self) -> bool:
+        return self._connected.is_set()
+
+    @property
+    def unacked(self) -> int:
+        return len(self._pending)
+
+    def wait_connected(self, timeout: float = 10.0) -> bool:
+        return self._connected.wait(timeout)
+
+    def wait_acked(self, timeout: float = 10.0) -> bool:
+        """Block until every message published so far is acknowledged by the broker."""
+        deadline = time.monotonic() + timeout
+        with self._idle:
+            while self._pending:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._idle.wait(min(left, 0.2))
+        return True
+
+    # -- shutdown ---------------------------------------------------------------------------
+    def begin_stop(self) -> None:
+        """Loop thread: announce offline (retained) and stop reconnecting."""
+        self._stopping = True
+        if self._reconnect_timer is not None:
+            self._reconnect_timer.cancel()
+        if self.client.is_connected():
+            self._publish_status(False, "shutdown")
+
+    def finish_stop(self) -> None:
+        """Loop thread: clean DISCONNECT (the broker then discards the will)."""
+        self.client.disconnect()
+        self.seq.close()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Publish offline, wait (bounded) for outstanding acks, disconnect cleanly."""
+        done = threading.Event()
+        self.loop.call_soon(lambda: (self.begin_stop(), done.set()))
+        done.wait(timeout)
+        if self.connected:
+            self.wait_acked(timeout)
+        done.clear()
+        self.loop.call_soon(lambda: (self.finish_stop(), done.set()))
+        done.wait(timeout)
+        if self._own_loop:
+            time.sleep(0.05)  # let the DISCONNECT leave before the loop stops writing
+            self.loop.stop()
