@@ -37,7 +37,7 @@ def _walk(start: float, step: float, lo: float, hi: float) -> Callable[[random.R
 
         def sample() -> float:
             nonlocal value
-            value = min(hi, max(lo, value + rng.gauss(0, step)))
+            value = min(float(hi), max(float(lo), value + rng.gauss(0, step)))
             return round(value, 3)
         return sample
     return make
