@@ -50,8 +50,27 @@ class Settings:
     mqtt_host: str = "127.0.0.1"
     mqtt_device_port: int = 8883
     mqtt_service_port: int = 8884
+    # Claim certificates (zero-touch provisioning) connect only here.
+    mqtt_provisioning_port: int = 8885
     mqtt_max_inflight: int = 1000
     mqtt_max_queued: int = 100000
+
+    # Security (issue 4): certificate lifetimes, rotation grace, broker cut-off, provisioning.
+    cert_validity_days: int = 365
+    claim_cert_validity_days: int = 730
+    # After a rotation the old certificate keeps working this long, then goes on the CRL.
+    cert_rotation_grace_s: int = 3600
+    # The CN of the API's own services-CA identity (takes over sessions, runs provisioning).
+    api_service_identity: str = "fleet-api"
+    # Shell command that makes the broker reload its CRLs; empty = SIGHUP via the local pid file.
+    broker_reload_command: str = ""
+    cutoff_timeout_s: int = 4
+    # The API answers claim and rotation requests over MQTT (shared subscription) when true.
+    provisioning_service: bool = True
+    provisioning_share_group: str = "provisioning"
+    provisioning_webhook_timeout_s: int = 5
+    # How long the bridge may trust a cached "device is active" answer.
+    registry_cache_ttl_s: int = 2
 
     # Flink
     flink_rest_port: int = 8081
@@ -68,6 +87,10 @@ class Settings:
     # API
     api_host: str = "127.0.0.1"
     api_port: int = 8000
+    # Serve HTTPS with a certificate from the platform CA (pki_dir/servers/fleet-api-server.*).
+    api_tls: bool = False
+    api_token_ttl_s: int = 3600
+    api_token_max_ttl_s: int = 86400
 
     # Parquet lake
     lake_dir: Path | None = None
@@ -130,6 +153,14 @@ def _coerce(f: dataclasses.Field, value: Any) -> Any:
     kind = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
     if value is None:
         return None
+    if kind.startswith("bool"):
+        if isinstance(value, bool):
+            return value
+        if str(value).lower() in ("1", "true", "yes", "on"):
+            return True
+        if str(value).lower() in ("0", "false", "no", "off", ""):
+            return False
+        raise ValueError(f"setting {f.name} must be true or false, got {value!r}")
     if kind.startswith("int"):
         try:
             return int(value)

@@ -34,6 +34,7 @@ def settings_env(settings: Settings) -> dict[str, str]:
     env["FLEET_MQTT_HOST"] = settings.mqtt_host
     env["FLEET_MQTT_DEVICE_PORT"] = str(settings.mqtt_device_port)
     env["FLEET_MQTT_SERVICE_PORT"] = str(settings.mqtt_service_port)
+    env["FLEET_MQTT_PROVISIONING_PORT"] = str(settings.mqtt_provisioning_port)
     env["FLEET_BRIDGE_METRICS_PORT"] = str(settings.bridge_metrics_port)
     env["FLEET_API_PORT"] = str(settings.api_port)
     env["FLEET_LAKE_DIR"] = str(settings.lake_path)
