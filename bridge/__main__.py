@@ -24,24 +24,30 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--metrics-port", type=int, default=None,
                         help="override FLEET_BRIDGE_METRICS_PORT (0 = no HTTP endpoint)")
     parser.add_argument("--drain-timeout", type=float, default=30.0)
+    parser.add_argument("--retire", action="store_true",
+                        help="take this instance out of service: drain its queued messages, end its session, exit")
     args = parser.parse_args(argv)
 
     settings = Settings.from_env()
     if args.metrics_port is not None:
         settings = settings.replace(bridge_metrics_port=args.metrics_port)
     configure_logging("bridge", settings.log_level)
+    # kafka-python's I/O loop warns whenever the GIL kept it waiting >100 ms: noise under load.
+    logging.getLogger("kafka.net.selector").setLevel(logging.ERROR)
     log = logging.getLogger("bridge")
 
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda signum, frame: stop.set())
 
-    bridge = UplinkBridge(settings, instance=args.instance)
+    bridge = UplinkBridge(settings, instance=args.instance, retire=args.retire)
     try:
         bridge.start()
     except Exception as exc:
         log.error("bridge could not start", extra=log_fields(error=str(exc)))
         return 1
+    if args.retire:
+        return 0 if bridge.retire_when_idle() else 2
     while not stop.wait(30):
         m = bridge.metrics
         log.info("progress", extra=log_fields(

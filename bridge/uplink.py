@@ -78,7 +78,7 @@ class _Delivery:
 
 class UplinkBridge:
     def __init__(self, settings: Settings, *, instance: int = 0, producer: KafkaProducer | None = None,
-                 validators: UplinkValidators | None = None, http_host: str = "127.0.0.1"):
+                 validators: UplinkValidators | None = None, http_host: str = "127.0.0.1", retire: bool = False):
         self.settings = settings
         self.client_id = f"{settings.bridge_client_id}-{instance}"
         self.metrics = BridgeMetrics()
@@ -88,6 +88,9 @@ class UplinkBridge:
         self._producer = producer
         self._topic_names = {name: settings.topic(name) for name in Kafka.ALL}
         self._accepting = True
+        # Retiring: unsubscribe, drain what the broker queued for this instance, end the session.
+        self.retire = retire
+        self._last_message = time.monotonic()
         self._stopping = False
         self._gen = 0
         self._inflight = 0
@@ -185,8 +188,11 @@ class UplinkBridge:
         self._backoff = 0.5
         self._connected.set()
         self.metrics.mqtt_connected.set(1)
-        opts = SubscribeOptions(qos=1)
-        client.subscribe([(f, opts) for f in shared_filters(self.settings.bridge_share_group)])
+        if self.retire:
+            client.unsubscribe(shared_filters(self.settings.bridge_share_group))
+        else:
+            opts = SubscribeOptions(qos=1)
+            client.subscribe([(f, opts) for f in shared_filters(self.settings.bridge_share_group)])
         log.info("connected to MQTT", extra=log_fields(session_present=flags.session_present, generation=self._gen))
 
     def _on_subscribe(self, client, userdata, mid, reason_codes, properties) -> None:
@@ -207,6 +213,7 @@ class UplinkBridge:
         if not self._accepting:
             return  # left unacknowledged: the broker resends it when this instance reconnects
         now_ms = time.time_ns() // 1_000_000
+        self._last_message = time.monotonic()
         try:
             topic = msg.topic
         except UnicodeDecodeError:
@@ -273,10 +280,27 @@ class UplinkBridge:
                     "kafka_reachable": kafka_ok, "inflight": inflight, "accepting": self._accepting}
 
     # -- shutdown ---------------------------------------------------------------------------
-    def stop(self, drain_timeout: float = 30.0) -> bool:
+    def retire_when_idle(self, idle: float = 3.0, timeout: float = 300.0) -> bool:
+        """(retire mode) Wait until the session's backlog is drained, then stop and end the session.
+
+        How to take an instance out of service for good: its persistent session would otherwise
+        keep receiving its share of messages (Mosquitto round-robins shared subscriptions over
+        offline sessions too) until the session expires.
+        """
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            quiet = time.monotonic() - self._last_message
+            if self._connected.is_set() and self._inflight == 0 and quiet >= idle:
+                break
+            time.sleep(0.2)
+        return self.stop(end_session=True)
+
+    def stop(self, drain_timeout: float = 30.0, end_session: bool = False) -> bool:
         """Stop taking messages, wait for in-flight records and their acks, flush, disconnect.
 
-        Returns True when everything in flight was confirmed and acknowledged in time.
+        The MQTT session (subscriptions, unacknowledged and queued messages) stays on the broker
+        for the next start of this instance unless ``end_session``. Returns True when everything
+        in flight was confirmed and acknowledged in time.
         """
         log.info("stopping: draining in-flight messages", extra=log_fields(inflight=self._inflight))
         self._accepting = False
@@ -293,7 +317,11 @@ class UplinkBridge:
             self._stopping = True
             if self._reconnect_timer is not None:
                 self._reconnect_timer.cancel()
-            self.client.disconnect()  # session (and subscriptions) stay for the next start
+            props = None
+            if end_session:
+                props = Properties(PacketTypes.DISCONNECT)
+                props.SessionExpiryInterval = 0
+            self.client.disconnect(properties=props)
             done.set()
 
         self.loop.call_soon(disconnect)

@@ -1,0 +1,218 @@
+"""Device -> Mosquitto (mTLS) -> bridge -> Kafka, against the real local stack.
+
+The first tests go through the stack's own bridge (default topics, fresh device ids per test).
+The kill -9 test runs its own bridge process on throwaway topics and a throwaway share group,
+so killing it disturbs nothing else.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+import uuid
+from pathlib import Path
+
+import pytest
+
+from device.agent import AgentConfig, DeviceAgent
+from device.identity import enroll_locally
+from device.simulator import GENERATORS, run_worker
+from fleet.pki import LocalPKI
+from fleet.settings import Settings
+from fleet.topics import Kafka
+from fleet.validation import kafka_schema
+from tests.support.kafka import end_offsets, read_json
+
+pytestmark = pytest.mark.integration
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:8]}"
+
+
+def start_agent(settings: Settings, device_id: str, directory: Path) -> DeviceAgent:
+    identity = enroll_locally(LocalPKI(settings.pki_dir), device_id, directory / device_id)
+    agent = DeviceAgent(identity, AgentConfig.from_settings(settings)).start()
+    assert agent.wait_connected(15), f"{device_id} could not connect over mTLS"
+    return agent
+
+
+@pytest.fixture
+def agent(stack: Settings, tmp_path):
+    a = start_agent(stack, unique("it"), tmp_path)
+    yield a
+    a.stop()
+
+
+def test_telemetry_reaches_kafka_in_order_with_the_envelope(stack: Settings, agent: DeviceAgent):
+    topic = stack.topic(Kafka.TELEMETRY)
+    start = end_offsets(stack, topic)
+    for i in range(20):
+        agent.send_telemetry({"temperature": 20 + i / 10, "count": i}, {"site": "lab"})
+    assert agent.wait_acked(15)
+
+    records = read_json(stack, topic, start, keep=lambda v: v["device_id"] == agent.device_id,
+                        until=lambda recs: len(recs) >= 20, timeout=60)
+    assert [r["payload"]["seq"] for r in records] == list(range(20))  # one partition per device: in order
+    envelope = kafka_schema("envelope")
+    for i, r in enumerate(records):
+        assert envelope.is_valid(r), r
+        assert r["type"] == "telemetry" and r["mqtt_topic"] == f"devices/{agent.device_id}/telemetry"
+        assert r["payload"]["metrics"] == {"temperature": 20 + i / 10, "count": i}
+        assert r["payload"]["attrs"] == {"site": "lab"}
+        assert r["ts"] == r["payload"]["ts"] and r["ingest_ts"] >= r["ts"] - 5_000
+
+
+def test_status_online_then_offline_reaches_device_events(stack: Settings, tmp_path):
+    topic = stack.topic(Kafka.DEVICE_EVENTS)
+    start = end_offsets(stack, topic)
+    a = start_agent(stack, unique("it"), tmp_path)
+    a.stop()
+    records = read_json(stack, topic, start, keep=lambda v: v["device_id"] == a.device_id,
+                        until=lambda recs: len(recs) >= 2, timeout=60)
+    assert [(r["type"], r["payload"]["online"], r["payload"].get("reason")) for r in records] == [
+        ("status", True, None), ("status", False, "shutdown")]
+
+
+def test_rejected_payloads_land_in_dead_letter_with_reason_and_raw_bytes(stack: Settings, agent: DeviceAgent):
+    topic = stack.topic(Kafka.DEAD_LETTER)
+    start = end_offsets(stack, topic)
+    oversized = json.dumps({"ts": int(time.time() * 1000), "seq": 1, "metrics": {},
+                            "attrs": {"pad": "x" * stack.max_payload_bytes}}).encode()
+    cases = {
+        "invalid_json": b'{"ts": 17, "seq": ',
+        "schema_violation": json.dumps({"ts": int(time.time() * 1000), "seq": -5, "metrics": {"t": "hot"}}).encode(),
+        "payload_too_large": oversized,
+    }
+    for raw in cases.values():
+        agent.publish_raw("telemetry", raw)
+    assert agent.wait_acked(15)
+
+    records = read_json(stack, topic, start, keep=lambda v: v["device_id"] == agent.device_id,
+                        until=lambda recs: len(recs) >= len(cases), timeout=60)
+    by_reason = {r["reason"]: r for r in records}
+    assert set(by_reason) == set(cases)
+    dead_letter = kafka_schema("dead-letter")
+    for reason, raw in cases.items():
+        r = by_reason[reason]
+        assert dead_letter.is_valid(r), r
+        assert base64.b64decode(r["raw_b64"]) == raw and r["raw_size"] == len(raw)
+        assert r["mqtt_topic"] == f"devices/{agent.device_id}/telemetry" and r["source"] == "bridge"
+    assert "$.seq" in by_reason["schema_violation"]["detail"] or "$.metrics" in by_reason["schema_violation"]["detail"]
+    # And nothing of it reached the telemetry topic.
+    telemetry = read_json(stack, stack.topic(Kafka.TELEMETRY), end_offsets(stack, stack.topic(Kafka.TELEMETRY)),
+                          keep=lambda v: v["device_id"] == agent.device_id, until=lambda recs: False, timeout=2)
+    assert telemetry == []
+
+
+# -- kill -9 under load ---------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class BridgeProcess:
+    """``python -m bridge`` as a child process with its own topics, share group and port."""
+
+    def __init__(self, settings: Settings, instance: int):
+        from fleet.stack.apps import settings_env
+
+        self.settings, self.instance = settings, instance
+        self.env = settings_env(settings)
+        self.env["FLEET_BRIDGE_SHARE_GROUP"] = settings.bridge_share_group
+        self.log = open(settings.log_dir / f"test-bridge-{instance}.log", "ab")
+        self.proc: subprocess.Popen | None = None
+
+    def start(self, *extra: str) -> "BridgeProcess":
+        self.proc = subprocess.Popen([sys.executable, "-m", "bridge", "--instance", str(self.instance), *extra],
+                                     env=self.env, cwd=PROJECT_ROOT, stdout=self.log, stderr=self.log)
+        return self
+
+    def wait_healthy(self, timeout: float = 30) -> None:
+        url = f"http://127.0.0.1:{self.settings.bridge_metrics_port}/health"
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert self.proc.poll() is None, "bridge exited"
+            try:
+                if urllib.request.urlopen(url, timeout=1).status == 200:
+                    return
+            except OSError:
+                pass
+            time.sleep(0.2)
+        raise AssertionError("bridge did not become healthy")
+
+    def kill9(self) -> None:
+        os.kill(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(10)
+
+    def terminate(self, timeout: float = 40) -> int:
+        self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout)
+
+
+@pytest.fixture
+def own_bridge_settings(stack: Settings):
+    from kafka.admin import KafkaAdminClient
+
+    from fleet.stack.kafka import create_topics
+
+    tag = uuid.uuid4().hex[:8]
+    settings = stack.replace(topic_prefix=f"it-{tag}.", bridge_share_group=f"it-{tag}",
+                             bridge_metrics_port=free_port())
+    create_topics(settings, Kafka.ALL)
+    yield settings
+    admin = KafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
+    try:
+        admin.delete_topics([settings.topic(n) for n in Kafka.ALL])
+    finally:
+        admin.close()
+
+
+def test_kill_9_under_load_then_restart_loses_nothing(own_bridge_settings: Settings, tmp_path):
+    settings = own_bridge_settings
+    instance = 900 + int(uuid.uuid4().hex[:4], 16) % 99  # not a number the stack's bridges use
+    bridge = BridgeProcess(settings, instance).start()
+    bridge.wait_healthy()
+
+    pki = LocalPKI(settings.pki_dir)
+    prefix = unique("k9")
+    identities = [enroll_locally(pki, f"{prefix}-{i:02d}", tmp_path / f"{prefix}-{i:02d}") for i in range(20)]
+    result: dict = {}
+    load = threading.Thread(target=lambda: result.update(report=run_worker(
+        0, settings, identities, 40.0, 12.0, list(GENERATORS)[:3], 1.0, 60.0, report=lambda r: None)))
+    load.start()  # 20 devices x 40 msg/s = 800 msg/s for 12 s
+    time.sleep(5)
+    bridge.kill9()  # mid-stream: records in the producer's buffer, PUBACKs not yet sent
+    time.sleep(2)
+    bridge.start()
+    bridge.wait_healthy()
+    load.join(120)
+    report = result["report"]
+    assert report.unacked == 0 and report.dropped == 0 and report.sent > 5000
+
+    expected = {(dev, seq) for dev, (first, nxt) in report.seq_ranges.items() for seq in range(first, nxt)}
+    topic = settings.topic(Kafka.TELEMETRY)
+    start = {tp: 0 for tp in end_offsets(settings, topic)}
+
+    def covered(records: list[dict]) -> bool:
+        return expected <= {(r["device_id"], r["payload"]["seq"]) for r in records}
+
+    records = read_json(settings, topic, start, until=covered, timeout=120)
+    seen = {(r["device_id"], r["payload"]["seq"]) for r in records}
+    missing = sorted(expected - seen)
+    assert not missing, f"{len(missing)} of {len(expected)} lost, e.g. {missing[:5]}"
+    assert bridge.terminate() == 0
+    # End the test instance's broker session so it stops collecting a share of later traffic.
+    assert BridgeProcess(settings, instance).start("--retire").proc.wait(60) == 0
