@@ -1,0 +1,437 @@
+"""A Flink 2.2 standalone cluster (one JobManager, one TaskManager) from the apache-flink pip package.
+
+The pip package ships the runtime (``pyflink/bin``, ``lib``, ``opt``) but no connectors. ``prepare``
+resolves the connector jars (fleet/stack/maven/flink/pom.xml) and the project's own Java
+extension (java/flink-fleet), and builds a private ``lib/`` of symlinks (pip runtime + flink-python +
+connectors) and a runtime conf dir (``flink-conf/config.yaml`` + this machine's paths and ports).
+Both daemons run in the foreground under ``ManagedProcess``, so the pid files are ours.
+
+Jobs are submitted with the real ``flink run --python`` CLI; everything else (list, cancel, stop
+with savepoint) goes through the REST API, which answers in milliseconds instead of a JVM start.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import site
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any, Sequence
+
+import yaml
+
+from fleet.settings import Settings
+from fleet.stack import jars
+from fleet.stack.process import ManagedProcess, StackError, ensure_port_free, port_open, run_checked, wait_until
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+REPO_CONF = PROJECT_ROOT / "flink-conf" / "config.yaml"
+JAR_SET = "flink"
+EXTENSION_DIR = PROJECT_ROOT / "java" / "flink-fleet"
+# Packages shipped with every job (--pyFiles), so a cluster without the project installed works.
+PROJECT_PACKAGES = ("fleet", "jobs")
+# Files of the package's conf dir the scripts expect next to config.yaml.
+CONF_FILES = ("log4j.properties", "log4j-console.properties", "log4j-cli.properties", "logback.xml",
+              "logback-console.xml")
+RPC_PORT_OFFSET = 6123 - 8081  # JobManager RPC port follows the REST port (6123 for 8081)
+
+
+def pyflink_home() -> Path:
+    try:
+        import pyflink
+    except ImportError:
+        raise StackError("PyFlink is not installed: pip install -e '.[flink]' (apache-flink==2.2.1)") from None
+    return Path(pyflink.__file__).resolve().parent
+
+
+def python_path(existing: str | None = None) -> str:
+    """PYTHONPATH for Python run inside Flink's JVMs.
+
+    Thread mode embeds CPython (PEMJA) from the *base* installation of python.executable, which
+    does not activate a virtualenv: without the venv's site-packages the TaskManager fails with
+    "No module named 'pemja'". Directories only; .pth files are not read from PYTHONPATH.
+    """
+    parts = [p for p in site.getsitepackages() if Path(p).is_dir()]
+    if existing:
+        parts += [p for p in existing.split(os.pathsep) if p and p not in parts]
+    return os.pathsep.join(parts)
+
+
+class FlinkLayout:
+    """Where the local cluster's generated files live (everything under var/)."""
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.root = settings.data_dir / "flink"
+        self.conf_dir = self.root / "conf"
+        self.lib_dir = self.root / "lib"
+        self.checkpoint_dir = self.root / "checkpoints"
+        self.savepoint_dir = self.root / "savepoints"
+        self.tmp_dir = self.root / "tmp"
+        self.log_dir = settings.log_dir / "flink"
+        self.pid_dir = settings.run_dir / "flink"
+
+    @property
+    def rest_url(self) -> str:
+        return f"http://127.0.0.1:{self.settings.flink_rest_port}"
+
+    def env(self) -> dict[str, str]:
+        """Environment for the pip package's scripts (daemons and CLI)."""
+        env = dict(os.environ)
+        env.update({
+            "FLINK_CONF_DIR": str(self.conf_dir),
+            "FLINK_LIB_DIR": str(self.lib_dir),
+            "FLINK_LOG_DIR": str(self.log_dir),
+            "FLINK_PID_DIR": str(self.pid_dir),
+            # The CLI runs the job's Python program to build the graph: our interpreter.
+            "PYFLINK_CLIENT_EXECUTABLE": sys.executable,
+            "PYTHONPATH": python_path(env.get("PYTHONPATH")),
+        })
+        return env
+
+
+def runtime_overrides(settings: Settings, layout: FlinkLayout) -> dict[str, Any]:
+    """Machine-specific keys appended to the project's config."""
+    rest_port = settings.flink_rest_port
+    return {
+        # Java 17 needs the package's --add-opens list (copied so it matches the runtime version).
+        "env.java.opts.all": _package_conf().get("env.java.opts.all", ""),
+        "jobmanager.rpc.address": "localhost",
+        "jobmanager.rpc.port": rest_port + RPC_PORT_OFFSET,
+        "jobmanager.bind-host": "localhost",
+        "taskmanager.bind-host": "localhost",
+        "taskmanager.host": "localhost",
+        "rest.address": "127.0.0.1",
+        "rest.bind-address": "127.0.0.1",
+        "rest.port": rest_port,
+        "parallelism.default": settings.flink_parallelism,
+        "execution.checkpointing.dir": layout.checkpoint_dir.as_uri(),
+        "execution.checkpointing.savepoint-dir": layout.savepoint_dir.as_uri(),
+        "io.tmp.dirs": str(layout.tmp_dir),
+        # Workers and the client must use the interpreter that has the project and PyFlink.
+        "python.executable": sys.executable,
+        "python.client.executable": sys.executable,
+    }
+
+
+def _package_conf() -> dict[str, Any]:
+    return flatten(yaml.safe_load((pyflink_home() / "conf" / "config.yaml").read_text()) or {})
+
+
+def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{'a': {'b': 1}, 'a.c': 2} -> {'a.b': 1, 'a.c': 2} (Flink reads both forms)."""
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        full = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(flatten(value, full + "."))
+        else:
+            flat[full] = value
+    return flat
+
+
+def render_config(settings: Settings, layout: FlinkLayout) -> str:
+    project = flatten(yaml.safe_load(REPO_CONF.read_text()) or {})
+    merged = {**project, **runtime_overrides(settings, layout)}
+    header = (f"# Generated by fleet/stack/flink.py from {REPO_CONF.relative_to(PROJECT_ROOT)} plus this "
+              "machine's paths and ports; edits are overwritten.\n")
+    return header + yaml.safe_dump(merged, default_flow_style=False, sort_keys=True, width=1 << 16)
+
+
+def build_lib_dir(layout: FlinkLayout, extra_jar_dirs: Sequence[Path]) -> None:
+    """lib/ = the pip runtime's lib + flink-python (thread mode wants it on the parent class path)
+    + connector jars. Symlinks, rebuilt on every prepare, so a changed jar set never lingers."""
+    home = pyflink_home()
+    jars_in = sorted((home / "lib").glob("*.jar")) + sorted((home / "opt").glob("flink-python*.jar"))
+    for d in extra_jar_dirs:
+        jars_in += sorted(d.glob("*.jar"))
+    staging = layout.root / ".lib.new"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    for jar in jars_in:
+        (staging / jar.name).symlink_to(jar)
+    shutil.rmtree(layout.lib_dir, ignore_errors=True)
+    staging.rename(layout.lib_dir)
+
+
+class FlinkComponent:
+    name = "flink"
+    start_timeout = 120.0
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.layout = FlinkLayout(settings)
+        bin_dir = pyflink_home() / "bin"
+        self.jobmanager = ManagedProcess(
+            name="flink-jobmanager", argv=[str(bin_dir / "jobmanager.sh"), "start-foreground"],
+            log_file=settings.log_dir / "flink-jobmanager.log", pid_file=settings.run_dir / "flink-jobmanager.pid",
+            env=self.layout.env(), cwd=self.layout.root,
+        )
+        self.taskmanager = ManagedProcess(
+            name="flink-taskmanager", argv=[str(bin_dir / "taskmanager.sh"), "start-foreground"],
+            log_file=settings.log_dir / "flink-taskmanager.log", pid_file=settings.run_dir / "flink-taskmanager.pid",
+            env=self.layout.env(), cwd=self.layout.root,
+        )
+        # The launcher watches this one for an early exit during start-up.
+        self.process = self.jobmanager
+
+    def prepare(self) -> None:
+        connectors = jars.resolve(JAR_SET, self.settings.jar_dir)
+        extension = build_extension(self.settings)
+        build_lib_dir(self.layout, [connectors, *extension])
+        for d in (self.layout.conf_dir, self.layout.checkpoint_dir, self.layout.savepoint_dir,
+                  self.layout.tmp_dir, self.layout.log_dir, self.layout.pid_dir):
+            d.mkdir(parents=True, exist_ok=True)
+        package_conf = pyflink_home() / "conf"
+        for name in CONF_FILES:
+            shutil.copyfile(package_conf / name, self.layout.conf_dir / name)
+        (self.layout.conf_dir / "config.yaml").write_text(render_config(self.settings, self.layout))
+
+    def start(self) -> None:
+        if not self.jobmanager.is_running():
+            ensure_port_free("127.0.0.1", self.settings.flink_rest_port, "the Flink JobManager (REST)")
+            ensure_port_free("127.0.0.1", self.settings.flink_rest_port + RPC_PORT_OFFSET, "the Flink JobManager (RPC)")
+            self.jobmanager.start()
+        if not self.taskmanager.is_running():
+            self.taskmanager.start()
+
+    def healthy(self) -> bool:
+        try:
+            overview = rest(self.settings, "GET", "/overview", timeout=2)
+        except StackError:
+            return False
+        return overview.get("taskmanagers", 0) >= 1 and overview.get("slots-total", 0) >= 1
+
+    def post_start(self) -> None:
+        pass
+
+    def stop(self) -> None:
+        # TaskManager first, so the JobManager does not start restarting jobs on a lost TM.
+        self.taskmanager.stop(timeout=30)
+        self.jobmanager.stop(timeout=30)
+
+    def is_running(self) -> bool:
+        return self.jobmanager.is_running() or self.taskmanager.is_running()
+
+    def endpoints(self) -> dict[str, str]:
+        return {"web UI / REST": self.layout.rest_url,
+                "checkpoints": str(self.layout.checkpoint_dir),
+                "savepoints": str(self.layout.savepoint_dir)}
+
+    def log_files(self) -> list[Path]:
+        own = [self.jobmanager.log_file, self.taskmanager.log_file]
+        return own + sorted(self.layout.log_dir.glob("*.log"))
+
+    # --- fault injection (tests) -------------------------------------------------------------
+
+    def kill_taskmanager(self) -> None:
+        """kill -9 the TaskManager, as a crash would; running jobs fail over and wait for slots."""
+        self.taskmanager.kill()
+        wait_until(lambda: not self.taskmanager.is_running(), what="TaskManager exit", timeout=10)
+
+    def restart_taskmanager(self, timeout: float = 60.0) -> None:
+        self.taskmanager.start()
+        wait_until(lambda: rest(self.settings, "GET", "/overview", timeout=2).get("taskmanagers", 0) >= 1,
+                   what="TaskManager registration", timeout=timeout, process=self.taskmanager)
+
+
+# --- the project's Java extension -----------------------------------------------------------------
+
+def build_extension(settings: Settings) -> list[Path]:
+    """Jar directories of java/flink-fleet (our sinks), built with Maven when its sources change."""
+    if not EXTENSION_DIR.exists():
+        return []
+    return []
+
+
+# --- REST and CLI ----------------------------------------------------------------------------------
+
+def rest(settings: Settings, method: str, path: str, body: dict | None = None, timeout: float = 10) -> Any:
+    url = f"http://127.0.0.1:{settings.flink_rest_port}{path}"
+    data = json.dumps(body).encode() if body is not None else None
+    req = urllib.request.Request(url, data=data, method=method,
+                                 headers={"Content-Type": "application/json"} if data else {})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            raw = resp.read()
+    except urllib.error.HTTPError as err:
+        detail = err.read().decode("utf-8", "replace")[:2000]
+        raise StackError(f"Flink REST {method} {path} answered {err.code}: {detail}") from None
+    except OSError as err:
+        raise StackError(f"Flink REST {method} {path} unreachable at {url}: {err}") from None
+    return json.loads(raw) if raw else {}
+
+
+def cluster_up(settings: Settings) -> bool:
+    return port_open("127.0.0.1", settings.flink_rest_port)
+
+
+def submit_job(settings: Settings, job_py: Path | str, args: Sequence[str] = (), detached: bool = True,
+               savepoint: str | None = None, allow_non_restored: bool = False,
+               parallelism: int | None = None, timeout: float = 300) -> str:
+    """``flink run --python job_py [args]`` against the local cluster; returns the job id.
+
+    The CLI runs the job's ``main()`` with our interpreter (PYFLINK_CLIENT_EXECUTABLE) and the
+    stack's FLEET_* environment, so the job builds its Settings exactly like every other process.
+    """
+    from fleet.stack.apps import settings_env
+
+    layout = FlinkLayout(settings)
+    if not (layout.conf_dir / "config.yaml").exists():
+        raise StackError("the Flink runtime config is missing; run 'fleet stack up' first")
+    job_py = Path(job_py).resolve()
+    argv = [str(pyflink_home() / "bin" / "flink"), "run", "--target", "remote",
+            "-Drest.address=127.0.0.1", f"-Drest.port={settings.flink_rest_port}"]
+    if detached:
+        argv.append("--detached")
+    if savepoint:
+        argv += ["--fromSavepoint", savepoint]
+        if allow_non_restored:
+            argv.append("--allowNonRestoredState")
+    if parallelism:
+        argv += ["--parallelism", str(parallelism)]
+    py_files = ",".join(str(PROJECT_ROOT / p) for p in PROJECT_PACKAGES)
+    argv += ["--python", str(job_py), "--pyFiles", py_files, *args]
+    env = {**settings_env(settings), **layout.env()}
+    out = run_checked(argv, what=f"submitting {job_py.name} to Flink", env=env, cwd=PROJECT_ROOT, timeout=timeout)
+    match = re.search(r"JobID ([0-9a-f]{32})", out)
+    if not match:
+        raise StackError(f"submitting {job_py.name}: no job id in the CLI output:\n{out[-2000:]}")
+    return match.group(1)
+
+
+def list_jobs(settings: Settings) -> list[dict[str, Any]]:
+    """Jobs the cluster knows: dicts with id, name, state, start-time, ... (REST /jobs/overview)."""
+    jobs = rest(settings, "GET", "/jobs/overview").get("jobs", [])
+    for job in jobs:
+        job["id"] = job.get("jid")
+    return jobs
+
+
+def job_details(settings: Settings, job_id: str) -> dict[str, Any]:
+    return rest(settings, "GET", f"/jobs/{job_id}")
+
+
+def wait_for_job_state(settings: Settings, job_id: str, states: Sequence[str], timeout: float = 120,
+                       all_tasks_running: bool = False, interval: float = 0.5) -> str:
+    """Wait until the job reaches one of ``states`` (and, optionally, every task runs).
+
+    A job that ends FAILED (when not waited for) raises at once with its root exception.
+    """
+    deadline = time.monotonic() + timeout
+    state = "UNKNOWN"
+    while time.monotonic() < deadline:
+        try:
+            details = job_details(settings, job_id)
+        except StackError:
+            time.sleep(interval)
+            continue
+        state = details.get("state", "")
+        if state == "FAILED" and "FAILED" not in states:
+            raise StackError(f"job {job_id} FAILED: {_root_exception(settings, job_id)}")
+        if state in states:
+            vertices = details.get("vertices", [])
+            if not all_tasks_running or (vertices and all(v.get("status") == "RUNNING" for v in vertices)):
+                return state
+        time.sleep(interval)
+    raise StackError(f"job {job_id} did not reach {'/'.join(states)} within {timeout:.0f}s (last state {state}); "
+                     f"last exception: {_root_exception(settings, job_id)[:1500]}")
+
+
+def _root_exception(settings: Settings, job_id: str) -> str:
+    try:
+        exc = rest(settings, "GET", f"/jobs/{job_id}/exceptions")
+        return (exc.get("root-exception") or "")[:3000]
+    except StackError as err:
+        return str(err)
+
+
+def cancel_job(settings: Settings, job_id: str, wait: bool = True) -> None:
+    rest(settings, "PATCH", f"/jobs/{job_id}?mode=cancel")
+    if wait:
+        wait_for_job_state(settings, job_id, ["CANCELED", "FINISHED", "FAILED"], timeout=60)
+
+
+def stop_with_savepoint(settings: Settings, job_id: str, target_dir: Path | None = None,
+                        drain: bool = False, timeout: float = 300) -> str:
+    """Stop the job with a savepoint (Kafka offsets, state, committed lake files); returns its path."""
+    target = target_dir or FlinkLayout(settings).savepoint_dir
+    trigger = rest(settings, "POST", f"/jobs/{job_id}/stop",
+                   {"targetDirectory": target.as_uri(), "drain": drain, "formatType": "CANONICAL"})
+    trigger_id = trigger["request-id"]
+    result: dict[str, Any] = {}
+
+    def done() -> bool:
+        status = rest(settings, "GET", f"/jobs/{job_id}/savepoints/{trigger_id}")
+        if status.get("status", {}).get("id") != "COMPLETED":
+            return False
+        result.update(status.get("operation") or {})
+        return True
+
+    wait_until(done, what=f"savepoint of job {job_id}", timeout=timeout)
+    if "failure-cause" in result:
+        cause = result["failure-cause"].get("stack-trace", "")[:3000]
+        raise StackError(f"stop-with-savepoint of job {job_id} failed:\n{cause}")
+    return result["location"]
+
+
+def trigger_savepoint(settings: Settings, job_id: str, timeout: float = 300) -> str:
+    """A savepoint without stopping the job; returns its path."""
+    target = FlinkLayout(settings).savepoint_dir
+    trigger_id = rest(settings, "POST", f"/jobs/{job_id}/savepoints",
+                      {"target-directory": target.as_uri(), "cancel-job": False})["request-id"]
+    result: dict[str, Any] = {}
+
+    def done() -> bool:
+        status = rest(settings, "GET", f"/jobs/{job_id}/savepoints/{trigger_id}")
+        if status.get("status", {}).get("id") != "COMPLETED":
+            return False
+        result.update(status.get("operation") or {})
+        return True
+
+    wait_until(done, what=f"savepoint of job {job_id}", timeout=timeout)
+    if "failure-cause" in result:
+        raise StackError(f"savepoint of job {job_id} failed: {result['failure-cause'].get('stack-trace', '')[:3000]}")
+    return result["location"]
+
+
+def latest_checkpoint(settings: Settings, job_id: str) -> dict[str, Any] | None:
+    latest = rest(settings, "GET", f"/jobs/{job_id}/checkpoints").get("latest", {})
+    return latest.get("completed")
+
+
+def wait_for_restore(settings: Settings, job_id: str, after_ms: int, timeout: float = 180) -> dict[str, Any]:
+    """Wait until the job has restored from a checkpoint/savepoint after ``after_ms`` (epoch ms)
+    and runs every task again; returns the REST 'restored' record (id, external_path, ...)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            restored = rest(settings, "GET", f"/jobs/{job_id}/checkpoints").get("latest", {}).get("restored")
+        except StackError:
+            restored = None
+        if restored and restored.get("restore_timestamp", 0) >= after_ms:
+            wait_for_job_state(settings, job_id, ["RUNNING"], all_tasks_running=True,
+                               timeout=max(1.0, deadline - time.monotonic()))
+            return restored
+        time.sleep(0.5)
+    raise StackError(f"job {job_id} did not restore within {timeout:.0f}s; "
+                     f"last exception: {_root_exception(settings, job_id)[:1500]}")
+
+
+def kill_taskmanager(settings: Settings, restart: bool = True) -> None:
+    """kill -9 the TaskManager (fault tests); by default start a fresh one right away."""
+    component = FlinkComponent(settings)
+    component.kill_taskmanager()
+    if restart:
+        component.restart_taskmanager()
+
+
+def restart_taskmanager(settings: Settings) -> None:
+    FlinkComponent(settings).restart_taskmanager()
+
