@@ -17,13 +17,17 @@ from fastapi import Depends, HTTPException, Request, status
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 
 from fleet.apikeys import ApiKeyStore, AuthFailure
+from fleet.audit import AuditLog
 from fleet.auth import Principal, Role, parse_secret
 from fleet.db import CassandraSessions, StoreUnavailable
+from fleet.domain.devices import RegistryError
+from fleet.onboarding import Onboarding
 from fleet.settings import Settings
 
 __all__ = [
     "SettingsDep", "CassandraSession", "Principal", "Role", "CurrentPrincipal", "Viewer", "Operator", "Admin",
-    "ensure_device_visible", "ensure_groups_allowed", "require_role", "app_store",
+    "UnscopedAdmin", "ensure_device_visible", "ensure_groups_allowed", "require_role", "app_store",
+    "OnboardingDep", "ApiKeys", "Audit", "raise_http",
 ]
 
 T = TypeVar("T")
@@ -57,16 +61,19 @@ CassandraSession = Annotated[object, Depends(get_cassandra)]
 _store_lock = threading.Lock()
 
 
+def _cached(request: Request, key, make: Callable[[], T]) -> T:
+    stores: dict = request.app.state.stores
+    if key not in stores:
+        with _store_lock:
+            if key not in stores:
+                stores[key] = make()
+    return stores[key]
+
+
 def app_store(request: Request, factory: Callable[[object], T], session=None) -> T:
     """One repository object per app and class (they prepare statements once)."""
-    stores: dict = request.app.state.stores
-    store = stores.get(factory)
-    if store is None:
-        with _store_lock:
-            store = stores.get(factory)
-            if store is None:
-                store = stores[factory] = factory(session if session is not None else get_cassandra(request))
-    return store
+    return _cached(request, factory,
+                   lambda: factory(session if session is not None else get_cassandra(request)))
 
 
 def get_principal(
@@ -105,6 +112,42 @@ def require_role(role: Role) -> Callable[[Principal], Principal]:
 Viewer = Annotated[Principal, Depends(require_role(Role.viewer))]
 Operator = Annotated[Principal, Depends(require_role(Role.operator))]
 Admin = Annotated[Principal, Depends(require_role(Role.admin))]
+
+
+def require_unscoped_admin(principal: Admin) -> Principal:
+    # Platform-wide resources (templates, claims, the audit log) are not divisible by group.
+    if principal.groups is not None:
+        raise HTTPException(status.HTTP_403_FORBIDDEN, "this needs an admin key that is not scoped to groups")
+    return principal
+
+
+UnscopedAdmin = Annotated[Principal, Depends(require_unscoped_admin)]
+
+
+def get_api_keys(request: Request) -> ApiKeyStore:
+    return app_store(request, ApiKeyStore)
+
+
+def get_audit(request: Request) -> AuditLog:
+    return app_store(request, AuditLog)
+
+
+def get_onboarding(request: Request) -> Onboarding:
+    return _cached(request, Onboarding, lambda: Onboarding(request.app.state.settings, get_cassandra(request),
+                                                           pki=request.app.state.pki))
+
+
+ApiKeys = Annotated[ApiKeyStore, Depends(get_api_keys)]
+Audit = Annotated[AuditLog, Depends(get_audit)]
+OnboardingDep = Annotated[Onboarding, Depends(get_onboarding)]
+
+_HTTP_STATUS = {"bad_request": status.HTTP_400_BAD_REQUEST, "not_found": status.HTTP_404_NOT_FOUND,
+                "conflict": status.HTTP_409_CONFLICT, "forbidden": status.HTTP_403_FORBIDDEN}
+
+
+def raise_http(exc: RegistryError):
+    """Registry rule violations as 4xx with the rule's message as ``detail``."""
+    raise HTTPException(_HTTP_STATUS.get(exc.code, status.HTTP_400_BAD_REQUEST), str(exc)) from None
 
 
 def ensure_device_visible(principal: Principal, device_groups: Iterable[str] | None,

@@ -6,9 +6,13 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from api.routes import health
+from api import audit
+from api.background import SecurityWorkers
+from api.routes import audit as audit_routes
+from api.routes import auth, ca, certificates, claims, devices, health, keys, templates
 from fleet.db import CassandraSessions
 from fleet.logs import configure_logging
+from fleet.pki import LocalPKI
 from fleet.settings import Settings
 
 
@@ -18,18 +22,28 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        yield
-        app.state.cassandra.shutdown()
+        workers = SecurityWorkers(app).start()
+        app.state.workers = workers
+        try:
+            yield
+        finally:
+            workers.stop()
+            app.state.cassandra.shutdown()
 
     app = FastAPI(
         title="Fleet Platform API",
         version="0.1.0",
-        description="Register devices, read shadows and telemetry, send commands, roll out firmware.",
+        description="Register devices, read shadows and telemetry, send commands, roll out firmware. "
+                    "Every /v1 route needs an API key ('X-API-Key' or 'Authorization: Bearer').",
         lifespan=lifespan,
     )
     app.state.settings = settings
     # Connected lazily on the first request that needs it (see api/deps.py).
     app.state.cassandra = CassandraSessions(settings)
     app.state.stores = {}
+    app.state.pki = LocalPKI(settings.pki_dir, validity_days=settings.cert_validity_days)
+    audit.install(app)
     app.include_router(health.router)
+    for module in (devices, certificates, keys, auth, audit_routes, templates, claims, ca):
+        app.include_router(module.router)
     return app

@@ -6,6 +6,7 @@
     fleet stack logs [NAME] [-n N]   tail the logs
     fleet demo                       whole stack + jobs + bridge + API + a simulated fleet
     fleet init                       on an existing cluster: PKI (if none), topics, migrations
+    fleet admin bootstrap            create the first admin API key (printed once)
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import json
 import sys
 import time
 
+from fleet.db import StoreUnavailable
 from fleet.settings import Settings
 from fleet.stack import launcher
 from fleet.stack.process import StackError, tail
@@ -81,6 +83,27 @@ def _init(settings: Settings, args) -> int:
     return 0
 
 
+def _admin_bootstrap(settings: Settings, args) -> int:
+    """The first admin key: there is no default password, so this is how an installation starts."""
+    from fleet.apikeys import ApiKeyStore
+    from fleet.auth import Role
+    from fleet.db import CassandraSessions
+
+    sessions = CassandraSessions(settings)
+    try:
+        keys = ApiKeyStore(sessions.get())
+        if keys.count_active_admins() and not args.force:
+            print("an active admin key exists already; use it to create more keys (POST /v1/keys), "
+                  "or pass --force to add another admin key", file=sys.stderr)
+            return 1
+        key, secret = keys.create(args.name, Role.admin, created_by="fleet admin bootstrap")
+    finally:
+        sessions.shutdown()
+    print(f"admin key {key.id} ({key.name}) created; it is shown only once:", file=sys.stderr)
+    print(secret)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fleet", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -101,6 +124,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("name", nargs="?")
     p.add_argument("-n", "--lines", type=int, default=40)
     p.set_defaults(func=_stack_logs)
+
+    admin = sub.add_parser("admin", help="administration").add_subparsers(dest="action", required=True)
+    p = admin.add_parser("bootstrap", help="create the first admin API key and print it once")
+    p.add_argument("--name", default="bootstrap-admin")
+    p.add_argument("--force", action="store_true", help="create one even if an admin key exists")
+    p.set_defaults(func=_admin_bootstrap)
 
     p = sub.add_parser("init", help="PKI, Kafka topics and Cassandra migrations on an existing cluster")
     p.add_argument("--broker-host", action="append", default=[],
@@ -125,6 +154,9 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(settings, args)
     except StackError as exc:
         print(f"\nerror: {exc}", file=sys.stderr)
+        return 2
+    except StoreUnavailable as exc:
+        print(f"\nerror: {exc} (is the stack up? 'fleet stack up cassandra')", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"\ninterrupted after {time.monotonic() - started:.0f}s", file=sys.stderr)

@@ -33,22 +33,18 @@ class CassandraSessions:
         return self._session
 
     def _connect(self):
-        from cassandra.cluster import Cluster, NoHostAvailable
-        from cassandra.policies import DCAwareRoundRobinPolicy
+        from cassandra.cluster import NoHostAvailable
+
+        from fleet.stack.cassandra import open_session
 
         s = self.settings
-        cluster = Cluster(s.cassandra_contact_points, port=s.cassandra_port,
-                          load_balancing_policy=DCAwareRoundRobinPolicy(),
-                          connect_timeout=self.connect_timeout, protocol_version=5)
         try:
-            session = cluster.connect(s.cassandra_keyspace)
+            session = open_session(s, s.cassandra_keyspace, connect_timeout=self.connect_timeout)
         except NoHostAvailable as exc:
-            cluster.shutdown()
             raise StoreUnavailable(f"Cassandra at {s.cassandra_hosts}:{s.cassandra_port} is unreachable") from exc
         except Exception as exc:  # InvalidRequest: keyspace missing
-            cluster.shutdown()
             raise StoreUnavailable(f"Cassandra keyspace {s.cassandra_keyspace!r} is not available: {exc}") from exc
-        self._cluster = cluster
+        self._cluster = session.cluster
         return session
 
     def shutdown(self) -> None:

@@ -69,6 +69,8 @@ class Settings:
     provisioning_service: bool = True
     provisioning_share_group: str = "provisioning"
     provisioning_webhook_timeout_s: int = 5
+    # How often the API revokes rotated certificates whose grace period is over (0 = never).
+    revocation_interval_s: int = 5
     # How long the bridge may trust a cached "device is active" answer.
     registry_cache_ttl_s: int = 2
 

@@ -1,0 +1,85 @@
+"""Audit every mutating call (POST, PUT, PATCH, DELETE): who, what, when, outcome.
+
+A middleware rather than a line in each route, so refused calls (401, 403, 400) are recorded
+too. Routes may add ``request.state.audit_target`` and ``request.state.audit_detail`` (ids and
+names only - never secrets; request bodies are not recorded).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from fastapi import FastAPI, Request
+
+from fleet.audit import AuditLog
+from fleet.db import StoreUnavailable
+from fleet.logs import log_fields
+
+log = logging.getLogger(__name__)
+MUTATING = {"POST", "PUT", "PATCH", "DELETE"}
+
+
+def outcome_of(status_code: int) -> str:
+    if status_code < 400:
+        return "success"
+    if status_code in (401, 403):
+        return "denied"
+    if status_code < 500:
+        return "rejected"
+    return "error"
+
+
+def _action(request: Request) -> str:
+    route = request.scope.get("route")
+    path = getattr(route, "path", None) or request.url.path[:200]
+    return f"{request.method} {path}"
+
+
+def _target(request: Request) -> str | None:
+    target = getattr(request.state, "audit_target", None)
+    if target is None and request.path_params:
+        target = "/".join(str(v)[:100] for v in request.path_params.values())
+    return target
+
+
+def install(app: FastAPI) -> None:
+    @app.middleware("http")
+    async def audit_mutations(request: Request, call_next):
+        response = await call_next(request)
+        if request.method in MUTATING:
+            await _record(request, response.status_code)
+        return response
+
+
+async def _record(request: Request, status_code: int) -> None:
+    principal = getattr(request.state, "principal", None)
+    actor = f"key:{principal.id} ({principal.name})" if principal else "anonymous"
+    detail = {**(getattr(request.state, "audit_detail", None) or {}), "http_status": status_code}
+    if principal and principal.via != "api_key":
+        detail["via"] = principal.via
+    try:
+        sessions = request.app.state.cassandra
+        stores = request.app.state.stores
+        audit = stores.get(AuditLog)
+        if audit is None:
+            audit = stores[AuditLog] = AuditLog(await asyncio.to_thread(sessions.get))
+        future = audit.record_async(actor, _action(request), _target(request), outcome_of(status_code), detail)
+        await _wait(future)
+    except (StoreUnavailable, Exception) as exc:  # the response is already decided; never fail it here
+        log.error("audit record not written", extra=log_fields(action=_action(request), error=str(exc)))
+
+
+async def _wait(response_future) -> None:
+    """Await a cassandra-driver ResponseFuture without blocking the event loop."""
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future = loop.create_future()
+
+    def ok(_):
+        loop.call_soon_threadsafe(lambda: done.done() or done.set_result(None))
+
+    def failed(exc):
+        loop.call_soon_threadsafe(lambda: done.done() or done.set_exception(exc))
+
+    response_future.add_callbacks(ok, failed)
+    await done
