@@ -14,9 +14,9 @@ from fleet.stack.process import ManagedProcess, ensure_port_free, port_open
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
 
-def _http_ok(url: str, timeout: float = 2.0) -> bool:
+def _http_ok(url: str, timeout: float = 2.0, context=None) -> bool:
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as resp:
+        with urllib.request.urlopen(url, timeout=timeout, context=context) as resp:
             return resp.status == 200
     except (OSError, ValueError):
         return False
@@ -37,6 +37,7 @@ def settings_env(settings: Settings) -> dict[str, str]:
     env["FLEET_MQTT_PROVISIONING_PORT"] = str(settings.mqtt_provisioning_port)
     env["FLEET_BRIDGE_METRICS_PORT"] = str(settings.bridge_metrics_port)
     env["FLEET_API_PORT"] = str(settings.api_port)
+    env["FLEET_API_TLS"] = "true" if settings.api_tls else "false"
     env["FLEET_LAKE_DIR"] = str(settings.lake_path)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(PROJECT_ROOT), env.get("PYTHONPATH")]))
     return env
@@ -88,6 +89,8 @@ class BridgeComponent:
 
 
 class ApiComponent:
+    """The API under uvicorn; with ``api_tls`` it serves HTTPS with a platform-CA certificate."""
+
     name = "api"
     start_timeout = 30.0
 
@@ -101,17 +104,36 @@ class ApiComponent:
             env=settings_env(settings), cwd=PROJECT_ROOT,
         )
 
+    @property
+    def base_url(self) -> str:
+        scheme = "https" if self.settings.api_tls else "http"
+        return f"{scheme}://{self.settings.api_host}:{self.settings.api_port}"
+
     def prepare(self) -> None:
-        pass
+        if self.settings.api_tls and "--ssl-certfile" not in self.process.argv:
+            from fleet.pki import LocalPKI
+
+            pki = LocalPKI(self.settings.pki_dir)
+            pki.ensure()
+            cert, key = pki.server_identity("fleet-api-server", hostnames=("localhost",),
+                                            ips=tuple({"127.0.0.1", self.settings.api_host} - {"0.0.0.0"}))
+            self.process.argv += ["--ssl-certfile", str(cert), "--ssl-keyfile", str(key)]
 
     def start(self) -> None:
         if not self.process.is_running():
             ensure_port_free(self.settings.api_host, self.settings.api_port, "the API")
             self.process.start()
 
+    def _tls_context(self):
+        if not self.settings.api_tls:
+            return None
+        import ssl
+
+        return ssl.create_default_context(cafile=str(self.settings.pki_dir / "ca-chain.crt"))
+
     def healthy(self) -> bool:
         return port_open(self.settings.api_host, self.settings.api_port) and \
-            _http_ok(f"http://{self.settings.api_host}:{self.settings.api_port}/health")
+            _http_ok(f"{self.base_url}/health", context=self._tls_context())
 
     def post_start(self) -> None:
         pass
@@ -123,7 +145,7 @@ class ApiComponent:
         return self.process.is_running()
 
     def endpoints(self) -> dict[str, str]:
-        base = f"http://{self.settings.api_host}:{self.settings.api_port}"
+        base = self.base_url
         return {"api": base, "openapi": f"{base}/docs", "metrics": f"{base}/metrics"}
 
     def log_files(self) -> list[Path]:
