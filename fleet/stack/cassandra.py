@@ -187,8 +187,7 @@ class CassandraComponent:
             "-Dio.netty.tryReflectionSetAccessible=true",
             "-Dio.netty.allocator.useCacheForAllThreads=true", "-Dio.netty.allocator.maxOrder=11",
             *JAVA17_MODULE_FLAGS,
-            # jamm measures object sizes for memtable accounting; without the agent it falls back
-            # to slow, inexact estimates and warns.
+            # Cassandra sizes memtable contents with jamm, which needs its agent loaded.
             f"-javaagent:{jars.find_jar(self.jar_dir, 'jamm-')}",
             f"-Dcassandra.config={self.config_file.as_uri()}",
             f"-Dcassandra.storagedir={self.home}",
@@ -198,6 +197,8 @@ class CassandraComponent:
             # Start-up speed on a single seed node: nobody to gossip with, so do not wait for it.
             "-Dcassandra.skip_wait_for_gossip_to_settle=0",
             "-Dcassandra.ring_delay_ms=0",
+            # ... and do not sleep 2 s announcing the shutdown to peers that do not exist.
+            "-Dcassandra.shutdown_announce_in_ms=0",
         ]
         if self.jmx_port is not None:
             argv.append(f"-Dcassandra.jmx.local.port={self.jmx_port}")
@@ -275,6 +276,9 @@ def open_session(settings: Settings, keyspace: str | None = None, connect_timeou
     cluster = Cluster(
         contact_points=settings.cassandra_contact_points, port=settings.cassandra_port,
         execution_profiles={EXEC_PROFILE_DEFAULT: profile}, connect_timeout=connect_timeout,
+        # Cassandra 4.0+ speaks v5; without a pin the driver tries v6-beta first and logs
+        # a downgrade warning on every connect.
+        protocol_version=5,
         control_connection_timeout=connect_timeout,
     )
     try:
