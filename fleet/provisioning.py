@@ -85,7 +85,8 @@ def parse_claim_request(payload: bytes) -> ClaimRequest:
         raise Rejected("request is not valid JSON") from None
     if not isinstance(doc, dict):
         raise Rejected("request must be a JSON object")
-    serial, csr, metadata = doc.get("serial"), doc.get("csr"), doc.get("metadata") or {}
+    serial, csr, metadata = doc.get("serial"), doc.get("csr"), doc.get("metadata")
+    metadata = {} if metadata is None else metadata
     if not isinstance(serial, str) or not is_valid_device_id(serial):
         raise Rejected("serial is missing or not well-formed (1-64 letters, digits, '-' or '_')")
     if not isinstance(csr, str) or not csr.strip():

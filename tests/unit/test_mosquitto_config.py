@@ -1,0 +1,46 @@
+"""The generated Mosquitto config: one listener per trust anchor, each with its own ACL."""
+
+import re
+
+import pytest
+
+from fleet.settings import Settings
+from fleet.stack.mosquitto import ACL_DEVICES, ACL_PROVISIONING, ACL_SERVICES, MosquittoComponent
+
+
+@pytest.fixture(scope="module")
+def listeners(tmp_path_factory):
+    settings = Settings.from_env({"FLEET_VAR_DIR": str(tmp_path_factory.mktemp("var"))})
+    conf = MosquittoComponent(settings).render_config()
+    assert "per_listener_settings true" in conf
+    blocks = re.split(r"\n(?=listener )", conf)[1:]
+    parsed = {}
+    for block in blocks:
+        lines = dict(line.split(" ", 1) for line in block.strip().splitlines() if line and not line.startswith("#"))
+        parsed[int(lines["listener"].split()[0])] = lines
+    return settings, parsed
+
+
+@pytest.mark.parametrize("port_field, cafile, crlfile, acl, clientid", [
+    ("mqtt_device_port", "ca-chain.crt", "crl.pem", "acl-devices", "true"),
+    ("mqtt_service_port", "services-ca.crt", "services-crl.pem", "acl-services", "false"),
+    ("mqtt_provisioning_port", "claim-ca.crt", "claim-crl.pem", "acl-provisioning", "false"),
+])
+def test_each_listener_trusts_one_ca_and_has_its_own_acl(listeners, port_field, cafile, crlfile, acl, clientid):
+    settings, parsed = listeners
+    lines = parsed[getattr(settings, port_field)]
+    assert lines["cafile"].endswith("/" + cafile)
+    assert lines["crlfile"].endswith("/" + crlfile)
+    assert lines["acl_file"].endswith("/" + acl)
+    assert lines["require_certificate"] == "true" and lines["use_identity_as_username"] == "true"
+    assert lines["allow_anonymous"] == "false"
+    # Client id = CN only for devices: no device can take over another device's session.
+    assert lines["use_username_as_clientid"] == clientid
+
+
+def test_acls():
+    assert ACL_DEVICES.strip().splitlines()[-1] == "pattern readwrite devices/%u/#"
+    assert ACL_SERVICES.strip().splitlines()[-1] == "topic readwrite #"
+    rules = [l for l in ACL_PROVISIONING.splitlines() if l and not l.startswith("#")]
+    assert rules == ["pattern write provisioning/%u/%c/request", "pattern read provisioning/%u/%c/response"]
+    assert "devices/" not in ACL_PROVISIONING
