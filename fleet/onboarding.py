@@ -97,6 +97,8 @@ class Onboarding:
         try:
             parsed = load_csr(csr)
             cn = csr_common_name(parsed)
+            if cn is None:
+                raise CSRError(f"the CSR has no common name; it must be {device_id!r}")
             if cn != device_id:
                 raise CSRError(f"the CSR's common name {cn!r} does not match {device_id!r}")
             check_public_key(parsed.public_key())

@@ -332,6 +332,8 @@ class LocalPKI:
         """Sign a client CSR whose CN must equal ``common_name``; the key must be strong enough."""
         csr = load_csr(csr_pem)
         cn = csr_common_name(csr)
+        if cn is None:
+            raise CSRError(f"the CSR has no common name; it must be {common_name!r}")
         if cn != common_name:
             raise CSRError(f"the CSR's common name {cn!r} does not match {common_name!r}")
         check_public_key(csr.public_key())

@@ -1,0 +1,100 @@
+"""Fixtures of the security tests: the broker and Cassandra (only), a throwaway keyspace, the API
+app in-process (TestClient) on that keyspace, and API keys of every role.
+
+The app uses the stack's real PKI and broker, so revocations really reach Mosquitto.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from dataclasses import dataclass
+
+import pytest
+
+from fleet.settings import Settings
+
+IN_CI = os.environ.get("CI", "").lower() == "true"
+
+
+@pytest.fixture(scope="session")
+def security_stack(settings: Settings):
+    """Mosquitto and Cassandra, reused if running, else started (and stopped at the end)."""
+    from fleet.stack import launcher
+    from fleet.stack.process import StackError
+
+    names = ["mosquitto", "cassandra"]
+    already = {row["name"] for row in launcher.status(settings) if row["state"] == "healthy"}
+    try:
+        launcher.up(settings, names)
+    except (StackError, ImportError) as exc:
+        if IN_CI:
+            pytest.fail(f"Mosquitto/Cassandra did not start under CI: {exc}")
+        pytest.skip(f"no local stack ({exc})")
+    yield settings
+    if os.environ.get("FLEET_TEST_KEEP_STACK") != "1":
+        launcher.down(settings, [n for n in names if n not in already])
+
+
+@pytest.fixture(scope="session")
+def api_settings(security_stack: Settings):
+    """Settings on a fresh, migrated keyspace; background workers off (tests drive them)."""
+    from fleet.stack.cassandra import open_session
+    from fleet.stack.migrations import apply_migrations
+
+    keyspace = f"t_sec_{uuid.uuid4().hex[:10]}"
+    session = open_session(security_stack)
+    try:
+        apply_migrations(security_stack, session=session, keyspace=keyspace)
+        yield security_stack.replace(cassandra_keyspace=keyspace, provisioning_service=False,
+                                     revocation_interval_s=0)
+        session.execute(f"DROP KEYSPACE IF EXISTS {keyspace}")
+    finally:
+        session.cluster.shutdown()
+
+
+@pytest.fixture(scope="session")
+def cassandra(api_settings: Settings):
+    from fleet.db import CassandraSessions
+
+    sessions = CassandraSessions(api_settings)
+    yield sessions.get()
+    sessions.shutdown()
+
+
+@pytest.fixture(scope="session")
+def api(api_settings: Settings):
+    from fastapi.testclient import TestClient
+
+    from api.main import create_app
+
+    with TestClient(create_app(api_settings)) as client:
+        yield client
+
+
+@dataclass
+class Keys:
+    store: object
+
+    def make(self, role: str, groups=None, name: str | None = None) -> dict[str, str]:
+        from fleet.auth import Role
+
+        _, secret = self.store.create(name or f"test-{role}", Role(role), frozenset(groups) if groups else None)
+        return {"X-API-Key": secret}
+
+    def __post_init__(self):
+        self.admin = self.make("admin")
+        self.operator = self.make("operator")
+        self.viewer = self.make("viewer")
+
+
+@pytest.fixture(scope="session")
+def keys(cassandra) -> Keys:
+    from fleet.apikeys import ApiKeyStore
+
+    return Keys(ApiKeyStore(cassandra))
+
+
+@pytest.fixture
+def uid():
+    return lambda prefix="t": f"{prefix}-{uuid.uuid4().hex[:10]}"
