@@ -94,7 +94,7 @@ class ApiKeyStore:
         """A bearer token for ``principal`` (optionally with a lower role); (token, expires_at)."""
         role = role or principal.role
         if not principal.role.allows(role):
-            raise AuthFailure(f"a {principal.role.value} key cannot mint a {role.value} token")
+            raise AuthFailure(f"the {principal.role.value} role cannot mint {role.value} tokens")
         secret = new_secret(TOKEN_KIND)
         expires = _now() + dt.timedelta(seconds=ttl_s)
         self.session.execute(self._put_token, (secret.id, principal.id, role.value,

@@ -21,8 +21,8 @@ from fleet.domain.devices import (CertAction, Device, DeviceStatus, RegistryErro
                                   check_metadata, check_name, new_device_id, status_change)
 from fleet.logs import log_fields
 from fleet.pki import CSRError, LocalPKI, csr_common_name, load_csr
-from fleet.provisioning import (Claim, ClaimRequest, ClaimStore, Rejected, TemplateStore, Webhook, decide,
-                                device_id_for, http_webhook)
+from fleet.provisioning import (Claim, ClaimRequest, ClaimStore, NotOurs, Rejected, TemplateStore, Webhook,
+                                decide, device_id_for, http_webhook)
 from fleet.registry import DeviceRegistry
 from fleet.settings import Settings
 
@@ -254,11 +254,13 @@ class Onboarding:
 
     def provision(self, claim_id: str, client_id: str, request: ClaimRequest) -> Issued:
         """Answer one claim request; raises Rejected with the reason the device will see."""
+        claim = self.claims.get(claim_id)
+        if claim is None:
+            raise NotOurs(claim_id)
         with self._claim_lock:
             if client_id not in self._claim_clients[claim_id]:
                 self._claim_clients[claim_id].append(client_id)
-        claim = self.claims.get(claim_id)
-        if claim is None or claim.status != "active":
+        if claim.status != "active":
             raise Rejected(f"claim {claim_id!r} is not active")
         template = self.templates.get(claim.template)
         if template is None:

@@ -22,7 +22,7 @@ import paho.mqtt.client as mqtt
 
 from fleet.logs import log_fields
 from fleet.onboarding import Onboarding
-from fleet.provisioning import (RESPONSE_SUFFIX, Rejected, parse_claim_request, parse_csr_request,
+from fleet.provisioning import (RESPONSE_SUFFIX, NotOurs, Rejected, parse_claim_request, parse_csr_request,
                                 parse_provisioning_topic, parse_rotation_topic, provisioning_topic)
 from fleet.domain.devices import RegistryError
 from fleet.settings import Settings
@@ -79,13 +79,25 @@ class ProvisioningService:
         """Answer one request (also called directly by tests); returns (response topic, body)."""
         try:
             answer = self._answer(topic, payload)
-        except Exception:  # a bug must not kill the worker; the device gets a generic refusal
-            log.exception("provisioning request failed", extra=log_fields(topic=topic))
+        except NotOurs:
+            log.debug("request for a claim or device of another registry ignored", extra=log_fields(topic=topic))
             answer = None
+        except Exception:  # a bug or an outage must not kill the worker; the device may retry
+            log.exception("provisioning request failed", extra=log_fields(topic=topic))
+            answer = self._retry_later(topic)
         if answer is not None:
             response_topic, body = answer
             self.client.publish(response_topic, json.dumps(body), qos=1)
         return answer
+
+    @staticmethod
+    def _retry_later(topic: str) -> tuple[str, dict] | None:
+        body = {"status": "rejected", "reason": "the provisioning service failed; retry later", "retry": True}
+        claim = parse_provisioning_topic(topic)
+        if claim is not None:
+            return provisioning_topic(*claim, RESPONSE_SUFFIX), body
+        device_id = parse_rotation_topic(topic)
+        return (rotation_response_topic(device_id), body) if device_id else None
 
     def _answer(self, topic: str, payload: bytes) -> tuple[str, dict] | None:
         claim = parse_provisioning_topic(topic)
@@ -103,6 +115,8 @@ class ProvisioningService:
         device_id = parse_rotation_topic(topic)
         if device_id is not None:
             response = rotation_response_topic(device_id)
+            if self.onboarding.devices.get(device_id) is None:
+                raise NotOurs(device_id)
             try:
                 device, record = self.onboarding.rotate(device_id, parse_csr_request(payload))
             except (Rejected, RegistryError) as exc:

@@ -34,6 +34,11 @@ class Rejected(Exception):
     """A provisioning or rotation request is refused; ``str(exc)`` goes back to the device."""
 
 
+class NotOurs(Exception):
+    """A request about a claim or device this registry does not know: another installation (or
+    test keyspace) sharing the broker answers it, so this service stays silent."""
+
+
 @dataclass(frozen=True)
 class Template:
     name: str

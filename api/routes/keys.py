@@ -47,7 +47,8 @@ class KeyCreated(KeyOut):
 def _check_delegation(principal: Principal, role: Role, groups: frozenset[str] | None) -> None:
     """No key can create a key with more power than itself (role or group scope)."""
     if not principal.role.allows(role):
-        raise HTTPException(status.HTTP_403_FORBIDDEN, f"a {principal.role.value} key cannot create a {role.value} key")
+        raise HTTPException(status.HTTP_403_FORBIDDEN,
+                            f"the {principal.role.value} role cannot create {role.value} keys")
     if principal.groups is not None and (groups is None or not groups <= principal.groups):
         raise HTTPException(status.HTTP_403_FORBIDDEN,
                             f"this key is scoped to groups [{', '.join(sorted(principal.groups))}]; "
