@@ -38,6 +38,7 @@ from bridge.metrics import BridgeMetrics, HttpEndpoint
 from fleet.envelope import DeadLetter, Routed, handle_uplink
 from fleet.logs import log_fields
 from fleet.mqtt_loop import MqttLoop
+from fleet.paho_speedups import install as install_paho_speedups
 from fleet.settings import Settings
 from fleet.topics import Kafka, Uplink
 from fleet.validation import UplinkValidators, default_validators
@@ -109,6 +110,7 @@ class UplinkBridge:
 
         pki = LocalPKI(self.settings.pki_dir)
         cert, key = pki.service_identity(self.settings.bridge_client_id)
+        install_paho_speedups()  # ~90 -> ~13 us per received message (see the module)
         c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=self.client_id, protocol=mqtt.MQTTv5,
                         manual_ack=True)
         c.tls_set(ca_certs=str(pki.ca_chain_path), certfile=str(cert), keyfile=str(key),
@@ -227,12 +229,13 @@ class UplinkBridge:
 
     def _send(self, out: Routed | DeadLetter, mid: int, qos: int) -> None:
         delivery = _Delivery(self, mid, qos, self._gen, time.perf_counter())
+        self._inflight += 1
+        self.metrics.inflight.set(self._inflight)
         try:
             future = self._producer.send(self._topic_names[out.topic], value=out.value, key=out.key)
-        except Exception as exc:  # e.g. buffer full for max_block_ms: not acked, so not lost
+        except Exception as exc:  # e.g. no metadata or buffer full for max_block_ms: not acked, not lost
             delivery.failed(exc)
             return
-        self._inflight += 1
         future.add_callback(delivery.ok)
         future.add_errback(delivery.failed)
 
