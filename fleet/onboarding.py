@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-import threading
-from collections import defaultdict, deque
 from dataclasses import dataclass
 
 from fleet.broker import BrokerControl, CutoffReport
@@ -21,8 +19,8 @@ from fleet.domain.devices import (CertAction, Device, DeviceStatus, RegistryErro
                                   check_metadata, check_name, new_device_id, status_change)
 from fleet.logs import log_fields
 from fleet.pki import CSRError, LocalPKI, csr_common_name, load_csr
-from fleet.provisioning import (Claim, ClaimRequest, ClaimStore, NotOurs, Rejected, TemplateStore, Webhook,
-                                decide, device_id_for, http_webhook)
+from fleet.provisioning import (Claim, ClaimStore, NotOurs, Rejected, TemplateStore, Webhook, decide, device_id_for,
+                                http_webhook, parse_claim_request)
 from fleet.registry import DeviceRegistry
 from fleet.settings import Settings
 
@@ -54,9 +52,6 @@ class Onboarding:
         self.templates = TemplateStore(session)
         self.claims = ClaimStore(session)
         self.webhook = webhook
-        # Client ids seen per claim, so revoking a claim can also end its live sessions.
-        self._claim_clients: dict[str, deque[str]] = defaultdict(lambda: deque(maxlen=256))
-        self._claim_lock = threading.Lock()
 
     @property
     def ca_chain(self) -> str:
@@ -248,20 +243,17 @@ class Onboarding:
         self.claims.mark_revoked(claim_id)
         live = [c for c in self.certs.list(claim_id) if c.status in _LIVE]
         self._revoke_records(live, reason="claim revoked")
-        with self._claim_lock:
-            clients = list(self._claim_clients.pop(claim_id, ()))
-        return self.broker.cut_off(clients, ca="claim")
+        return self.broker.cut_off(self.claims.clients(claim_id), ca="claim")
 
-    def provision(self, claim_id: str, client_id: str, request: ClaimRequest) -> Issued:
+    def provision(self, claim_id: str, client_id: str, payload: bytes) -> Issued:
         """Answer one claim request; raises Rejected with the reason the device will see."""
         claim = self.claims.get(claim_id)
         if claim is None:
             raise NotOurs(claim_id)
-        with self._claim_lock:
-            if client_id not in self._claim_clients[claim_id]:
-                self._claim_clients[claim_id].append(client_id)
+        self.claims.client_seen(claim_id, client_id)  # so revoking the claim can drop this session
         if claim.status != "active":
             raise Rejected(f"claim {claim_id!r} is not active")
+        request = parse_claim_request(payload)
         template = self.templates.get(claim.template)
         if template is None:
             raise Rejected(f"template {claim.template!r} of claim {claim_id!r} no longer exists")

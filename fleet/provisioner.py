@@ -22,7 +22,7 @@ import paho.mqtt.client as mqtt
 
 from fleet.logs import log_fields
 from fleet.onboarding import Onboarding
-from fleet.provisioning import (RESPONSE_SUFFIX, NotOurs, Rejected, parse_claim_request, parse_csr_request,
+from fleet.provisioning import (RESPONSE_SUFFIX, NotOurs, Rejected, parse_csr_request,
                                 parse_provisioning_topic, parse_rotation_topic, provisioning_topic)
 from fleet.domain.devices import RegistryError
 from fleet.settings import Settings
@@ -105,7 +105,7 @@ class ProvisioningService:
             claim_id, client_id = claim
             response = provisioning_topic(claim_id, client_id, RESPONSE_SUFFIX)
             try:
-                issued = self.onboarding.provision(claim_id, client_id, parse_claim_request(payload))
+                issued = self.onboarding.provision(claim_id, client_id, payload)
             except Rejected as exc:
                 log.info("provisioning rejected", extra=log_fields(claim_id=claim_id, reason=str(exc)))
                 return response, {"status": "rejected", "reason": str(exc)}

@@ -277,6 +277,9 @@ class ClaimStore:
             "SELECT device_id, claim_id FROM provisioned_serials WHERE template = ? AND serial = ?")
         self._serial_put = session.prepare(
             "INSERT INTO provisioned_serials (template, serial, device_id, claim_id, provisioned_at) VALUES (?, ?, ?, ?, ?)")
+        self._client_seen = session.prepare(
+            "INSERT INTO claim_clients (claim_id, client_id, last_seen) VALUES (?, ?, ?)")
+        self._clients = session.prepare("SELECT client_id FROM claim_clients WHERE claim_id = ?")
 
     @staticmethod
     def _claim(row) -> Claim:
@@ -303,6 +306,12 @@ class ClaimStore:
     def provisioned(self, template: str, serial: str) -> str | None:
         row = self.session.execute(self._serial_get, (template, serial)).one()
         return row.device_id if row else None
+
+    def client_seen(self, claim_id: str, client_id: str) -> None:
+        self.session.execute(self._client_seen, (claim_id, client_id, dt.datetime.now(dt.timezone.utc)))
+
+    def clients(self, claim_id: str) -> list[str]:
+        return [r.client_id for r in self.session.execute(self._clients, (claim_id,))]
 
     def remember(self, template: str, serial: str, device_id: str, claim_id: str) -> None:
         self.session.execute(self._serial_put, (template, serial, device_id, claim_id, dt.datetime.now(dt.timezone.utc)))
