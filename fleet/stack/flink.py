@@ -12,6 +12,7 @@ with savepoint) goes through the REST API, which answers in milliseconds instead
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -244,10 +245,33 @@ class FlinkComponent:
 # --- the project's Java extension -----------------------------------------------------------------
 
 def build_extension(settings: Settings) -> list[Path]:
-    """Jar directories of java/flink-fleet (our sinks), built with Maven when its sources change."""
+    """The directory with java/flink-fleet's jar and its runtime dependencies (the Cassandra
+    driver), built with Maven once and again only when its POM or sources change."""
     if not EXTENSION_DIR.exists():
         return []
-    return []
+    sources = sorted([EXTENSION_DIR / "pom.xml", *(EXTENSION_DIR / "src").rglob("*.java")])
+    digest = hashlib.sha256()
+    for path in sources:
+        digest.update(str(path.relative_to(EXTENSION_DIR)).encode() + b"\0" + path.read_bytes())
+    target = settings.jar_dir / EXTENSION_DIR.name
+    stamp = target / ".sources.sha256"
+    if stamp.exists() and stamp.read_text().strip() == digest.hexdigest() and (target / "flink-fleet.jar").exists():
+        return [target]
+    if shutil.which("mvn") is None:
+        raise StackError("Maven ('mvn') is needed once to build java/flink-fleet; install the 'maven' package")
+    build_dir = settings.jar_dir / f".build-{EXTENSION_DIR.name}"
+    staging = settings.jar_dir / f".{EXTENSION_DIR.name}.partial"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    run_checked(["mvn", "-q", "-B", "-f", str(EXTENSION_DIR / "pom.xml"), f"-Dfleet.build.dir={build_dir}",
+                 "-DskipTests", "package", "dependency:copy-dependencies", "-DincludeScope=runtime",
+                 f"-DoutputDirectory={staging}"],
+                what="building java/flink-fleet (the project's Flink sinks)", timeout=1800)
+    shutil.copyfile(build_dir / "flink-fleet.jar", staging / "flink-fleet.jar")
+    shutil.rmtree(target, ignore_errors=True)
+    staging.rename(target)
+    stamp.write_text(digest.hexdigest())
+    return [target]
 
 
 # --- REST and CLI ----------------------------------------------------------------------------------

@@ -1,0 +1,190 @@
+package fleet.flink;
+
+import com.datastax.oss.driver.api.core.CqlSession;
+import com.datastax.oss.driver.api.core.CqlSessionBuilder;
+import com.datastax.oss.driver.api.core.config.DefaultDriverOption;
+import com.datastax.oss.driver.api.core.config.DriverConfigLoader;
+import com.datastax.oss.driver.api.core.cql.BoundStatementBuilder;
+import com.datastax.oss.driver.api.core.cql.ColumnDefinitions;
+import com.datastax.oss.driver.api.core.cql.PreparedStatement;
+import com.datastax.oss.driver.api.core.cql.Statement;
+import com.datastax.oss.driver.api.core.type.DataType;
+import com.datastax.oss.driver.api.core.type.DataTypes;
+import com.datastax.oss.driver.api.core.type.codec.registry.CodecRegistry;
+import org.apache.flink.api.connector.sink2.SinkWriter;
+import org.apache.flink.metrics.Counter;
+import org.apache.flink.metrics.groups.SinkWriterMetricGroup;
+import org.apache.flink.types.Row;
+
+import java.io.IOException;
+import java.net.InetSocketAddress;
+import java.time.Duration;
+import java.time.Instant;
+import java.time.LocalDate;
+import java.time.LocalDateTime;
+import java.time.ZoneOffset;
+import java.util.concurrent.Executors;
+import java.util.concurrent.ScheduledExecutorService;
+import java.util.concurrent.Semaphore;
+import java.util.concurrent.TimeUnit;
+import java.util.concurrent.atomic.AtomicReference;
+
+final class CassandraUpsertWriter implements SinkWriter<Row> {
+    private static final long DAY_MS = 86_400_000L;
+
+    private final CassandraUpsertSink config;
+    private final CqlSession session;
+    private final PreparedStatement statement;
+    private final DataType[] types;
+    private final CodecRegistry codecs;
+    private final Semaphore permits;
+    private final AtomicReference<Throwable> failure = new AtomicReference<>();
+    private final ScheduledExecutorService retries;
+    private final Counter written;
+    private final Counter retried;
+
+    CassandraUpsertWriter(CassandraUpsertSink config, SinkWriterMetricGroup metrics) throws IOException {
+        this.config = config;
+        DriverConfigLoader loader = DriverConfigLoader.programmaticBuilder()
+                .withDuration(DefaultDriverOption.REQUEST_TIMEOUT, Duration.ofMillis(config.requestTimeoutMs))
+                .withInt(DefaultDriverOption.CONNECTION_MAX_REQUESTS, Math.max(1024, config.maxInFlight))
+                .withBoolean(DefaultDriverOption.REQUEST_DEFAULT_IDEMPOTENCE, true)
+                .build();
+        CqlSessionBuilder builder = CqlSession.builder()
+                .withConfigLoader(loader)
+                .withLocalDatacenter(config.localDatacenter)
+                .withKeyspace(config.keyspace)
+                // The cluster's class loader, not the thread context one Flink sets for user code.
+                .withClassLoader(CqlSession.class.getClassLoader());
+        for (String point : config.contactPoints.split(",")) {
+            String[] hostPort = point.trim().split(":");
+            builder.addContactPoint(new InetSocketAddress(hostPort[0], Integer.parseInt(hostPort[1])));
+        }
+        try {
+            this.session = builder.build();
+            this.statement = session.prepare(config.cql);
+        } catch (RuntimeException e) {
+            throw new IOException("cannot connect to Cassandra at " + config.contactPoints + " or prepare: "
+                    + config.cql, e);
+        }
+        ColumnDefinitions vars = statement.getVariableDefinitions();
+        if (vars.size() != config.fields.length) {
+            session.close();
+            throw new IOException("the statement has " + vars.size() + " bind markers but " + config.fields.length
+                    + " field indexes were given: " + config.cql);
+        }
+        this.types = new DataType[vars.size()];
+        for (int i = 0; i < types.length; i++) {
+            types[i] = vars.get(i).getType();
+        }
+        this.codecs = session.getContext().getCodecRegistry();
+        this.permits = new Semaphore(config.maxInFlight);
+        this.retries = Executors.newSingleThreadScheduledExecutor(r -> {
+            Thread t = new Thread(r, "cassandra-sink-retry");
+            t.setDaemon(true);
+            return t;
+        });
+        this.written = metrics.counter("cassandraWrites");
+        this.retried = metrics.counter("cassandraRetries");
+    }
+
+    @Override
+    public void write(Row row, Context context) throws IOException, InterruptedException {
+        rethrow();
+        Statement<?> bound = bind(row);
+        permits.acquire();
+        send(bound, 0);
+    }
+
+    private Statement<?> bind(Row row) throws IOException {
+        BoundStatementBuilder b = statement.boundStatementBuilder();
+        for (int i = 0; i < types.length; i++) {
+            Object value = convert(row.getField(config.fields[i]), types[i]);
+            // Null stays unset: an upsert must not write tombstones over existing columns.
+            if (value != null) {
+                b = b.set(i, value, codecs.codecFor(types[i], value));
+            }
+        }
+        return b.build();
+    }
+
+    private void send(Statement<?> bound, int attempt) {
+        session.executeAsync(bound).whenComplete((rs, err) -> {
+            if (err == null) {
+                written.inc();
+                permits.release();
+            } else if (attempt < config.maxRetries) {
+                retried.inc();
+                long backoff = Math.min(5_000L, 100L << Math.min(attempt, 6));
+                retries.schedule(() -> send(bound, attempt + 1), backoff, TimeUnit.MILLISECONDS);
+            } else {
+                failure.compareAndSet(null, err);
+                permits.release();
+            }
+        });
+    }
+
+    /** Called before every checkpoint barrier and at end of input: wait for all writes. */
+    @Override
+    public void flush(boolean endOfInput) throws IOException, InterruptedException {
+        permits.acquire(config.maxInFlight);
+        permits.release(config.maxInFlight);
+        rethrow();
+    }
+
+    private void rethrow() throws IOException {
+        Throwable t = failure.get();
+        if (t != null) {
+            throw new IOException("Cassandra write failed after " + config.maxRetries + " retries: " + config.cql, t);
+        }
+    }
+
+    @Override
+    public void close() throws Exception {
+        retries.shutdownNow();
+        session.close();
+    }
+
+    static Object convert(Object value, DataType type) {
+        if (value == null) {
+            return null;
+        }
+        if (type.equals(DataTypes.TIMESTAMP)) {
+            if (value instanceof Number) {
+                return Instant.ofEpochMilli(((Number) value).longValue());
+            }
+            if (value instanceof LocalDateTime) {
+                return ((LocalDateTime) value).toInstant(ZoneOffset.UTC);
+            }
+            if (value instanceof java.sql.Timestamp) {
+                return ((java.sql.Timestamp) value).toInstant();
+            }
+            return value;
+        }
+        if (type.equals(DataTypes.DATE)) {
+            if (value instanceof Number) {
+                return LocalDate.ofEpochDay(Math.floorDiv(((Number) value).longValue(), DAY_MS));
+            }
+            if (value instanceof String) {
+                return LocalDate.parse((String) value);
+            }
+            return value;
+        }
+        if (value instanceof Number) {
+            Number n = (Number) value;
+            if (type.equals(DataTypes.INT)) {
+                return n.intValue();
+            }
+            if (type.equals(DataTypes.BIGINT) || type.equals(DataTypes.COUNTER)) {
+                return n.longValue();
+            }
+            if (type.equals(DataTypes.DOUBLE)) {
+                return n.doubleValue();
+            }
+            if (type.equals(DataTypes.FLOAT)) {
+                return n.floatValue();
+            }
+        }
+        return value;
+    }
+}
