@@ -9,7 +9,7 @@ from fastapi import FastAPI
 from api import audit
 from api.background import SecurityWorkers
 from api.routes import audit as audit_routes
-from api.routes import auth, ca, certificates, claims, devices, health, keys, templates
+from api.routes import auth, ca, certificates, claims, devices, health, keys, telemetry, templates
 from fleet.db import CassandraSessions
 from fleet.logs import configure_logging
 from fleet.pki import LocalPKI
@@ -22,13 +22,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        workers = SecurityWorkers(app).start()
-        app.state.workers = workers
+        # Counted, because test clients may open a second lifespan on the same app: only the
+        # last one to end stops the workers and closes the store (and forgets what used it).
+        app.state.lifespans += 1
+        if app.state.lifespans == 1:
+            app.state.workers = SecurityWorkers(app).start()
         try:
             yield
         finally:
-            workers.stop()
-            app.state.cassandra.shutdown()
+            app.state.lifespans -= 1
+            if app.state.lifespans == 0:
+                app.state.workers.stop()
+                app.state.stores.clear()
+                app.state.cassandra.shutdown()
 
     app = FastAPI(
         title="Fleet Platform API",
@@ -41,9 +47,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # Connected lazily on the first request that needs it (see api/deps.py).
     app.state.cassandra = CassandraSessions(settings)
     app.state.stores = {}
+    app.state.lifespans = 0
     app.state.pki = LocalPKI(settings.pki_dir, validity_days=settings.cert_validity_days)
     audit.install(app)
     app.include_router(health.router)
-    for module in (devices, certificates, keys, auth, audit_routes, templates, claims, ca):
+    for module in (devices, telemetry, certificates, keys, auth, audit_routes, templates, claims, ca):
         app.include_router(module.router)
     return app

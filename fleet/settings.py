@@ -97,6 +97,11 @@ class Settings:
     # Parquet lake
     lake_dir: Path | None = None
 
+    # Telemetry retention in Cassandra (the lake keeps everything); the API reads older days from
+    # the lake. Keep equal to the telemetry job's --raw-ttl-s / --rollup-ttl-s.
+    telemetry_raw_ttl_days: int = 30
+    telemetry_rollup_ttl_days: int = 400
+
     @property
     def pki_dir(self) -> Path:
         return self.var_dir / "pki"
