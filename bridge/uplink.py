@@ -48,6 +48,10 @@ log = logging.getLogger("bridge")
 SESSION_EXPIRY_S = 7 * 24 * 3600  # keep an instance's queue across restarts and outages
 KEEPALIVE_S = 30
 STUCK_AFTER_S = 30.0  # /health turns 503 when records wait longer than this for Kafka
+# kafka-python 3.0 can stay wedged after the broker restarts (the idempotent producer never gets
+# its producer id back): past this long without progress the producer is replaced.
+REPLACE_PRODUCER_AFTER_S = 60.0
+WATCHDOG_INTERVAL_S = 5.0
 
 
 def shared_filters(group: str) -> list[str]:
@@ -56,25 +60,26 @@ def shared_filters(group: str) -> list[str]:
 
 
 class _Delivery:
-    """Per-record completion, called on kafka-python's I/O thread."""
+    """Per-record completion, called on kafka-python's I/O thread.
 
-    __slots__ = ("bridge", "mid", "qos", "gen", "t0")
+    ``gen`` is the MQTT connection the message came in on, ``epoch`` the producer that took it.
+    """
 
-    def __init__(self, bridge: "UplinkBridge", mid: int, qos: int, gen: int, t0: float):
-        self.bridge, self.mid, self.qos, self.gen, self.t0 = bridge, mid, qos, gen, t0
+    __slots__ = ("bridge", "mid", "qos", "gen", "epoch", "t0")
+
+    def __init__(self, bridge: "UplinkBridge", mid: int, qos: int, gen: int, epoch: int, t0: float):
+        self.bridge, self.mid, self.qos, self.gen, self.epoch, self.t0 = bridge, mid, qos, gen, epoch, t0
 
     def ok(self, metadata: Any) -> None:
         b = self.bridge
         b.metrics.produce_latency.observe(time.perf_counter() - self.t0)
         b.metrics.produced_to(metadata.topic).inc()
-        b.loop.call_soon(b._delivered, self.mid, self.qos, self.gen)
+        b.loop.call_soon(b._delivered, self.mid, self.qos, self.gen, self.epoch)
 
     def failed(self, exc: BaseException) -> None:
         b = self.bridge
         b.metrics.produce_errors.inc()
-        log.error("Kafka did not take a record; the message will be redelivered",
-                  extra=log_fields(error=repr(exc), mid=self.mid))
-        b.loop.call_soon(b._delivery_failed, self.gen)
+        b.loop.call_soon(b._delivery_failed, self.gen, self.epoch, exc)
 
 
 class UplinkBridge:
@@ -94,6 +99,7 @@ class UplinkBridge:
         self._last_message = time.monotonic()
         self._stopping = False
         self._gen = 0
+        self._epoch = 0  # bumped whenever the producer is replaced
         self._inflight = 0
         self._last_progress = time.monotonic()
         self._backoff = 0.5
@@ -146,6 +152,7 @@ class UplinkBridge:
                                       self.health).start()
         self.loop.start()
         self.loop.call_soon(self._connect)
+        self.loop.call_soon(self._watchdog)
         log.info("bridge started", extra=log_fields(client_id=self.client_id, filters=shared_filters(
             self.settings.bridge_share_group), metrics_port=self.settings.bridge_metrics_port))
         return self
@@ -212,7 +219,7 @@ class UplinkBridge:
 
     # -- the hot path (loop thread) ---------------------------------------------------------
     def _on_message(self, client, userdata, msg: mqtt.MQTTMessage) -> None:
-        if not self._accepting:
+        if not self._accepting or self._producer is None:
             return  # left unacknowledged: the broker resends it when this instance reconnects
         now_ms = time.time_ns() // 1_000_000
         self._last_message = time.monotonic()
@@ -228,7 +235,7 @@ class UplinkBridge:
         self._send(out, msg.mid, msg.qos)
 
     def _send(self, out: Routed | DeadLetter, mid: int, qos: int) -> None:
-        delivery = _Delivery(self, mid, qos, self._gen, time.perf_counter())
+        delivery = _Delivery(self, mid, qos, self._gen, self._epoch, time.perf_counter())
         self._inflight += 1
         self.metrics.inflight.set(self._inflight)
         try:
@@ -239,7 +246,9 @@ class UplinkBridge:
         future.add_callback(delivery.ok)
         future.add_errback(delivery.failed)
 
-    def _delivered(self, mid: int, qos: int, gen: int) -> None:
+    def _delivered(self, mid: int, qos: int, gen: int, epoch: int) -> None:
+        if epoch != self._epoch:
+            return  # from a replaced producer: its messages are being redelivered anyway
         self._inflight -= 1
         self._last_progress = time.monotonic()
         if gen == self._gen:
@@ -247,14 +256,55 @@ class UplinkBridge:
             self.metrics.acked.inc()
         self._note_drained()
 
-    def _delivery_failed(self, gen: int) -> None:
+    def _delivery_failed(self, gen: int, epoch: int, exc: BaseException) -> None:
+        if epoch != self._epoch:
+            return
         self._inflight -= 1
         # The broker resends an unacknowledged message only on a new connection: reconnect so
         # this one (and any other unconfirmed) comes again.
         if gen == self._gen and self.client.is_connected() and not self._stopping:
-            log.warning("reconnecting to have unconfirmed messages redelivered")
+            log.error("Kafka did not take a record: reconnecting to have unconfirmed messages redelivered",
+                      extra=log_fields(error=repr(exc)))
             self.client.disconnect()  # on_disconnect schedules the reconnect
         self._note_drained()
+
+    # -- producer watchdog (loop thread) ----------------------------------------------------
+    def _watchdog(self) -> None:
+        if self._stopping:
+            return
+        stalled = self._inflight > 0 and time.monotonic() - self._last_progress > REPLACE_PRODUCER_AFTER_S
+        if stalled and self._producer is not None and self._accepting:
+            log.error("Kafka producer made no progress: replacing it; unconfirmed messages will be redelivered",
+                      extra=log_fields(inflight=self._inflight, stalled_s=round(time.monotonic() - self._last_progress)))
+            old, self._producer = self._producer, None
+            self._epoch += 1
+            self._inflight = 0
+            self.metrics.inflight.set(0)
+            threading.Thread(target=self._rebuild_producer, args=(old,), name="producer-rebuild", daemon=True).start()
+        self.loop.call_later(WATCHDOG_INTERVAL_S, self._watchdog)
+
+    def _rebuild_producer(self, old: KafkaProducer) -> None:
+        try:
+            old.close(timeout=5)
+        except Exception:  # a wedged producer may not close cleanly; it is abandoned either way
+            log.warning("closing the old producer failed", exc_info=True)
+        while not self._stopping:
+            try:
+                producer = self._make_producer()
+                break
+            except Exception as exc:
+                log.warning("Kafka not reachable yet", extra=log_fields(error=str(exc)))
+                time.sleep(5)
+        else:
+            return
+        self.loop.call_soon(self._producer_ready, producer)
+
+    def _producer_ready(self, producer: KafkaProducer) -> None:
+        self._producer = producer
+        self._last_progress = time.monotonic()
+        log.info("new Kafka producer ready: reconnecting to MQTT for redelivery")
+        if self.client.is_connected():
+            self.client.disconnect()  # on_disconnect schedules the reconnect; the session is resumed
 
     def _note_drained(self) -> None:
         self.metrics.inflight.set(self._inflight)
