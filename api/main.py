@@ -6,7 +6,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from api import audit
+from api import audit, errors
 from api.background import SecurityWorkers
 from api.routes import audit as audit_routes
 from api.routes import auth, ca, certificates, claims, devices, health, keys, telemetry, templates
@@ -50,6 +50,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.lifespans = 0
     app.state.pki = LocalPKI(settings.pki_dir, validity_days=settings.cert_validity_days)
     audit.install(app)
+    errors.install(app)
     app.include_router(health.router)
     for module in (devices, telemetry, certificates, keys, auth, audit_routes, templates, claims, ca):
         app.include_router(module.router)

@@ -5,15 +5,38 @@ from __future__ import annotations
 import datetime as dt
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from fleet.broker import CutoffReport
 from fleet.certstore import CertRecord
 from fleet.domain.devices import Device
 
 
+def _encodable(value) -> bool:
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return False
+        return True
+    if isinstance(value, dict):
+        return all(_encodable(k) and _encodable(v) for k, v in value.items())
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return all(_encodable(v) for v in value)
+    return True
+
+
 class Strict(BaseModel):
+    """Request bodies: unknown fields refused, and no text the store cannot hold."""
+
     model_config = ConfigDict(extra="forbid")
+
+    @model_validator(mode="after")
+    def _valid_unicode(self):
+        # JSON may carry lone surrogates ("\ud800"); Cassandra's text type cannot store them.
+        if not _encodable(self.__dict__):
+            raise ValueError("text must be valid Unicode (no lone surrogates)")
+        return self
 
 
 class DeviceOut(BaseModel):

@@ -23,6 +23,7 @@ from fleet.provisioning import (Claim, ClaimStore, NotOurs, Rejected, TemplateSt
                                 http_webhook, parse_claim_request)
 from fleet.registry import DeviceRegistry
 from fleet.settings import Settings
+from fleet.topics import is_valid_device_id
 
 log = logging.getLogger(__name__)
 
@@ -213,7 +214,7 @@ class Onboarding:
     def create_claim(self, template: str, claim_id: str | None, csr: str | None,
                      created_by: str | None) -> tuple[Claim, str, bytes | None]:
         """(claim, certificate PEM, private key PEM if made here)."""
-        if self.templates.get(template) is None:
+        if self.templates.get(check_name("template name", template)) is None:
             raise RegistryError("not_found", f"template {template!r} not found")
         if claim_id is None and csr is not None:
             claim_id = self._csr_cn(csr)
@@ -235,7 +236,7 @@ class Onboarding:
         return claim, cert.pem.decode(), key
 
     def revoke_claim(self, claim_id: str) -> CutoffReport:
-        claim = self.claims.get(claim_id)
+        claim = self.claims.get(claim_id) if is_valid_device_id(claim_id) else None
         if claim is None:
             raise RegistryError("not_found", f"claim {claim_id!r} not found")
         if claim.status == "revoked":

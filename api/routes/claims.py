@@ -11,6 +11,7 @@ from api.deps import OnboardingDep, SettingsDep, UnscopedAdmin, raise_http
 from api.models import CutoffOut, Strict
 from fleet.domain.devices import RegistryError
 from fleet.provisioning import Claim
+from fleet.topics import is_valid_device_id
 
 router = APIRouter(prefix="/v1/provisioning/claims", tags=["provisioning"])
 
@@ -71,7 +72,7 @@ def list_claims(principal: UnscopedAdmin, onboarding: OnboardingDep) -> list[Cla
 
 @router.get("/{claim_id}", response_model=ClaimOut, summary="One claim")
 def get_claim(claim_id: str, principal: UnscopedAdmin, onboarding: OnboardingDep) -> ClaimOut:
-    claim = onboarding.claims.get(claim_id)
+    claim = onboarding.claims.get(claim_id) if is_valid_device_id(claim_id) else None
     if claim is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"claim {claim_id!r} not found")
     return ClaimOut.of(claim)
