@@ -1,0 +1,27 @@
+"""The bridge's registry check on the real registry: only active devices pass, changes seen within the TTL."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from fleet.registry import ActiveDeviceCheck
+
+pytestmark = pytest.mark.integration
+
+
+def test_active_check_follows_the_registry(api, keys, cassandra, uid):
+    device = uid("chk")
+    api.post("/v1/devices", headers=keys.operator, json={"device_id": device}).raise_for_status()
+    check = ActiveDeviceCheck(cassandra, ttl_s=0.5)
+    assert check.is_active(device) and not check.is_active(uid("never-registered"))
+    api.patch(f"/v1/devices/{device}", headers=keys.operator, json={"status": "disabled"}).raise_for_status()
+    time.sleep(0.6)
+    assert not check.is_active(device)
+    api.patch(f"/v1/devices/{device}", headers=keys.operator, json={"status": "active"}).raise_for_status()
+    time.sleep(0.6)
+    assert check.is_active(device)
+    api.delete(f"/v1/devices/{device}", headers=keys.operator).raise_for_status()
+    check.invalidate(device)
+    assert not check.is_active(device)
