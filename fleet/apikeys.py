@@ -81,7 +81,8 @@ class ApiKeyStore:
         return bool(result.was_applied)
 
     def count_active_admins(self) -> int:
-        return sum(1 for k in self.list() if k.role is Role.admin and k.revoked_at is None
+        """Usable admin keys that are not scoped to groups (the ones that can run everything)."""
+        return sum(1 for k in self.list() if k.role is Role.admin and k.groups is None and k.revoked_at is None
                    and not is_expired(k.expires_at))
 
     @staticmethod

@@ -144,5 +144,5 @@ class BrokerControl:
         return report
 
     def refresh(self, ca: str = "issuing") -> CutoffReport:
-        """Reload after a CRL change that only lifts entries (re-enabling a device)."""
+        """Reload and confirm a CRL change without dropping anyone (re-enabling, repairs)."""
         return self.cut_off([], ca)

@@ -85,6 +85,10 @@ class CertificateStore:
         revoked_at = dt.datetime.now(dt.timezone.utc) if status is CertStatus.revoked else None
         self.session.execute(self._set_status, (status.value, revoke_at, revoked_at, reason, record.owner, record.serial))
 
+    def all(self):
+        """Every certificate record (a full scan: for repairs such as rebuilding the CRL)."""
+        return (_record(r) for r in self.session.execute(f"SELECT {_COLUMNS} FROM certificates"))
+
     def schedule_revocation(self, record: CertRecord, revoke_at: dt.datetime) -> None:
         self.set_status(record, CertStatus.superseded, reason="rotated", revoke_at=revoke_at)
         self.session.execute(self._schedule, (_SHARD, revoke_at, record.serial, record.owner, record.kind))

@@ -7,6 +7,7 @@
     fleet demo                       whole stack + jobs + bridge + API + a simulated fleet
     fleet init                       on an existing cluster: PKI (if none), topics, migrations
     fleet admin bootstrap            create the first admin API key (printed once)
+    fleet admin sync-crl             rebuild the CRLs from the registry and reload the broker
 """
 
 from __future__ import annotations
@@ -104,6 +105,19 @@ def _admin_bootstrap(settings: Settings, args) -> int:
     return 0
 
 
+def _admin_sync_crl(settings: Settings, args) -> int:
+    from fleet.db import CassandraSessions
+    from fleet.onboarding import Onboarding
+
+    sessions = CassandraSessions(settings)
+    try:
+        changed = Onboarding(settings, sessions.get()).sync_crl()
+    finally:
+        sessions.shutdown()
+    print("CRLs match the registry: " + ", ".join(f"{n} {what}" for what, n in changed.items()))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fleet", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -130,6 +144,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--name", default="bootstrap-admin")
     p.add_argument("--force", action="store_true", help="create one even if an admin key exists")
     p.set_defaults(func=_admin_bootstrap)
+    p = admin.add_parser("sync-crl", help="rebuild the CRLs from the registry (the source of truth)")
+    p.set_defaults(func=_admin_sync_crl)
 
     p = sub.add_parser("init", help="PKI, Kafka topics and Cassandra migrations on an existing cluster")
     p.add_argument("--broker-host", action="append", default=[],

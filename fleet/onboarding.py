@@ -3,8 +3,9 @@
 The one place where the registry (Cassandra), the CA (fleet.pki) and the broker (fleet.broker)
 change together, used by the API routes and the MQTT provisioning service alike. Order of each
 operation: the registry first (source of truth), then the CA's CRL, then the broker. A failure
-after the registry write is reported (``CutoffReport.error``) and repaired by the next CRL write
-or ``fleet admin sync-crl``; it never leaves a device marked active that was meant to be cut off.
+after the registry write is reported (``CutoffReport.error``) and repaired by ``fleet admin
+sync-crl`` (``Onboarding.sync_crl``); it never leaves a device marked active that was meant to be
+cut off.
 """
 
 from __future__ import annotations
@@ -209,6 +210,35 @@ class Onboarding:
             # A device still connected with the old certificate reconnects with its new one.
             self.broker.cut_off(sorted(owners))
         return len(due)
+
+    def sync_crl(self) -> dict[str, int]:
+        """Make the CRLs say what the registry says (it is the source of truth), then reload.
+
+        Repairs a revocation whose CRL write or broker reload failed, or a CA directory restored
+        from an older backup. Returns counts of what changed.
+        """
+        changed = {"revoked": 0, "held": 0, "released": 0}
+        touched: set[str] = set()
+        for c in self.certs.all():
+            ca = KIND_CA.get(c.kind)
+            if ca is None:
+                continue
+            crl = self.pki.revocation(int(c.serial), ca=ca)
+            if c.status is CertStatus.revoked and crl != "revoked":
+                self.pki.revoke(int(c.serial), ca=ca)
+                changed["revoked"] += 1
+            elif c.status is CertStatus.on_hold and crl is None:
+                self.pki.revoke(int(c.serial), ca=ca, hold=True)
+                changed["held"] += 1
+            elif c.status in (CertStatus.active, CertStatus.superseded) and crl == "hold":
+                self.pki.release(int(c.serial), ca=ca)
+                changed["released"] += 1
+            else:
+                continue
+            touched.add(ca)
+        for ca in sorted(touched):
+            self.broker.refresh(ca)
+        return changed
 
     # -- claims -------------------------------------------------------------------------------
     def create_claim(self, template: str, claim_id: str | None, csr: str | None,

@@ -449,6 +449,13 @@ class LocalPKI:
     def is_revoked(self, serial: int, *, ca: str = "issuing") -> bool:
         return str(serial) in self._state(ca)["revoked"]
 
+    def revocation(self, serial: int, *, ca: str = "issuing") -> str | None:
+        """"hold", "revoked" or None: what ``ca``'s CRL says about a serial."""
+        entry = self._state(ca)["revoked"].get(str(serial))
+        if entry is None:
+            return None
+        return "hold" if entry.get("hold") else "revoked"
+
     def _write_crl(self, ca: str = "issuing") -> None:
         """Caller holds the lock. Revokes a fresh canary, drops expired ones, signs, replaces."""
         ca_key, ca_cert = self._ca_material(ca)

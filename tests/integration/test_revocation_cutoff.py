@@ -162,3 +162,22 @@ def test_a_device_certificate_cannot_log_in_where_services_or_claims_do(api_sett
     assert not mqtt_connects(api_settings.mqtt_host, api_settings.mqtt_service_port, ca, cert, key, device)
     assert not mqtt_connects(api_settings.mqtt_host, api_settings.mqtt_provisioning_port, ca, cert, key, device)
     assert can_connect(api_settings, cert, key, device)
+
+
+def test_sync_crl_restores_what_the_registry_says(api, keys, api_settings, cassandra, enrolled):
+    """The registry is the source of truth: a CRL that lost an entry is repaired from it."""
+    device, cert, key = enrolled("sync")
+    serial = int(api.get(f"/v1/devices/{device}", headers=keys.viewer).json()["cert_serial"])
+    api.patch(f"/v1/devices/{device}", headers=keys.operator, json={"status": "revoked"}).raise_for_status()
+    pki = LocalPKI(api_settings.pki_dir)
+    # Simulate a CA directory restored from an older backup: the revocation is missing.
+    state = pki._state("issuing")
+    del state["revoked"][str(serial)]
+    with pki._locked():
+        pki._save_state("issuing", state)
+        pki._write_crl("issuing")
+    Onboarding(api_settings, cassandra, pki=pki).broker.refresh()
+    assert can_connect(api_settings, cert, key, device)
+    changed = Onboarding(api_settings, cassandra, pki=pki).sync_crl()
+    assert changed["revoked"] >= 1 and pki.revocation(serial) == "revoked"
+    assert not can_connect(api_settings, cert, key, device)

@@ -170,3 +170,10 @@ def test_the_first_revoked_json_layout_is_still_read(tmp_path):
     assert p.is_revoked(123)
     p.revoke(456)
     assert _crl_entry(p, 123) is not None and _crl_entry(p, 456) is not None
+
+
+def test_revocation_says_hold_or_revoked(pki):
+    a, b = (pki.sign_csr(make_csr(f"dev-r{i}"), f"dev-r{i}").serial for i in range(2))
+    pki.revoke(a, hold=True)
+    pki.revoke(b)
+    assert (pki.revocation(a), pki.revocation(b), pki.revocation(12345)) == ("hold", "revoked", None)
