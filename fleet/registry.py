@@ -189,11 +189,18 @@ class ActiveDeviceCheck:
         self._lock = threading.Lock()
 
     def is_active(self, device_id: str) -> bool:
+        """Raises what the lookup raises (e.g. Cassandra unavailable) only without a previous answer."""
         now = self._clock()
         hit = self._cache.get(device_id)
         if hit is not None and hit[1] > now:
             return hit[0]
-        active = self._lookup(device_id) == DeviceStatus.active.value
+        try:
+            active = self._lookup(device_id) == DeviceStatus.active.value
+        except Exception:
+            if hit is None:
+                raise
+            # The registry is briefly unreachable: the last answer beats stopping the pipeline.
+            return hit[0]
         with self._lock:
             if len(self._cache) >= self._max:
                 self._cache.clear()  # crude bound; a miss only costs one read

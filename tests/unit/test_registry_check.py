@@ -54,3 +54,14 @@ def test_invalidate_forgets_at_once(world):
 def test_needs_a_source():
     with pytest.raises(ValueError, match="needs a Cassandra session or a lookup"):
         ActiveDeviceCheck()
+
+
+def test_a_registry_outage_falls_back_to_the_last_answer_or_raises(world):
+    statuses, calls, clock, check = world
+    assert check.is_active("on")
+    statuses.clear()
+    check._lookup = lambda device_id: (_ for _ in ()).throw(ConnectionError("cassandra down"))
+    clock.t += 10
+    assert check.is_active("on")  # stale but known
+    with pytest.raises(ConnectionError):
+        check.is_active("never-seen")
