@@ -9,13 +9,14 @@ Delivery guarantee (at least once, device -> Kafka):
 - while the instance is down the session keeps its subscriptions, so the broker queues new
   messages for it (up to ``max_queued_messages``) instead of dropping them.
 
-Threads: the MqttLoop thread runs every paho call (receive, validate, ``producer.send``, PUBACK);
-kafka-python's I/O thread confirms records and hands the ack back with ``loop.call_soon`` (paho's
-client is not safe to drive from two threads: with an external loop, ``ack()`` from another
-thread would write to the TLS socket concurrently). Acks carry the connection generation they
-were received in; after a reconnect the broker resends unacknowledged messages with the same
-packet ids, so an ack from an older generation is dropped (acking it could release a newer
-message that reuses the id before its own record is confirmed).
+One thread does it all: the MqttLoop thread receives (paho), validates, hands the record to the
+Kafka producer (confluent-kafka: batching, retries and I/O run in librdkafka's C threads), and
+polls the producer's delivery reports on every loop iteration, so the PUBACK for a confirmed
+record is sent from the same thread that owns the paho client (paho is not safe to drive from
+two threads with an external loop). Acks carry the MQTT connection generation they arrived in;
+after a reconnect the broker resends unacknowledged messages with the same packet ids, so an
+ack from an older generation is dropped (it could otherwise release a newer message that reused
+the id before that one's record was confirmed).
 """
 
 from __future__ import annotations
@@ -26,10 +27,9 @@ import socket
 import ssl
 import threading
 import time
-from typing import Any
 
 import paho.mqtt.client as mqtt
-from kafka import KafkaProducer
+from confluent_kafka import KafkaError, KafkaException, Producer
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
@@ -47,11 +47,14 @@ log = logging.getLogger("bridge")
 
 SESSION_EXPIRY_S = 7 * 24 * 3600  # keep an instance's queue across restarts and outages
 KEEPALIVE_S = 30
+DELIVERY_TIMEOUT_MS = 120_000  # then a record counts as failed and its message is redelivered
 STUCK_AFTER_S = 30.0  # /health turns 503 when records wait longer than this for Kafka
-# kafka-python 3.0 can stay wedged after the broker restarts (the idempotent producer never gets
-# its producer id back): past this long without progress the producer is replaced.
-REPLACE_PRODUCER_AFTER_S = 60.0
+# Past this long without any confirmation while records wait (or on a fatal producer error,
+# e.g. the idempotent producer's sequence state broken), the producer is replaced.
+REPLACE_PRODUCER_AFTER_S = 150.0
 WATCHDOG_INTERVAL_S = 5.0
+# While records are in flight the loop wakes at least this often to collect delivery reports.
+DELIVERY_POLL_S = 0.002
 
 
 def shared_filters(group: str) -> list[str]:
@@ -59,8 +62,23 @@ def shared_filters(group: str) -> list[str]:
     return [f"$share/{group}/{kind.mqtt_filter}" for kind in Uplink]
 
 
+def make_producer(settings: Settings, client_id: str) -> Producer:
+    return Producer({
+        "bootstrap.servers": settings.kafka_bootstrap,
+        "client.id": client_id,
+        # Idempotence: retries can neither duplicate nor reorder a partition's records.
+        "enable.idempotence": True,
+        "acks": "all",
+        "linger.ms": settings.kafka_linger_ms,
+        "batch.size": settings.kafka_batch_size,
+        "message.timeout.ms": DELIVERY_TIMEOUT_MS,
+        # The Java client's key -> partition mapping (librdkafka's default differs).
+        "partitioner": "murmur2_random",
+    })
+
+
 class _Delivery:
-    """Per-record completion, called on kafka-python's I/O thread.
+    """Delivery report of one record; runs on the loop thread (from ``producer.poll``).
 
     ``gen`` is the MQTT connection the message came in on, ``epoch`` the producer that took it.
     """
@@ -70,20 +88,15 @@ class _Delivery:
     def __init__(self, bridge: "UplinkBridge", mid: int, qos: int, gen: int, epoch: int, t0: float):
         self.bridge, self.mid, self.qos, self.gen, self.epoch, self.t0 = bridge, mid, qos, gen, epoch, t0
 
-    def ok(self, metadata: Any) -> None:
-        b = self.bridge
-        b.metrics.produce_latency.observe(time.perf_counter() - self.t0)
-        b.metrics.produced_to(metadata.topic).inc()
-        b.loop.call_soon(b._delivered, self.mid, self.qos, self.gen, self.epoch)
-
-    def failed(self, exc: BaseException) -> None:
-        b = self.bridge
-        b.metrics.produce_errors.inc()
-        b.loop.call_soon(b._delivery_failed, self.gen, self.epoch, exc)
+    def __call__(self, err: KafkaError | None, msg) -> None:
+        if err is None:
+            self.bridge._delivered(self, msg.topic())
+        else:
+            self.bridge._delivery_failed(self, err)
 
 
 class UplinkBridge:
-    def __init__(self, settings: Settings, *, instance: int = 0, producer: KafkaProducer | None = None,
+    def __init__(self, settings: Settings, *, instance: int = 0, producer: Producer | None = None,
                  validators: UplinkValidators | None = None, http_host: str = "127.0.0.1", retire: bool = False):
         self.settings = settings
         self.client_id = f"{settings.bridge_client_id}-{instance}"
@@ -109,6 +122,7 @@ class UplinkBridge:
         self._drained = threading.Condition()
         self._http: HttpEndpoint | None = None
         self.client = self._make_client()
+        self.loop.add_hook(self._poll_deliveries)
 
     # -- set-up -----------------------------------------------------------------------------
     def _make_client(self) -> mqtt.Client:
@@ -128,25 +142,20 @@ class UplinkBridge:
         self.loop.attach(c)
         return c
 
-    def _make_producer(self) -> KafkaProducer:
-        s = self.settings
-        return KafkaProducer(
-            bootstrap_servers=s.kafka_bootstrap.split(","),
-            client_id=self.client_id,
-            acks="all",
-            enable_idempotence=True,  # retries can't duplicate or reorder a partition's records
-            linger_ms=s.kafka_linger_ms,
-            batch_size=s.kafka_batch_size,
-            max_block_ms=10_000,
-        )
+    def _make_producer(self) -> Producer:
+        return make_producer(self.settings, self.client_id)
 
     def start(self) -> "UplinkBridge":
         """Connect to Kafka (fail fast if the topics are missing), then MQTT, then serve HTTP."""
         if self._producer is None:
             self._producer = self._make_producer()
-        for name in {kind.kafka_topic for kind in Uplink} | {Kafka.DEAD_LETTER}:
-            if not self._producer.partitions_for(self._topic_names[name]):
-                raise RuntimeError(f"Kafka topic {self._topic_names[name]} does not exist")
+        wanted = {self._topic_names[n] for n in {kind.kafka_topic for kind in Uplink} | {Kafka.DEAD_LETTER}}
+        try:
+            existing = set(self._producer.list_topics(timeout=10).topics)
+        except KafkaException as exc:
+            raise RuntimeError(f"Kafka at {self.settings.kafka_bootstrap} is not reachable: {exc}") from exc
+        if wanted - existing:
+            raise RuntimeError(f"Kafka topics missing: {', '.join(sorted(wanted - existing))}")
         if self.settings.bridge_metrics_port:
             self._http = HttpEndpoint(self.http_host, self.settings.bridge_metrics_port, self.metrics,
                                       self.health).start()
@@ -219,7 +228,7 @@ class UplinkBridge:
 
     # -- the hot path (loop thread) ---------------------------------------------------------
     def _on_message(self, client, userdata, msg: mqtt.MQTTMessage) -> None:
-        if not self._accepting or self._producer is None:
+        if not self._accepting:
             return  # left unacknowledged: the broker resends it when this instance reconnects
         now_ms = time.time_ns() // 1_000_000
         self._last_message = time.monotonic()
@@ -237,80 +246,72 @@ class UplinkBridge:
     def _send(self, out: Routed | DeadLetter, mid: int, qos: int) -> None:
         delivery = _Delivery(self, mid, qos, self._gen, self._epoch, time.perf_counter())
         self._inflight += 1
-        self.metrics.inflight.set(self._inflight)
         try:
-            future = self._producer.send(self._topic_names[out.topic], value=out.value, key=out.key)
-        except Exception as exc:  # e.g. no metadata or buffer full for max_block_ms: not acked, not lost
-            delivery.failed(exc)
-            return
-        future.add_callback(delivery.ok)
-        future.add_errback(delivery.failed)
+            self._producer.produce(self._topic_names[out.topic], out.value, out.key, on_delivery=delivery)
+        except (BufferError, KafkaException) as exc:  # not acked, so not lost: redelivered
+            self._delivery_failed(delivery, exc)
 
-    def _delivered(self, mid: int, qos: int, gen: int, epoch: int) -> None:
-        if epoch != self._epoch:
+    def _poll_deliveries(self) -> float | None:
+        """Loop hook: serve delivery reports (-> _delivered / _delivery_failed) on this thread."""
+        if self._producer is not None and self._inflight:
+            self._producer.poll(0)
+        self.metrics.inflight.set(self._inflight)
+        return DELIVERY_POLL_S if self._inflight else None
+
+    def _delivered(self, d: _Delivery, topic: str) -> None:
+        if d.epoch != self._epoch:
             return  # from a replaced producer: its messages are being redelivered anyway
         self._inflight -= 1
         self._last_progress = time.monotonic()
-        if gen == self._gen:
-            self.client.ack(mid, qos)
+        self.metrics.produce_latency.observe(time.perf_counter() - d.t0)
+        self.metrics.produced_to(topic).inc()
+        if d.gen == self._gen:
+            self.client.ack(d.mid, d.qos)
             self.metrics.acked.inc()
         self._note_drained()
 
-    def _delivery_failed(self, gen: int, epoch: int, exc: BaseException) -> None:
-        if epoch != self._epoch:
+    def _delivery_failed(self, d: _Delivery, err: object) -> None:
+        if d.epoch != self._epoch:
             return
         self._inflight -= 1
+        self.metrics.produce_errors.inc()
+        fatal = isinstance(err, KafkaError) and err.fatal()
         # The broker resends an unacknowledged message only on a new connection: reconnect so
         # this one (and any other unconfirmed) comes again.
-        if gen == self._gen and self.client.is_connected() and not self._stopping:
+        if d.gen == self._gen and not self._stopping:
             log.error("Kafka did not take a record: reconnecting to have unconfirmed messages redelivered",
-                      extra=log_fields(error=repr(exc)))
-            self.client.disconnect()  # on_disconnect schedules the reconnect
+                      extra=log_fields(error=str(err), fatal=fatal))
+            if fatal:
+                self._replace_producer("fatal producer error")
+            elif self.client.is_connected():
+                self.client.disconnect()  # on_disconnect schedules the reconnect
         self._note_drained()
+
+    def _note_drained(self) -> None:
+        if self._inflight == 0 and not self._accepting:
+            with self._drained:
+                self._drained.notify_all()
 
     # -- producer watchdog (loop thread) ----------------------------------------------------
     def _watchdog(self) -> None:
         if self._stopping:
             return
-        stalled = self._inflight > 0 and time.monotonic() - self._last_progress > REPLACE_PRODUCER_AFTER_S
-        if stalled and self._producer is not None and self._accepting:
-            log.error("Kafka producer made no progress: replacing it; unconfirmed messages will be redelivered",
-                      extra=log_fields(inflight=self._inflight, stalled_s=round(time.monotonic() - self._last_progress)))
-            old, self._producer = self._producer, None
-            self._epoch += 1
-            self._inflight = 0
-            self.metrics.inflight.set(0)
-            threading.Thread(target=self._rebuild_producer, args=(old,), name="producer-rebuild", daemon=True).start()
+        stalled_s = time.monotonic() - self._last_progress
+        if self._inflight > 0 and stalled_s > REPLACE_PRODUCER_AFTER_S and self._accepting:
+            self._replace_producer(f"no confirmation for {stalled_s:.0f}s")
         self.loop.call_later(WATCHDOG_INTERVAL_S, self._watchdog)
 
-    def _rebuild_producer(self, old: KafkaProducer) -> None:
-        try:
-            old.close(timeout=5)
-        except Exception:  # a wedged producer may not close cleanly; it is abandoned either way
-            log.warning("closing the old producer failed", exc_info=True)
-        while not self._stopping:
-            try:
-                producer = self._make_producer()
-                break
-            except Exception as exc:
-                log.warning("Kafka not reachable yet", extra=log_fields(error=str(exc)))
-                time.sleep(5)
-        else:
-            return
-        self.loop.call_soon(self._producer_ready, producer)
-
-    def _producer_ready(self, producer: KafkaProducer) -> None:
-        self._producer = producer
+    def _replace_producer(self, why: str) -> None:
+        log.error("replacing the Kafka producer; unconfirmed messages will be redelivered",
+                  extra=log_fields(why=why, inflight=self._inflight))
+        old, self._producer = self._producer, self._make_producer()
+        self._epoch += 1
+        self._inflight = 0
         self._last_progress = time.monotonic()
-        log.info("new Kafka producer ready: reconnecting to MQTT for redelivery")
+        # Dispose of the old one off the loop thread: its reports now only hit the epoch check.
+        threading.Thread(target=lambda: (old.purge(), old.flush(5)), name="producer-dispose", daemon=True).start()
         if self.client.is_connected():
             self.client.disconnect()  # on_disconnect schedules the reconnect; the session is resumed
-
-    def _note_drained(self) -> None:
-        self.metrics.inflight.set(self._inflight)
-        if self._inflight == 0 and not self._accepting:
-            with self._drained:
-                self._drained.notify_all()
 
     # -- health -----------------------------------------------------------------------------
     def _kafka_reachable(self) -> bool:
@@ -349,17 +350,16 @@ class UplinkBridge:
         return self.stop(end_session=True)
 
     def stop(self, drain_timeout: float = 30.0, end_session: bool = False) -> bool:
-        """Stop taking messages, wait for in-flight records and their acks, flush, disconnect.
+        """Stop taking messages, wait for in-flight records and their acks, disconnect.
 
-        The MQTT session (subscriptions, unacknowledged and queued messages) stays on the broker
-        for the next start of this instance unless ``end_session``. Returns True when everything
-        in flight was confirmed and acknowledged in time.
+        The loop keeps polling delivery reports while draining, so confirmed messages are still
+        acknowledged. The MQTT session (subscriptions, unacknowledged and queued messages) stays
+        on the broker for the next start of this instance unless ``end_session``. Returns True
+        when everything in flight was confirmed and acknowledged in time.
         """
         log.info("stopping: draining in-flight messages", extra=log_fields(inflight=self._inflight))
         self._accepting = False
         deadline = time.monotonic() + drain_timeout
-        if self._producer is not None:
-            self._producer.flush(timeout=drain_timeout)
         with self._drained:
             while self._inflight > 0 and time.monotonic() < deadline:
                 self._drained.wait(0.1)
@@ -382,7 +382,7 @@ class UplinkBridge:
         time.sleep(0.1)  # let the PUBACKs and DISCONNECT leave the socket
         self.loop.stop()
         if self._producer is not None:
-            self._producer.close(timeout=5)
+            self._producer.flush(5)
         if self._http is not None:
             self._http.stop()
         log.info("stopped", extra=log_fields(drained=drained, inflight=self._inflight))

@@ -58,6 +58,7 @@ class MqttLoop:
         self._clients: dict[mqtt.Client, socket.socket | None] = {}
         self._write_registered: set[mqtt.Client] = set()
         self._dirty: set[mqtt.Client] = set()
+        self._hooks: list[Callable[[], float | None]] = []
         self._running = False
         self._thread: threading.Thread | None = None
         self._thread_id: int | None = None
@@ -123,6 +124,13 @@ class MqttLoop:
         heapq.heappush(self._timers, (timer.when, next(self._timer_seq), timer))
         return timer
 
+    def add_hook(self, hook: Callable[[], float | None]) -> None:
+        """Run ``hook()`` on every loop iteration; it returns the longest it may wait (s) or None.
+
+        How the bridge serves Kafka delivery reports on this thread (no cross-thread acks).
+        """
+        self._hooks.append(hook)
+
     def in_loop_thread(self) -> bool:
         return threading.get_ident() == self._thread_id
 
@@ -143,8 +151,9 @@ class MqttLoop:
         self._thread_id = threading.get_ident()
         next_misc = time.monotonic() + self.misc_interval
         while self._running:
+            limit = self._run_hooks()  # may queue writes (e.g. PUBACKs): before the timeout is set
             now = time.monotonic()
-            timeout = min(next_misc - now, self._timers[0][0] - now if self._timers else self.misc_interval)
+            timeout = min(next_misc - now, self._timers[0][0] - now if self._timers else self.misc_interval, limit)
             if self._calls or self._dirty:
                 timeout = 0.0
             for key, mask in self._selector.select(max(0.0, timeout)):
@@ -162,6 +171,18 @@ class MqttLoop:
                 next_misc = now + self.misc_interval
             self._flush_writes()
         self._thread_id = None
+
+    def _run_hooks(self) -> float:
+        limit = self.misc_interval
+        for hook in self._hooks:
+            try:
+                wanted = hook()
+            except Exception:
+                log.exception("error in MQTT loop hook %s", getattr(hook, "__qualname__", hook))
+                continue
+            if wanted is not None and wanted < limit:
+                limit = wanted
+        return limit
 
     def _service(self, client: mqtt.Client, mask: int) -> None:
         if mask & selectors.EVENT_READ:

@@ -55,9 +55,8 @@ def test_health_and_metrics_endpoint(healthy, status):
 
 import threading  # noqa: E402
 import time  # noqa: E402
+from collections import deque  # noqa: E402
 from types import SimpleNamespace  # noqa: E402
-
-from kafka.future import Future  # noqa: E402
 
 from bridge import uplink  # noqa: E402
 from fleet.pki import LocalPKI  # noqa: E402
@@ -65,20 +64,30 @@ from fleet.settings import Settings  # noqa: E402
 
 
 class FakeProducer:
+    """confluent-kafka's Producer surface the bridge uses; reports are served by poll()."""
+
     def __init__(self):
-        self.sent: list[tuple[str, bytes, Future]] = []
-        self.closed = False
+        self.sent: list[tuple[str, bytes, object]] = []
+        self.reports: deque = deque()
+        self.purged = False
 
-    def send(self, topic, value=None, key=None):
-        future = Future()
-        self.sent.append((topic, key, future))
-        return future
+    def produce(self, topic, value, key, on_delivery):
+        self.sent.append((topic, key, on_delivery))
 
-    def close(self, timeout=None):
-        self.closed = True
+    def confirm(self, i: int, err=None) -> None:
+        topic, _, callback = self.sent[i]
+        self.reports.append((callback, err, SimpleNamespace(topic=lambda: topic)))
+
+    def poll(self, timeout=None):
+        while self.reports:
+            callback, err, msg = self.reports.popleft()
+            callback(err, msg)
+
+    def purge(self):
+        self.purged = True
 
     def flush(self, timeout=None):
-        pass
+        self.poll()
 
 
 class FakeClient:
@@ -96,10 +105,12 @@ class FakeClient:
         self.disconnects += 1
 
 
-def on_loop(bridge, fn, *args):
-    done = threading.Event()
-    bridge.loop.call_soon(lambda: (fn(*args), done.set()))
-    assert done.wait(2)
+def on_loop(bridge, fn=lambda: None, *args):
+    """Run fn on the loop thread, then let one more iteration (which polls reports) pass."""
+    for step in (lambda: fn(*args), lambda: None):
+        done = threading.Event()
+        bridge.loop.call_soon(lambda: (step(), done.set()))
+        assert done.wait(2)
 
 
 @pytest.fixture
@@ -120,35 +131,38 @@ def message(mid: int, payload: bytes = b'{"ts": 1700000000000, "seq": 1, "metric
 def test_ack_only_after_kafka_confirmed(bridge):
     on_loop(bridge, bridge._on_message, None, None, message(11))
     on_loop(bridge, bridge._on_message, None, None, message(12, b"not json"))
-    (t1, k1, f1), (t2, k2, f2) = bridge._producer.sent
+    (t1, k1, _), (t2, k2, _) = bridge._producer.sent
     assert (t1, t2, k1) == ("fleet.telemetry", "fleet.dead-letter", b"d-1")
-    time.sleep(0.05)
+    on_loop(bridge)
     assert bridge.client.acks == [] and bridge._inflight == 2
-    f2.success(SimpleNamespace(topic=t2))  # the dead letter is confirmed first: acked first
-    on_loop(bridge, lambda: None)
+    bridge._producer.confirm(1)  # the dead letter is confirmed first: acked first
+    on_loop(bridge)
     assert bridge.client.acks == [12]
-    f1.success(SimpleNamespace(topic=t1))
-    on_loop(bridge, lambda: None)
+    bridge._producer.confirm(0)
+    on_loop(bridge)
     assert bridge.client.acks == [12, 11] and bridge._inflight == 0
     assert bridge.metrics.value("fleet_bridge_rejected_total", reason="invalid_json") == 1
+    assert bridge.metrics.value("fleet_bridge_produced_total", topic="fleet.telemetry") == 1
 
 
-def test_failed_send_is_not_acked_and_forces_redelivery(bridge):
+def test_failed_delivery_is_not_acked_and_forces_redelivery(bridge):
+    from confluent_kafka import KafkaError
+
     on_loop(bridge, bridge._on_message, None, None, message(21))
-    bridge._producer.sent[0][2].failure(RuntimeError("broker gone"))
-    on_loop(bridge, lambda: None)
+    bridge._producer.confirm(0, KafkaError(KafkaError._MSG_TIMED_OUT))
+    on_loop(bridge)
     assert bridge.client.acks == [] and bridge.client.disconnects == 1 and bridge._inflight == 0
 
 
 def test_acks_from_an_older_connection_are_dropped(bridge):
     on_loop(bridge, bridge._on_message, None, None, message(31))
     bridge._gen += 1  # reconnected: the broker resends message 31 itself
-    bridge._producer.sent[0][2].success(SimpleNamespace(topic="fleet.telemetry"))
-    on_loop(bridge, lambda: None)
+    bridge._producer.confirm(0)
+    on_loop(bridge)
     assert bridge.client.acks == [] and bridge._inflight == 0
 
 
-def test_a_wedged_producer_is_replaced(bridge, monkeypatch):
+def test_a_stalled_producer_is_replaced(bridge, monkeypatch):
     monkeypatch.setattr(uplink, "REPLACE_PRODUCER_AFTER_S", 0.1)
     fresh = FakeProducer()
     bridge._make_producer = lambda: fresh
@@ -156,11 +170,11 @@ def test_a_wedged_producer_is_replaced(bridge, monkeypatch):
     on_loop(bridge, bridge._on_message, None, None, message(41))
     bridge._last_progress -= 10
     on_loop(bridge, bridge._watchdog)
-    deadline = time.monotonic() + 5
-    while bridge._producer is not fresh and time.monotonic() < deadline:
-        time.sleep(0.02)
-    assert bridge._producer is fresh and old.closed and bridge._epoch == 1 and bridge._inflight == 0
+    assert bridge._producer is fresh and bridge._epoch == 1 and bridge._inflight == 0
     assert bridge.client.disconnects == 1  # reconnect: the broker redelivers message 41
-    old.sent[0][2].success(SimpleNamespace(topic="fleet.telemetry"))  # a late confirmation
-    on_loop(bridge, lambda: None)
+    time.sleep(0.1)
+    assert old.purged
+    old.confirm(0)  # a late confirmation from the old producer
+    old.poll()
+    on_loop(bridge)
     assert bridge.client.acks == [] and bridge._inflight == 0
