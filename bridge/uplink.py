@@ -38,6 +38,7 @@ from bridge.metrics import BridgeMetrics, HttpEndpoint
 from fleet.envelope import DeadLetter, Routed, handle_uplink
 from fleet.logs import log_fields
 from fleet.mqtt_loop import MqttLoop
+from fleet.paho_speedups import ack_many
 from fleet.paho_speedups import install as install_paho_speedups
 from fleet.settings import Settings
 from fleet.topics import Kafka, Uplink
@@ -114,6 +115,7 @@ class UplinkBridge:
         self._gen = 0
         self._epoch = 0  # bumped whenever the producer is replaced
         self._inflight = 0
+        self._acks: list[int] = []  # confirmed in this loop iteration, PUBACKed together
         self._last_progress = time.monotonic()
         self._backoff = 0.5
         self._reconnect_timer = None
@@ -255,8 +257,15 @@ class UplinkBridge:
         """Loop hook: serve delivery reports (-> _delivered / _delivery_failed) on this thread."""
         if self._producer is not None and self._inflight:
             self._producer.poll(0)
+            self._flush_acks()
         self.metrics.inflight.set(self._inflight)
         return DELIVERY_POLL_S if self._inflight else None
+
+    def _flush_acks(self) -> None:
+        if self._acks:
+            ack_many(self.client, self._acks)
+            self.metrics.acked.inc(len(self._acks))
+            self._acks = []
 
     def _delivered(self, d: _Delivery, topic: str) -> None:
         if d.epoch != self._epoch:
@@ -265,9 +274,8 @@ class UplinkBridge:
         self._last_progress = time.monotonic()
         self.metrics.produce_latency.observe(time.perf_counter() - d.t0)
         self.metrics.produced_to(topic).inc()
-        if d.gen == self._gen:
-            self.client.ack(d.mid, d.qos)
-            self.metrics.acked.inc()
+        if d.gen == self._gen and d.qos:
+            self._acks.append(d.mid)  # subscriptions are QoS 1, so messages are QoS 0 or 1
         self._note_drained()
 
     def _delivery_failed(self, d: _Delivery, err: object) -> None:
@@ -281,6 +289,7 @@ class UplinkBridge:
         if d.gen == self._gen and not self._stopping:
             log.error("Kafka did not take a record: reconnecting to have unconfirmed messages redelivered",
                       extra=log_fields(error=str(err), fatal=fatal))
+            self._flush_acks()  # what was confirmed before this failure still gets its PUBACK
             if fatal:
                 self._replace_producer("fatal producer error")
             elif self.client.is_connected():

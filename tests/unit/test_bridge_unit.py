@@ -98,6 +98,10 @@ class FakeClient:
     def ack(self, mid, qos):
         self.acks.append(mid)
 
+    def _packet_queue(self, command, packet, mid, qos, info=None):  # what ack_many queues
+        assert command == 0x40 and len(packet) % 4 == 0
+        self.acks.extend(int.from_bytes(packet[i + 2:i + 4], "big") for i in range(0, len(packet), 4))
+
     def is_connected(self):
         return True
 

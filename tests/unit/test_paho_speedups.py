@@ -62,3 +62,18 @@ def test_install_is_idempotent():
     finally:
         paho_speedups.uninstall()
     assert _packet.Properties is Properties
+
+
+def test_ack_many_sends_what_separate_acks_would(monkeypatch):
+    import paho.mqtt.client as mqtt
+
+    def queued(send) -> list[bytes]:
+        c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="t", protocol=mqtt.MQTTv5, manual_ack=True)
+        out: list[bytes] = []
+        monkeypatch.setattr(c, "_packet_queue", lambda command, packet, mid, qos, info=None: out.append(bytes(packet)))
+        send(c)
+        return out
+
+    separate = queued(lambda c: [c.ack(mid, 1) for mid in (1, 300, 65535)])
+    together = queued(lambda c: paho_speedups.ack_many(c, [1, 300, 65535]))
+    assert together == [b"".join(separate)] and len(separate) == 3
