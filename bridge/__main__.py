@@ -24,6 +24,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--metrics-port", type=int, default=None,
                         help="override FLEET_BRIDGE_METRICS_PORT (0 = no HTTP endpoint)")
     parser.add_argument("--drain-timeout", type=float, default=30.0)
+    parser.add_argument("--require-active", action="store_true",
+                        help="dead-letter messages of devices the registry (Cassandra) does not list as active")
     parser.add_argument("--retire", action="store_true",
                         help="take this instance out of service: drain its queued messages, end its session, exit")
     args = parser.parse_args(argv)
@@ -32,16 +34,20 @@ def main(argv: list[str] | None = None) -> int:
     if args.metrics_port is not None:
         settings = settings.replace(bridge_metrics_port=args.metrics_port)
     configure_logging("bridge", settings.log_level)
-    # kafka-python's I/O loop warns whenever the GIL kept it waiting >100 ms: noise under load.
-    logging.getLogger("kafka.net.selector").setLevel(logging.ERROR)
     log = logging.getLogger("bridge")
 
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda signum, frame: stop.set())
 
-    bridge = UplinkBridge(settings, instance=args.instance, retire=args.retire)
     try:
+        active_check = None
+        if args.require_active:
+            from fleet.db import CassandraSessions
+            from fleet.registry import ActiveDeviceCheck
+
+            active_check = ActiveDeviceCheck(CassandraSessions(settings).get()).is_active
+        bridge = UplinkBridge(settings, instance=args.instance, retire=args.retire, active_check=active_check)
         bridge.start()
     except Exception as exc:
         log.error("bridge could not start", extra=log_fields(error=str(exc)))

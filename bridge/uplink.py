@@ -27,6 +27,7 @@ import socket
 import ssl
 import threading
 import time
+from typing import Callable
 
 import paho.mqtt.client as mqtt
 from confluent_kafka import KafkaError, KafkaException, Producer
@@ -98,11 +99,14 @@ class _Delivery:
 
 class UplinkBridge:
     def __init__(self, settings: Settings, *, instance: int = 0, producer: Producer | None = None,
-                 validators: UplinkValidators | None = None, http_host: str = "127.0.0.1", retire: bool = False):
+                 validators: UplinkValidators | None = None, http_host: str = "127.0.0.1", retire: bool = False,
+                 active_check: Callable[[str], bool] | None = None):
         self.settings = settings
         self.client_id = f"{settings.bridge_client_id}-{instance}"
         self.metrics = BridgeMetrics()
         self.validators = validators or default_validators()
+        # Registry check (fleet.registry.ActiveDeviceCheck.is_active): inactive -> dead letter.
+        self.active_check = active_check
         self.loop = MqttLoop(name="bridge-mqtt")
         self.http_host = http_host
         self._producer = producer
@@ -238,7 +242,14 @@ class UplinkBridge:
             topic = msg.topic
         except UnicodeDecodeError:
             topic = msg._topic.decode("utf-8", "replace")
-        out = handle_uplink(topic, msg.payload, now_ms, self.settings.max_payload_bytes, self.validators)
+        try:
+            out = handle_uplink(topic, msg.payload, now_ms, self.settings.max_payload_bytes, self.validators,
+                                self.active_check)
+        except Exception as exc:  # the registry can't answer: leave it unacknowledged, get it again
+            if self.client.is_connected():
+                log.error("registry check failed; reconnecting for redelivery", extra=log_fields(error=str(exc)))
+                self.client.disconnect()
+            return
         self.metrics.received.inc()
         if type(out) is DeadLetter:
             self.metrics.rejected.labels(out.reason).inc()

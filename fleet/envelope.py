@@ -12,7 +12,7 @@ from __future__ import annotations
 import base64
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any
+from typing import Any, Callable
 
 from fleet.topics import Kafka, ParsedTopic, TopicError, Uplink, is_valid_device_id, parse_uplink_topic
 from fleet.validation import UplinkValidators, default_validators, explain
@@ -43,6 +43,7 @@ SCHEMA_VIOLATION = "schema_violation"
 PAYLOAD_TOO_LARGE = "payload_too_large"
 INVALID_DEVICE_ID = "invalid_device_id"
 UNKNOWN_TOPIC = "unknown_topic"
+DEVICE_NOT_ACTIVE = "device_not_active"
 
 _TYPE_NAME = {kind: kind.name.lower() for kind in Uplink}
 
@@ -110,17 +111,21 @@ def dead_letter(
 
 def handle_uplink(
     topic: str, raw: bytes, now_ms: int, max_bytes: int,
-    validators: UplinkValidators | None = None,
+    validators: UplinkValidators | None = None, is_active: Callable[[str], bool] | None = None,
 ) -> Routed | DeadLetter:
     """Decide what one device message becomes.
 
-    Checks, in order: the topic (a known uplink kind under a well-formed device id), the size,
-    JSON syntax, the kind's schema. ``now_ms`` becomes ``ingest_ts`` (and ``ts`` when the
+    Checks, in order: the topic (a known uplink kind under a well-formed device id), the device
+    being active in the registry (when ``is_active`` is given; what it raises propagates), the
+    size, JSON syntax, the kind's schema. ``now_ms`` becomes ``ingest_ts`` (and ``ts`` when the
     payload has none).
     """
     parsed = _parse_topic_cached(topic)
     if isinstance(parsed, TopicError):
         return dead_letter(topic, raw, now_ms, parsed.reason, str(parsed))
+    if is_active is not None and not is_active(parsed.device_id):
+        return dead_letter(topic, raw, now_ms, DEVICE_NOT_ACTIVE,
+                           f"device {parsed.device_id!r} is not active in the registry")
     if len(raw) > max_bytes:
         return dead_letter(topic, raw, now_ms, PAYLOAD_TOO_LARGE, f"payload is {len(raw)} bytes, the limit is {max_bytes}")
     try:

@@ -182,3 +182,16 @@ def test_a_stalled_producer_is_replaced(bridge, monkeypatch):
     old.poll()
     on_loop(bridge)
     assert bridge.client.acks == [] and bridge._inflight == 0
+
+
+def test_inactive_devices_are_dead_lettered_and_an_unanswerable_check_is_not_acked(bridge):
+    bridge.active_check = lambda device_id: False
+    on_loop(bridge, bridge._on_message, None, None, message(51))
+    assert bridge._producer.sent[0][0] == "fleet.dead-letter"
+
+    def unreachable(device_id):
+        raise RuntimeError("registry down")
+
+    bridge.active_check = unreachable
+    on_loop(bridge, bridge._on_message, None, None, message(52))
+    assert len(bridge._producer.sent) == 1 and bridge.client.disconnects == 1 and bridge.client.acks == []

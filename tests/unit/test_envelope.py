@@ -123,3 +123,24 @@ def test_unicode_survives_round_trip():
 
 def test_every_uplink_kind_is_covered_by_the_routed_table():
     assert {json.loads(handle_uplink(t, p, NOW, MAX).value)["type"] for t, p, *_ in ROUTED} == {k.name.lower() for k in Uplink}
+
+
+@pytest.mark.parametrize("active,expected", [(True, Routed), (False, DeadLetter)])
+def test_registry_check(active, expected):
+    asked = []
+
+    def is_active(device_id):
+        asked.append(device_id)
+        return active
+
+    out = handle_uplink("devices/d-1/telemetry", raw(TELEMETRY), NOW, MAX, is_active=is_active)
+    assert isinstance(out, expected) and asked == ["d-1"]
+    if not active:
+        value = json.loads(out.value)
+        assert (out.reason, value["device_id"]) == ("device_not_active", "d-1")
+        assert kafka_schema("dead-letter").is_valid(value)
+
+
+def test_registry_is_not_asked_about_malformed_topics():
+    out = handle_uplink("devices/bad id/telemetry", raw(TELEMETRY), NOW, MAX, is_active=lambda d: 1 / 0)
+    assert out.reason == "invalid_device_id"
