@@ -49,7 +49,8 @@ import orjson  # noqa: E402
 from kafka import KafkaConsumer, TopicPartition  # noqa: E402
 from kafka.admin import KafkaAdminClient, NewTopic  # noqa: E402
 
-from device.identity import DeviceIdentity, enroll_locally  # noqa: E402
+from device.identity import DeviceIdentity  # noqa: E402
+from fleet.enrollment import RegistryEnrollment  # noqa: E402
 from device.seqstore import SeqStore  # noqa: E402
 from fleet.pki import LocalPKI  # noqa: E402
 from fleet.settings import Settings  # noqa: E402
@@ -457,8 +458,9 @@ def main(argv: list[str] | None = None) -> int:
     except OSError:
         pass
 
-    pki = LocalPKI(settings.pki_dir)
-    identities = [enroll_locally(pki, f"bench-{i:05d}", bench_dir / "devices" / f"bench-{i:05d}")
+    # Registered like real devices, so the bridge's registry check is part of what is measured.
+    enrollment = RegistryEnrollment.open(settings, device_type="bench", groups=["bench"])
+    identities = [enrollment.enroll(f"bench-{i:05d}", bench_dir / "devices" / f"bench-{i:05d}")
                   for i in range(args.devices)]
     mosquitto = broker_pid(settings)
     print(f"run {run_id}: topics bench-{run_id}.*, broker pid {mosquitto}", file=sys.stderr)

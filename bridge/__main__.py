@@ -24,8 +24,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--metrics-port", type=int, default=None,
                         help="override FLEET_BRIDGE_METRICS_PORT (0 = no HTTP endpoint)")
     parser.add_argument("--drain-timeout", type=float, default=30.0)
-    parser.add_argument("--require-active", action="store_true",
-                        help="dead-letter messages of devices the registry (Cassandra) does not list as active")
+    parser.add_argument("--require-active", action=argparse.BooleanOptionalAction, default=None,
+                        help="dead-letter messages of devices the registry (Cassandra) does not list as active "
+                             "(default: FLEET_BRIDGE_REQUIRE_ACTIVE, true)")
     parser.add_argument("--retire", action="store_true",
                         help="take this instance out of service: drain its queued messages, end its session, exit")
     args = parser.parse_args(argv)
@@ -42,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         active_check = None
-        if args.require_active:
+        if settings.bridge_require_active if args.require_active is None else args.require_active:
             from fleet.db import CassandraSessions
             from fleet.registry import ActiveDeviceCheck
 

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Callable
 
 from device.agent import AgentConfig, DeviceAgent
-from device.identity import DeviceIdentity, enroll_locally
+from device.identity import DeviceIdentity
 from fleet.mqtt_loop import MqttLoop
 from fleet.settings import Settings
 
@@ -87,10 +87,12 @@ def device_ids(count: int, prefix: str) -> list[str]:
 
 
 def enroll_fleet(settings: Settings, ids: list[str], state_dir: Path) -> list[DeviceIdentity]:
-    from fleet.pki import LocalPKI
+    """Register every simulated device in the registry (which issues its certificate), as an
+    operator would through the API, so the bridge's active-device check lets it through."""
+    from fleet.enrollment import RegistryEnrollment
 
-    pki = LocalPKI(settings.pki_dir)
-    return [enroll_locally(pki, device_id, state_dir / "devices" / device_id) for device_id in ids]
+    enrollment = RegistryEnrollment.open(settings)
+    return [enrollment.enroll(device_id, state_dir / "devices" / device_id) for device_id in ids]
 
 
 def run_worker(worker: int, settings: Settings, identities: list[DeviceIdentity], rate: float, duration: float,

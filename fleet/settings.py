@@ -83,6 +83,8 @@ class Settings:
     bridge_share_group: str = "bridge"
     bridge_metrics_port: int = 9108
     max_payload_bytes: int = 16384
+    # Dead-letter messages of devices the registry does not list as active (issue: security).
+    bridge_require_active: bool = True
     kafka_linger_ms: int = 5
     kafka_batch_size: int = 65536
 

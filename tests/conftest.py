@@ -37,3 +37,12 @@ def stack(settings: Settings):
     yield settings
     if os.environ.get("FLEET_TEST_KEEP_STACK") != "1":
         launcher.down(settings, [n for n in STACK_COMPONENTS if n not in already])
+
+
+@pytest.fixture(scope="session")
+def enrollment(stack: Settings):
+    """Registers test devices in the stack's registry (which issues their certificates), so the
+    bridge's active-device check lets them through, as it would for a real device."""
+    from fleet.enrollment import RegistryEnrollment
+
+    return RegistryEnrollment.open(stack, device_type="test", groups=["test"])

@@ -55,7 +55,7 @@ class BridgeComponent:
         suffix = f"-{instance}" if instance else ""
         self.name = f"bridge{suffix}"
         self.process = ManagedProcess(
-            name=self.name, argv=[sys.executable, "-m", "bridge"],
+            name=self.name, argv=[sys.executable, "-m", "bridge", "--instance", str(instance)],
             log_file=settings.log_dir / f"{self.name}.log", pid_file=settings.run_dir / f"{self.name}.pid",
             env=settings_env(self.settings), cwd=PROJECT_ROOT,
         )

@@ -23,9 +23,7 @@ from pathlib import Path
 import pytest
 
 from device.agent import AgentConfig, DeviceAgent
-from device.identity import enroll_locally
 from device.simulator import GENERATORS, run_worker
-from fleet.pki import LocalPKI
 from fleet.settings import Settings
 from fleet.topics import Kafka
 from fleet.validation import kafka_schema
@@ -39,16 +37,16 @@ def unique(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:8]}"
 
 
-def start_agent(settings: Settings, device_id: str, directory: Path) -> DeviceAgent:
-    identity = enroll_locally(LocalPKI(settings.pki_dir), device_id, directory / device_id)
+def start_agent(settings: Settings, enrollment, device_id: str, directory: Path) -> DeviceAgent:
+    identity = enrollment.enroll(device_id, directory / device_id)
     agent = DeviceAgent(identity, AgentConfig.from_settings(settings)).start()
     assert agent.wait_connected(15), f"{device_id} could not connect over mTLS"
     return agent
 
 
 @pytest.fixture
-def agent(stack: Settings, tmp_path):
-    a = start_agent(stack, unique("it"), tmp_path)
+def agent(stack: Settings, enrollment, tmp_path):
+    a = start_agent(stack, enrollment, unique("it"), tmp_path)
     yield a
     a.stop()
 
@@ -72,10 +70,10 @@ def test_telemetry_reaches_kafka_in_order_with_the_envelope(stack: Settings, age
         assert r["ts"] == r["payload"]["ts"] and r["ingest_ts"] >= r["ts"] - 5_000
 
 
-def test_status_online_then_offline_reaches_device_events(stack: Settings, tmp_path):
+def test_status_online_then_offline_reaches_device_events(stack: Settings, enrollment, tmp_path):
     topic = stack.topic(Kafka.DEVICE_EVENTS)
     start = end_offsets(stack, topic)
-    a = start_agent(stack, unique("it"), tmp_path)
+    a = start_agent(stack, enrollment, unique("it"), tmp_path)
     a.stop()
     records = read_json(stack, topic, start, keep=lambda v: v["device_id"] == a.device_id,
                         until=lambda recs: len(recs) >= 2, timeout=60)
@@ -180,15 +178,14 @@ def own_bridge_settings(stack: Settings):
         admin.close()
 
 
-def test_kill_9_under_load_then_restart_loses_nothing(own_bridge_settings: Settings, tmp_path):
+def test_kill_9_under_load_then_restart_loses_nothing(own_bridge_settings: Settings, enrollment, tmp_path):
     settings = own_bridge_settings
     instance = 900 + int(uuid.uuid4().hex[:4], 16) % 99  # not a number the stack's bridges use
     bridge = BridgeProcess(settings, instance).start()
     bridge.wait_healthy()
 
-    pki = LocalPKI(settings.pki_dir)
     prefix = unique("k9")
-    identities = [enroll_locally(pki, f"{prefix}-{i:02d}", tmp_path / f"{prefix}-{i:02d}") for i in range(20)]
+    identities = [enrollment.enroll(f"{prefix}-{i:02d}", tmp_path / f"{prefix}-{i:02d}") for i in range(20)]
     result: dict = {}
     load = threading.Thread(target=lambda: result.update(report=run_worker(
         0, settings, identities, 40.0, 12.0, list(GENERATORS)[:3], 1.0, 60.0, report=lambda r: None)))
@@ -216,3 +213,26 @@ def test_kill_9_under_load_then_restart_loses_nothing(own_bridge_settings: Setti
     assert bridge.terminate() == 0
     # End the test instance's broker session so it stops collecting a share of later traffic.
     assert BridgeProcess(settings, instance).start("--retire").proc.wait(60) == 0
+
+
+def test_a_device_the_registry_does_not_list_is_dead_lettered(stack: Settings, tmp_path):
+    """A certificate from the platform CA is not enough: the registry is the source of truth."""
+    from device.identity import enroll_locally
+    from fleet.pki import LocalPKI
+
+    device_id = unique("unregistered")
+    identity = enroll_locally(LocalPKI(stack.pki_dir), device_id, tmp_path / device_id)  # CA-signed, not registered
+    agent = DeviceAgent(identity, AgentConfig.from_settings(stack)).start()
+    assert agent.wait_connected(15)
+    starts = {t: end_offsets(stack, stack.topic(t)) for t in (Kafka.TELEMETRY, Kafka.DEAD_LETTER)}
+    try:
+        agent.send_telemetry({"t": 1.0})
+        dead = read_json(stack, stack.topic(Kafka.DEAD_LETTER), starts[Kafka.DEAD_LETTER],
+                         keep=lambda v: v.get("device_id") == device_id and v["mqtt_topic"].endswith("/telemetry"),
+                         until=lambda recs: len(recs) >= 1, timeout=30)
+    finally:
+        agent.stop()
+    assert [d["reason"] for d in dead] == ["device_not_active"]
+    leaked = read_json(stack, stack.topic(Kafka.TELEMETRY), starts[Kafka.TELEMETRY],
+                       keep=lambda v: v["device_id"] == device_id, until=lambda recs: False, timeout=3)
+    assert leaked == []

@@ -56,9 +56,9 @@ def foreign_ca_credentials(device_id: str, directory):
     return cert_path, key_path
 
 
-def test_a_device_of_the_platform_ca_connects_and_its_telemetry_reaches_kafka(stack, pki, tmp_path):
+def test_a_device_of_the_platform_ca_connects_and_its_telemetry_reaches_kafka(stack, pki, enrollment, tmp_path):
     device = new_id("sec-ok")
-    cert, key = device_credentials(pki, device, tmp_path)
+    cert, key = device_credentials(enrollment, device, tmp_path)
     start = end_offsets(stack, stack.topic(Kafka.TELEMETRY))
     client = connect(stack.mqtt_host, stack.mqtt_device_port, pki.ca_chain_path, cert, key, client_id=device)
     try:
@@ -81,9 +81,9 @@ def test_a_client_without_a_certificate_is_refused(stack, pki):
         connect(stack.mqtt_host, stack.mqtt_device_port, pki.ca_chain_path, None, None)
 
 
-def test_publishing_on_another_devices_topic_is_denied_and_nothing_reaches_kafka(stack, pki, tmp_path):
+def test_publishing_on_another_devices_topic_is_denied_and_nothing_reaches_kafka(stack, pki, enrollment, tmp_path):
     intruder, victim = new_id("sec-intruder"), new_id("sec-victim")
-    cert, key = device_credentials(pki, intruder, tmp_path)
+    cert, key = device_credentials(enrollment, intruder, tmp_path)
     start = end_offsets(stack, stack.topic(Kafka.TELEMETRY))
     client = connect(stack.mqtt_host, stack.mqtt_device_port, pki.ca_chain_path, cert, key, client_id=intruder)
     try:
@@ -101,9 +101,9 @@ def test_publishing_on_another_devices_topic_is_denied_and_nothing_reaches_kafka
     assert [r["device_id"] for r in got] == [intruder]
 
 
-def test_subscribing_to_another_devices_commands_receives_nothing(stack, pki, tmp_path):
+def test_subscribing_to_another_devices_commands_receives_nothing(stack, pki, enrollment, tmp_path):
     spy, victim = new_id("sec-spy"), new_id("sec-victim")
-    cert, key = device_credentials(pki, spy, tmp_path)
+    cert, key = device_credentials(enrollment, spy, tmp_path)
     client = connect(stack.mqtt_host, stack.mqtt_device_port, pki.ca_chain_path, cert, key, client_id=spy)
     svc_cert, svc_key = pki.service_identity(stack.bridge_client_id)
     service = connect(stack.mqtt_host, stack.mqtt_service_port, pki.ca_chain_path, svc_cert, svc_key)

@@ -9,28 +9,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
-
-from fleet.pki import LocalPKI
 
 
-def device_credentials(pki: LocalPKI, device_id: str, directory: Path) -> tuple[Path, Path]:
-    """Key made 'on the device', CSR signed by the platform CA: (cert path, key path)."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    csr = (x509.CertificateSigningRequestBuilder()
-           .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, device_id)]))
-           .sign(key, hashes.SHA256()))
-    cert_pem = pki.sign_device_csr(csr.public_bytes(serialization.Encoding.PEM), device_id)
-    directory.mkdir(parents=True, exist_ok=True)
-    key_path, cert_path = directory / f"{device_id}.key", directory / f"{device_id}.crt"
-    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))
-    key_path.chmod(0o600)
-    cert_path.write_bytes(cert_pem)
-    return cert_path, key_path
+def device_credentials(enrollment, device_id: str, directory: Path) -> tuple[Path, Path]:
+    """Key made 'on the device', device registered and its CSR signed: (cert path, key path)."""
+    identity = enrollment.enroll(device_id, directory / device_id)
+    return identity.cert_path, identity.key_path
 
 
 @dataclass
