@@ -46,3 +46,22 @@ def enrollment(stack: Settings):
     from fleet.enrollment import RegistryEnrollment
 
     return RegistryEnrollment.open(stack, device_type="test", groups=["test"])
+
+
+@pytest.fixture(scope="session")
+def telemetry_job(stack: Settings):
+    """The telemetry job RUNNING on the stack's Flink cluster (submitted if it is not)."""
+    from pathlib import Path
+
+    from fleet.stack import flink
+
+    for job in flink.list_jobs(stack):
+        if job["name"] == "telemetry" and job["state"] == "RUNNING":
+            yield job["id"]
+            return
+    job_py = Path(__file__).resolve().parents[1] / "jobs" / "telemetry_job.py"
+    job_id = flink.submit_job(stack, job_py)
+    flink.wait_for_job_state(stack, job_id, ["RUNNING"], timeout=240, all_tasks_running=True)
+    yield job_id
+    if os.environ.get("FLEET_TEST_KEEP_STACK") != "1":
+        flink.cancel_job(stack, job_id)
