@@ -12,8 +12,8 @@ import os
 import pytest
 
 from fleet.settings import Settings
+from tests.support.stack import running
 
-IN_CI = os.environ.get("CI", "").lower() == "true"
 STACK_COMPONENTS = ["mosquitto", "kafka", "cassandra", "flink", "bridge", "api"]
 
 
@@ -24,19 +24,7 @@ def settings() -> Settings:
 
 @pytest.fixture(scope="session")
 def stack(settings: Settings):
-    from fleet.stack import launcher
-    from fleet.stack.process import StackError
-
-    already = {row["name"] for row in launcher.status(settings) if row["state"] == "healthy"}
-    try:
-        launcher.up(settings, STACK_COMPONENTS)
-    except (StackError, ImportError) as exc:
-        if IN_CI:
-            pytest.fail(f"the local stack did not start under CI: {exc}")
-        pytest.skip(f"no local stack ({exc})")
-    yield settings
-    if os.environ.get("FLEET_TEST_KEEP_STACK") != "1":
-        launcher.down(settings, [n for n in STACK_COMPONENTS if n not in already])
+    yield from running(settings, STACK_COMPONENTS)
 
 
 @pytest.fixture(scope="session")

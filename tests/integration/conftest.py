@@ -6,34 +6,20 @@ The app uses the stack's real PKI and broker, so revocations really reach Mosqui
 
 from __future__ import annotations
 
-import os
 import uuid
 from dataclasses import dataclass
 
 import pytest
 
 from fleet.settings import Settings
+from tests.support.stack import running
 
-IN_CI = os.environ.get("CI", "").lower() == "true"
 
 
 @pytest.fixture(scope="session")
 def security_stack(settings: Settings):
     """Mosquitto and Cassandra, reused if running, else started (and stopped at the end)."""
-    from fleet.stack import launcher
-    from fleet.stack.process import StackError
-
-    names = ["mosquitto", "cassandra"]
-    already = {row["name"] for row in launcher.status(settings) if row["state"] == "healthy"}
-    try:
-        launcher.up(settings, names)
-    except (StackError, ImportError) as exc:
-        if IN_CI:
-            pytest.fail(f"Mosquitto/Cassandra did not start under CI: {exc}")
-        pytest.skip(f"no local stack ({exc})")
-    yield settings
-    if os.environ.get("FLEET_TEST_KEEP_STACK") != "1":
-        launcher.down(settings, [n for n in names if n not in already])
+    yield from running(settings, ["mosquitto", "cassandra"])
 
 
 @pytest.fixture(scope="session")

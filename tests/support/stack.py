@@ -1,0 +1,31 @@
+"""Bring parts of the real local stack up for a test session, and down again at its end."""
+
+from __future__ import annotations
+
+import os
+from typing import Iterator
+
+import pytest
+
+from fleet.settings import Settings
+
+IN_CI = os.environ.get("CI", "").lower() == "true"
+
+
+def running(settings: Settings, names: list[str]) -> Iterator[Settings]:
+    """Generator for a session fixture: reuses healthy parts, starts the others with the
+    project's launcher and stops only those at the end (unless FLEET_TEST_KEEP_STACK=1).
+    Skips when they cannot start on a developer machine; under CI=true that is a failure."""
+    from fleet.stack import launcher
+    from fleet.stack.process import StackError
+
+    already = {row["name"] for row in launcher.status(settings) if row["state"] == "healthy"}
+    try:
+        launcher.up(settings, names)
+    except (StackError, ImportError) as exc:
+        if IN_CI:
+            pytest.fail(f"{', '.join(names)} did not start under CI: {exc}")
+        pytest.skip(f"no local stack ({exc})")
+    yield settings
+    if os.environ.get("FLEET_TEST_KEEP_STACK") != "1":
+        launcher.down(settings, [n for n in names if n not in already])
