@@ -128,10 +128,14 @@ class TelemetryCore(KeyedProcessFunction):
         self.rules = options.rules
 
     def open(self, ctx: RuntimeContext) -> None:
+        # Expired entries are dropped by RocksDB's compaction filter. The strategy is spelled out
+        # with a periodic-compaction time because PyFlink's default builds a py4j Duration, and
+        # open() runs inside the TaskManager where there is no py4j gateway (thread mode fails
+        # with "FileNotFoundError: 2" launching one).
         ttl = (StateTtlConfig.new_builder(Time.milliseconds(self.options.state_ttl_ms))
                .set_update_type(StateTtlConfig.UpdateType.OnCreateAndWrite)
                .set_state_visibility(StateTtlConfig.StateVisibility.NeverReturnExpired)
-               .cleanup_in_rocksdb_compact_filter(1000)
+               .cleanup_in_rocksdb_compact_filter(1000, Time.days(30))
                .build())
         # [max_seq, last_ts, clock, counters..., then 5 longs per open gap] (dom.encode_tracker).
         # A list, not PRIMITIVE_ARRAY: PyFlink's thread-mode converter fails on an absent array.

@@ -22,6 +22,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+import zipfile
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -320,14 +321,28 @@ def submit_job(settings: Settings, job_py: Path | str, args: Sequence[str] = (),
             argv.append("--allowNonRestoredState")
     if parallelism:
         argv += ["--parallelism", str(parallelism)]
-    py_files = ",".join(str(PROJECT_ROOT / p) for p in PROJECT_PACKAGES)
-    argv += ["--python", str(job_py), "--pyFiles", py_files, *args]
+    argv += ["--python", str(job_py), "--pyFiles", str(package_project(layout)), *args]
     env = {**settings_env(settings), **layout.env()}
     out = run_checked(argv, what=f"submitting {job_py.name} to Flink", env=env, cwd=PROJECT_ROOT, timeout=timeout)
     match = re.search(r"JobID ([0-9a-f]{32})", out)
     if not match:
         raise StackError(f"submitting {job_py.name}: no job id in the CLI output:\n{out[-2000:]}")
     return match.group(1)
+
+
+def package_project(layout: FlinkLayout) -> Path:
+    """A zip of the project's packages for --pyFiles: a shipped directory lands on PYTHONPATH
+    itself (its modules become top-level), a zip keeps ``fleet.`` and ``jobs.`` importable."""
+    target = layout.root / "pyfiles" / "fleet-project.zip"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_suffix(".zip.tmp")
+    with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as zf:
+        for package in PROJECT_PACKAGES:
+            for path in sorted((PROJECT_ROOT / package).rglob("*.py")):
+                if "__pycache__" not in path.parts:
+                    zf.write(path, path.relative_to(PROJECT_ROOT).as_posix())
+    tmp.replace(target)
+    return target
 
 
 def list_jobs(settings: Settings) -> list[dict[str, Any]]:
@@ -343,10 +358,12 @@ def job_details(settings: Settings, job_id: str) -> dict[str, Any]:
 
 
 def wait_for_job_state(settings: Settings, job_id: str, states: Sequence[str], timeout: float = 120,
-                       all_tasks_running: bool = False, interval: float = 0.5) -> str:
+                       all_tasks_running: bool = False, interval: float = 0.5,
+                       fail_on_restart: bool = False) -> str:
     """Wait until the job reaches one of ``states`` (and, optionally, every task runs).
 
-    A job that ends FAILED (when not waited for) raises at once with its root exception.
+    A job that ends FAILED (when not waited for) raises at once with its root exception; with
+    ``fail_on_restart`` so does one that is restarting (the restart strategy retries for ever).
     """
     deadline = time.monotonic() + timeout
     state = "UNKNOWN"
@@ -357,8 +374,8 @@ def wait_for_job_state(settings: Settings, job_id: str, states: Sequence[str], t
             time.sleep(interval)
             continue
         state = details.get("state", "")
-        if state == "FAILED" and "FAILED" not in states:
-            raise StackError(f"job {job_id} FAILED: {_root_exception(settings, job_id)}")
+        if (state == "FAILED" and "FAILED" not in states) or (fail_on_restart and state == "RESTARTING"):
+            raise StackError(f"job {job_id} {state}: {_root_exception(settings, job_id)}")
         if state in states:
             vertices = details.get("vertices", [])
             if not all_tasks_running or (vertices and all(v.get("status") == "RUNNING" for v in vertices)):
@@ -370,8 +387,9 @@ def wait_for_job_state(settings: Settings, job_id: str, states: Sequence[str], t
 
 def _root_exception(settings: Settings, job_id: str) -> str:
     try:
-        exc = rest(settings, "GET", f"/jobs/{job_id}/exceptions")
-        return (exc.get("root-exception") or "")[:3000]
+        exc = rest(settings, "GET", f"/jobs/{job_id}/exceptions?maxExceptions=1")
+        entries = (exc.get("exceptionHistory") or {}).get("entries") or []
+        return (entries[0].get("stacktrace", "") if entries else exc.get("root-exception") or "")[:3000]
     except StackError as err:
         return str(err)
 

@@ -1,0 +1,125 @@
+"""Telemetry job throughput on this machine: records/s through build() on the local Flink cluster.
+
+    .venv/bin/python bench/telemetry_bench.py [--records 300000] [--devices 1000]
+        [--runs discard,lake,cassandra,all] [--event-time payload] [--python-mode thread]
+
+Writes a file of envelopes (the bridge's format, 5 metrics, ~3% duplicates, a few gaps) under
+var/bench/, then submits bench/telemetry_bench_job.py once per run with ``flink run`` and reads
+the job's timing from the REST API. Throughput = records / (end of the telemetry-core task -
+start of the job's first task), i.e. without the CLI's JVM start and graph submission.
+Cassandra runs write into a throwaway keyspace (migrated, dropped afterwards). Results are
+appended to var/bench/telemetry.jsonl.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from fleet.settings import Settings  # noqa: E402
+from fleet.stack import flink  # noqa: E402
+
+JOB = Path(__file__).resolve().parent / "telemetry_bench_job.py"
+T0 = 1_767_225_600_000  # 2026-01-01T00:00:00Z
+
+
+def write_input(path: Path, records: int, devices: int, seed: int = 7) -> None:
+    """Envelopes as the bridge writes them (orjson, device_id first), 1 s apart per device."""
+    import orjson
+
+    rng = random.Random(seed)
+    seq = [0] * devices
+    with open(path, "wb") as fh:
+        for i in range(records):
+            d = i % devices
+            s = seq[d]
+            seq[d] += 1 if rng.random() > 0.001 else 2  # an occasional gap
+            ts = T0 + s * 1000 + d
+            env = {"device_id": f"dev-{d:05d}", "type": "telemetry", "ts": ts, "ingest_ts": ts + 40,
+                   "mqtt_topic": f"devices/dev-{d:05d}/telemetry",
+                   "payload": {"ts": ts, "seq": s, "metrics": {
+                       "temp": round(20 + rng.random() * 5, 3), "hum": round(40 + rng.random() * 20, 3),
+                       "volt": round(3.2 + rng.random() * 0.2, 3), "rssi": -60 - rng.randrange(30), "cpu": rng.random()},
+                       "attrs": {"fw": "1.4.2"}}}
+            line = orjson.dumps(env) + b"\n"
+            fh.write(line)
+            if rng.random() < 0.03:  # bridge redelivery
+                fh.write(line)
+
+
+def count_lines(path: Path) -> int:
+    with open(path, "rb") as fh:
+        return sum(1 for _ in fh)
+
+
+def run_once(settings: Settings, input_path: Path, sinks: str, event_time: str, python_mode: str,
+             keyspace: str | None) -> dict:
+    args = ["--input", str(input_path), "--sinks", sinks, "--event-time", event_time, "--python-mode", python_mode]
+    if keyspace:
+        args += ["--keyspace", keyspace]
+    t0 = time.monotonic()
+    job_id = flink.submit_job(settings, JOB, args)
+    try:
+        flink.wait_for_job_state(settings, job_id, ["FINISHED"], timeout=3600, interval=1.0, fail_on_restart=True)
+    except Exception:
+        flink.cancel_job(settings, job_id)
+        raise
+    wall = time.monotonic() - t0
+    details = flink.job_details(settings, job_id)
+    vertices = details["vertices"]
+    start = min(v["start-time"] for v in vertices if v["start-time"] > 0)
+    core = next(v for v in vertices if "telemetry-core" in v["name"])
+    end = max(v["end-time"] for v in vertices)
+    return {"job_id": job_id, "seconds_core": (core["end-time"] - start) / 1000,
+            "seconds_all_tasks": (end - start) / 1000, "seconds_wall_incl_submit": round(wall, 1),
+            "vertices": [v["name"] for v in vertices]}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--records", type=int, default=300_000)
+    p.add_argument("--devices", type=int, default=1000)
+    p.add_argument("--runs", default="discard,lake,cassandra,all")
+    p.add_argument("--event-time", default="payload", choices=("payload", "none"))
+    p.add_argument("--python-mode", default="thread", choices=("thread", "process"))
+    a = p.parse_args()
+    settings = Settings.from_env()
+    out_dir = settings.var_dir / "bench"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    input_path = out_dir / f"telemetry-{a.records}-{a.devices}.jsonl"
+    if not input_path.exists():
+        write_input(input_path, a.records, a.devices)
+    lines = count_lines(input_path)
+    keyspace = None
+    results = []
+    for sinks in a.runs.split(","):
+        if sinks in ("cassandra", "all") and keyspace is None:
+            keyspace = f"bench_{int(time.time())}"
+            from fleet.stack.migrations import apply_migrations
+
+            apply_migrations(settings, keyspace=keyspace)
+        r = run_once(settings, input_path, sinks, a.event_time, a.python_mode, keyspace)
+        r.update(sinks=sinks, records=lines, event_time=a.event_time, python_mode=a.python_mode,
+                 records_per_s=round(lines / r["seconds_all_tasks"]),
+                 parallelism=settings.flink_parallelism, at=time.strftime("%Y-%m-%dT%H:%M:%S"))
+        results.append(r)
+        print(f"{sinks:<10} {a.event_time:<8} {a.python_mode:<7} {lines} records in {r['seconds_all_tasks']:.1f} s "
+              f"-> {r['records_per_s']} records/s (wall incl. submit {r['seconds_wall_incl_submit']} s)", flush=True)
+        with open(out_dir / "telemetry.jsonl", "a") as fh:
+            fh.write(json.dumps(r) + "\n")
+    if keyspace:
+        from fleet.stack.cassandra import open_session
+
+        session = open_session(settings)
+        session.execute(f"DROP KEYSPACE IF EXISTS {keyspace}", timeout=120)
+        session.cluster.shutdown()
+
+
+if __name__ == "__main__":
+    main()
