@@ -106,8 +106,9 @@ def main(argv: list[str]) -> None:
     env = StreamExecutionEnvironment.get_execution_environment(config)
     options = JobOptions(event_time="payload")
     source = FileSource.for_record_stream_format(StreamFormat.text_line_format(), a.input).build()
-    strategy = watermarks(options) if a.event_time == "payload" else WatermarkStrategy.no_watermarks()
-    stream = env.from_source(source, strategy, "envelope-file")
+    stream = env.from_source(source, WatermarkStrategy.no_watermarks(), "envelope-file")
+    if a.event_time == "payload":
+        stream = stream.assign_timestamps_and_watermarks(watermarks(options)).name("event-time-from-payload")
     build(env, settings, stream, BenchSinks(settings, options, a.sinks, env), options)
     env.execute(f"telemetry-bench-{a.sinks}-{a.event_time}-{a.python_mode}")
 

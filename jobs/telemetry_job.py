@@ -136,16 +136,19 @@ class TelemetryCore(KeyedProcessFunction):
                .set_update_type(StateTtlConfig.UpdateType.OnCreateAndWrite)
                .set_state_visibility(StateTtlConfig.StateVisibility.NeverReturnExpired)
                .cleanup_in_rocksdb_compact_filter(1000, Time.days(30))
+               # Without this, PyFlink also builds its *default* compaction strategy, whose
+               # Duration.of_days(30) needs the py4j gateway that a TaskManager does not have.
+               .disable_cleanup_in_background()
                .build())
-        # [max_seq, last_ts, clock, counters..., then 5 longs per open gap] (dom.encode_tracker).
-        # A list, not PRIMITIVE_ARRAY: PyFlink's thread-mode converter fails on an absent array.
-        tracker = ValueStateDescriptor("tracker", Types.LIST(Types.LONG()))
-        # "<bucket start>|<metric>" -> [min, max, sum, count, dirty] (dom.encode_buckets).
-        buckets = ValueStateDescriptor("buckets", Types.MAP(Types.STRING(), Types.PRIMITIVE_ARRAY(Types.DOUBLE())))
-        tracker.enable_time_to_live(ttl)
-        buckets.enable_time_to_live(ttl)
-        self.tracker = ctx.get_state(tracker)
-        self.buckets = ctx.get_state(buckets)
+        # One value per device: [tracker, buckets] as plain lists, ints, floats and a dict
+        # (dom.encode_tracker / dom.encode_buckets), never domain classes, so savepoints survive
+        # refactoring. Pickled because thread-mode state only maps basic types, arrays and maps to
+        # Java types (LIST and ROW fall back to pickling anyway), and its array converters break on
+        # an absent value and on RocksDB's serialisers; one state access per record is also the
+        # cheapest.
+        device = ValueStateDescriptor("device", Types.PICKLED_BYTE_ARRAY())
+        device.enable_time_to_live(ttl)
+        self.device = ctx.get_state(device)
         metrics = ctx.get_metrics_group().add_group("telemetry")
         self.accepted = metrics.counter("accepted")
         self.duplicates = metrics.counter("duplicates")
@@ -160,12 +163,11 @@ class TelemetryCore(KeyedProcessFunction):
             self.invalid.inc()
             yield DEAD_LETTERS, dom.dumps(dom.dead_letter(point, raw, _now_ms()))
             return
-        state = dom.decode_state(self.tracker.value(), self.buckets.value())
+        state = self._load()
         step = dom.observe(state, point, self.rules)
         if step.outcome is dom.Outcome.ACCEPTED:
             self.accepted.inc()
             yield Row(point.device_id, point.ts, point.seq, point.ingest_ts, point.metrics, point.attrs)
-            self.buckets.update(dom.encode_buckets(state))
         elif step.outcome is dom.Outcome.DUPLICATE:
             self.duplicates.inc()
         else:
@@ -174,22 +176,28 @@ class TelemetryCore(KeyedProcessFunction):
                                           f"ts {state.clock} (allowed lateness {self.rules.allowed_lateness_ms} ms)",
                                 point.device_id, point.mqtt_topic, point.ingest_ts)
             yield DEAD_LETTERS, dom.dumps(dom.dead_letter(late, raw, _now_ms()))
-        self.tracker.update(dom.encode_tracker(state))
+        self._store(state)
         timers = ctx.timer_service()
         for t in step.timers:
             timers.register_event_time_timer(t)
         yield from self._emit(point.device_id, state, step)
 
     def on_timer(self, timestamp: int, ctx: KeyedProcessFunction.OnTimerContext) -> Iterable:
-        tracker = self.tracker.value()
-        if tracker is None:  # expired or never written
+        stored = self.device.value()
+        if stored is None:  # expired or never written
             return
-        state = dom.decode_state(tracker, self.buckets.value())
+        state = dom.decode_state(*stored)
         step = dom.on_time(state, timestamp, self.rules)
         if step.rollups or step.gaps:
-            self.tracker.update(dom.encode_tracker(state))
-            self.buckets.update(dom.encode_buckets(state))
+            self._store(state)
         yield from self._emit(ctx.get_current_key(), state, step)
+
+    def _load(self) -> dom.DeviceState:
+        stored = self.device.value()
+        return dom.decode_state(*stored) if stored is not None else dom.DeviceState()
+
+    def _store(self, state: dom.DeviceState) -> None:
+        self.device.update([dom.encode_tracker(state), dom.encode_buckets(state)])
 
     def _emit(self, device_id: str, state: dom.DeviceState, step: dom.Step) -> Iterable:
         for r in step.rollups:
@@ -257,6 +265,8 @@ def key_by_in_order(source: DataStream, selector) -> KeyedStream:
 
 
 def watermarks(options: JobOptions) -> WatermarkStrategy:
+    """Bounded out-of-orderness with idleness; timestamps from the payload unless event_time is
+    "kafka". (Apply with assign_timestamps_and_watermarks: from_source drops Python assigners.)"""
     strategy = (WatermarkStrategy.for_bounded_out_of_orderness(Duration.of_millis(options.out_of_orderness_ms))
                 .with_idleness(Duration.of_millis(options.idleness_ms)))
     if options.event_time == "payload":
@@ -279,7 +289,12 @@ def kafka_source(env: StreamExecutionEnvironment, settings: Settings, options: J
               .set_value_only_deserializer(SimpleStringSchema())
               .set_property("partition.discovery.interval.ms", "60000")
               .build())
-    return env.from_source(source, watermarks(options), "kafka-telemetry").uid("kafka-telemetry")
+    if options.event_time == "kafka":
+        # The record timestamp (the bridge's produce time): watermarks per partition, in Java.
+        return env.from_source(source, watermarks(options), "kafka-telemetry").uid("kafka-telemetry")
+    # from_source ignores a Python timestamp assigner, so the payload's ts is assigned after it.
+    raw = env.from_source(source, WatermarkStrategy.no_watermarks(), "kafka-telemetry").uid("kafka-telemetry")
+    return raw.assign_timestamps_and_watermarks(watermarks(options)).name("event-time-from-payload")
 
 
 class ProductionSinks:

@@ -108,6 +108,9 @@ def run_job(tmp_path_factory):
         collector = Collector(tmp_path_factory.mktemp(f"telemetry-p{parallelism}"))
         config = Configuration()
         config.set_string("python.execution-mode", "thread")
+        # As on the cluster: RocksDB serialises state on every update, the heap backend does not
+        # (a wrong state type only shows up with RocksDB).
+        config.set_string("state.backend.type", "rocksdb")
         env = StreamExecutionEnvironment.get_execution_environment(config)
         env.set_runtime_mode(RuntimeExecutionMode.STREAMING)
         # A day of out-of-orderness: no timer fires before the end of input, when the final
