@@ -25,20 +25,7 @@ def _http_ok(url: str, timeout: float = 2.0, context=None) -> bool:
 def settings_env(settings: Settings) -> dict[str, str]:
     """Environment that recreates ``settings`` in a child process (FLEET_* variables)."""
     env = dict(os.environ)
-    env["FLEET_VAR_DIR"] = str(settings.var_dir)
-    env["FLEET_KAFKA_BOOTSTRAP"] = settings.kafka_bootstrap
-    env["FLEET_TOPIC_PREFIX"] = settings.topic_prefix
-    env["FLEET_CASSANDRA_HOSTS"] = settings.cassandra_hosts
-    env["FLEET_CASSANDRA_PORT"] = str(settings.cassandra_port)
-    env["FLEET_CASSANDRA_KEYSPACE"] = settings.cassandra_keyspace
-    env["FLEET_MQTT_HOST"] = settings.mqtt_host
-    env["FLEET_MQTT_DEVICE_PORT"] = str(settings.mqtt_device_port)
-    env["FLEET_MQTT_SERVICE_PORT"] = str(settings.mqtt_service_port)
-    env["FLEET_MQTT_PROVISIONING_PORT"] = str(settings.mqtt_provisioning_port)
-    env["FLEET_BRIDGE_METRICS_PORT"] = str(settings.bridge_metrics_port)
-    env["FLEET_API_PORT"] = str(settings.api_port)
-    env["FLEET_API_TLS"] = "true" if settings.api_tls else "false"
-    env["FLEET_LAKE_DIR"] = str(settings.lake_path)
+    env.update(settings.to_env())
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(PROJECT_ROOT), env.get("PYTHONPATH")]))
     return env
 

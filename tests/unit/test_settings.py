@@ -41,3 +41,9 @@ def test_unknown_keys_in_file_are_refused(tmp_path):
     cfg.write_text("kafak_bootstrap = 'typo'\n")
     with pytest.raises(ValueError, match="unknown settings: kafak_bootstrap"):
         Settings.from_env({"FLEET_CONFIG_FILE": str(cfg)})
+
+
+def test_to_env_round_trips_every_field(tmp_path):
+    s = Settings.from_env({"FLEET_VAR_DIR": str(tmp_path), "FLEET_API_PORT": "9001", "FLEET_LAKE_DIR": str(tmp_path / "l"),
+                           "FLEET_BRIDGE_REQUIRE_ACTIVE": "false"})
+    assert Settings.from_env(s.to_env()) == s
