@@ -18,6 +18,7 @@ from fleet.domain.telemetry_query import (
 )
 
 MIN_SEQ = -(2 ** 63)
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
 
 
 @dataclass(frozen=True)
@@ -35,7 +36,8 @@ def _ms(value) -> int | None:
     if isinstance(value, dt.datetime):
         if value.tzinfo is None:
             value = value.replace(tzinfo=dt.timezone.utc)
-        return int(value.timestamp() * 1000)
+        # Exact integer arithmetic: float timestamp() * 1000 can land one millisecond low.
+        return (value - _EPOCH) // dt.timedelta(milliseconds=1)
     return int(value)
 
 

@@ -156,7 +156,7 @@ def test_the_lake_holds_every_device_seq_exactly_once(stack, sent, api, viewer):
     assert len(keys) == len(set(keys)) == expected
     by_device = defaultdict(list)
     for r in sorted(rows, key=lambda r: r["seq"]):
-        by_device[r["device_id"]].append((int(r["ts"].timestamp() * 1000), dict(r["metrics"])))
+        by_device[r["device_id"]].append((round(r["ts"].timestamp() * 1000), dict(r["metrics"])))
     assert dict(by_device) == sent
 
 
