@@ -72,7 +72,37 @@ def report(settings: Settings, before: dict[str, int], after: dict[str, int], ou
     lake = settings.lake_path / "telemetry"
     if lake.exists():
         files = list(lake.rglob("*.parquet"))
-        out.write(f"\nParquet lake: {len(files)} files under {lake}\n")
+        rows = 0
+        if files:
+            import pyarrow.dataset as ds
+
+            rows = ds.dataset(str(lake), format="parquet", partitioning="hive",
+                              ignore_prefixes=[".", "_"]).count_rows()
+        out.write(f"\nParquet lake: {rows:,} rows in {len(files)} files under {lake}\n")
+
+
+def demo_key(settings: Settings) -> str:
+    """A fresh read-only API key, so the operator can look at what flowed right away."""
+    from fleet.apikeys import ApiKeyStore
+    from fleet.auth import Role
+    from fleet.db import CassandraSessions
+
+    sessions = CassandraSessions(settings)
+    try:
+        _, secret = ApiKeyStore(sessions.get()).create("demo-viewer", Role.viewer, None)
+    finally:
+        sessions.shutdown()
+    return secret
+
+
+def print_try_it(settings: Settings, out=sys.stdout) -> None:
+    key = demo_key(settings)
+    base = f"http://{settings.api_host}:{settings.api_port}"
+    out.write(f"\nTry the API (a read-only key made for this demo; admin keys: 'fleet admin bootstrap'):\n"
+              f"  curl -s -H 'X-API-Key: {key}' '{base}/v1/devices/sim-00000/telemetry?limit=3'\n"
+              f"  curl -s -H 'X-API-Key: {key}' '{base}/v1/devices/sim-00000/telemetry/aggregate?metric=temperature&bucket=1m'\n"
+              f"  curl -s -H 'X-API-Key: {key}' '{base}/v1/devices/sim-00000/telemetry/gaps'\n"
+              f"  OpenAPI: {base}/docs   Flink UI: http://127.0.0.1:{settings.flink_rest_port}\n")
 
 
 def run(settings: Settings, *, devices: int, rate: float, duration: float, bridges: int = 1,
@@ -91,8 +121,9 @@ def run(settings: Settings, *, devices: int, rate: float, duration: float, bridg
     before = topic_offsets(settings)
     print(f"\nSimulating {devices} devices at {rate}/s each for {duration:.0f}s ...", flush=True)
     rc = run_fleet(settings, devices, rate, duration)
-    time.sleep(3)  # let the bridge and the jobs drain what is in flight
+    time.sleep(10)  # let the bridge and the jobs drain what is in flight (sinks commit on checkpoints)
     report(settings, before, topic_offsets(settings))
+    print_try_it(settings)
     if keep_running:
         print("\nThe stack keeps running: 'fleet stack status', 'fleet stack logs NAME', "
               "'fleet stack down [--wipe]'.")
