@@ -103,19 +103,29 @@ def up(settings: Settings, names: list[str] | None = None, progress: Progress | 
             progress.step(c.name, "preparing")
             c.prepare()
             progress.done(c.name, "prepared", time.monotonic() - t0)
-    started = {}
-    for c in pending:
-        c.start()
-        started[c.name] = time.monotonic()
-    for c in components:
-        t0 = started.get(c.name, time.monotonic())
-        if c in pending:
-            tick = progress.step(c.name, "starting")
-            wait_until(c.healthy, what=f"{c.name} start-up", timeout=c.start_timeout,
-                       process=getattr(c, "process", None), on_tick=tick)
-        c.post_start()
-        progress.done(c.name, "ready" if c in pending else "already running", time.monotonic() - t0)
+    # Infrastructure starts in parallel; the platform's own processes only once it is healthy
+    # (the bridge and the API need Kafka, Cassandra and the broker at start-up).
+    for phase in (INFRA, APPS):
+        group = [c for c in components if _base_name(c.name) in phase]
+        started = {}
+        for c in group:
+            if c in pending:
+                c.start()
+                started[c.name] = time.monotonic()
+        for c in group:
+            t0 = started.get(c.name, time.monotonic())
+            if c in pending:
+                tick = progress.step(c.name, "starting")
+                wait_until(c.healthy, what=f"{c.name} start-up", timeout=c.start_timeout,
+                           process=getattr(c, "process", None), on_tick=tick)
+            c.post_start()
+            progress.done(c.name, "ready" if c in pending else "already running", time.monotonic() - t0)
     return components
+
+
+def _base_name(name: str) -> str:
+    """'bridge-1' -> 'bridge': extra instances belong to their component's phase."""
+    return name.split("-", 1)[0]
 
 
 def _safe_healthy(component) -> bool:
