@@ -52,4 +52,7 @@ def telemetry_job(stack: Settings):
     flink.wait_for_job_state(stack, job_id, ["RUNNING"], timeout=240, all_tasks_running=True)
     yield job_id
     if os.environ.get("FLEET_TEST_KEEP_STACK") != "1":
-        flink.cancel_job(stack, job_id)
+        # Tests may have replaced the job (savepoint and resume): cancel whatever runs now.
+        for job in flink.list_jobs(stack):
+            if job["name"] == "telemetry" and job["state"] == "RUNNING":
+                flink.cancel_job(stack, job["id"])
