@@ -86,7 +86,7 @@ def main() -> None:
     p.add_argument("--records", type=int, default=300_000)
     p.add_argument("--devices", type=int, default=1000)
     p.add_argument("--runs", default="discard,lake,cassandra,all")
-    p.add_argument("--event-time", default="payload", choices=("payload", "none"))
+    p.add_argument("--event-time", default="payload", choices=("payload",))
     p.add_argument("--python-mode", default="thread", choices=("thread", "process"))
     a = p.parse_args()
     settings = Settings.from_env()

@@ -21,7 +21,7 @@ from pyflink.datastream.connectors.file_system import FileSource, StreamFormat
 from pyflink.java_gateway import get_gateway
 
 from fleet.settings import Settings
-from jobs.telemetry_job import JobOptions, ProductionSinks, build, watermarks
+from jobs.telemetry_job import JobOptions, ProductionSinks, build, envelopes
 
 
 def discard(stream: DataStream, name: str) -> None:
@@ -51,8 +51,11 @@ class BenchSinks:
     def _lake_sql(self, ds):
         from pyflink.table import StreamTableEnvironment
 
+        from jobs.telemetry_job import to_rows
+
         t_env = StreamTableEnvironment.create(self.env)
-        t_env.create_temporary_view("points", ds)
+        rows = to_rows(ds, get_gateway().jvm.fleet.flink.Rows.envelopeToPoint(), "envelope-to-row")
+        t_env.create_temporary_view("points", rows)
         base = (self.settings.lake_path / "telemetry-sql").resolve().as_uri()
         t_env.execute_sql(f"""
             CREATE TEMPORARY TABLE lake_sql (
@@ -94,7 +97,7 @@ def main(argv: list[str]) -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--input", required=True)
     p.add_argument("--sinks", default="discard", choices=("discard", "lake", "lake-sql", "cassandra", "all"))
-    p.add_argument("--event-time", default="payload", choices=("payload", "none"))
+    p.add_argument("--event-time", default="payload", choices=("payload",))
     p.add_argument("--python-mode", default="thread", choices=("thread", "process"))
     p.add_argument("--keyspace", default=None)
     a = p.parse_args(argv)
@@ -106,10 +109,9 @@ def main(argv: list[str]) -> None:
     env = StreamExecutionEnvironment.get_execution_environment(config)
     options = JobOptions(event_time="payload")
     source = FileSource.for_record_stream_format(StreamFormat.text_line_format(), a.input).build()
-    stream = env.from_source(source, WatermarkStrategy.no_watermarks(), "envelope-file")
-    if a.event_time == "payload":
-        stream = stream.assign_timestamps_and_watermarks(watermarks(options)).name("event-time-from-payload")
-    build(env, settings, stream, BenchSinks(settings, options, a.sinks, env), options)
+    raw = env.from_source(source, WatermarkStrategy.no_watermarks(), "envelope-file")
+    # Java: Row(device_id, raw) + event time from the envelope, as the Kafka source does.
+    build(env, settings, envelopes(raw, options), BenchSinks(settings, options, a.sinks, env), options)
     env.execute(f"telemetry-bench-{a.sinks}-{a.event_time}-{a.python_mode}")
 
 

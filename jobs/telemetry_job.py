@@ -1,12 +1,14 @@
 """The telemetry job: Kafka telemetry -> validated, deduplicated points -> Cassandra and the Parquet lake.
 
-    source (raw envelope JSON, event time + watermarks)
-      -> key by device_id
+    source: Row(device_id, raw envelope JSON), event time = envelope ts, watermarks (all in Java)
+      -> key by device_id (Java)
       -> telemetry-core (validate, dedup by seq, per-device lateness, gaps, 1-minute rollups)
-           main output  : accepted points   -> Cassandra `telemetry` + Parquet lake
-           side outputs : rollups           -> Cassandra `telemetry_rollup_1m`
-                          gaps, stats       -> Cassandra `telemetry_gaps`, `telemetry_device_stats`
-                          dead letters      -> Kafka `dead-letter`
+           main output  : accepted envelopes -> Cassandra `telemetry` + Parquet lake
+           side outputs : rollups            -> Cassandra `telemetry_rollup_1m`
+                          gaps, stats        -> Cassandra `telemetry_gaps`, `telemetry_device_stats`
+                          dead letters       -> Kafka `dead-letter`
+    Everything the Python operator emits is JSON text: handing Java a string costs a fraction
+    of a Row with a map, and Java (fleet.flink.Rows) turns it into rows behind it.
 
 ``build`` assembles that pipeline from a source stream and a ``TelemetrySinks`` passed in, so the
 pipeline tests run it on in-memory data (tests/pipeline/test_telemetry_job.py) and ``main``
@@ -14,7 +16,8 @@ plugs in Kafka, Cassandra and the lake. The rules live in fleet.domain.telemetry
 function here only loads state, calls the domain, stores state and emits.
 
 Submit: ``fleet``'s launcher does it (fleet.stack.flink.submit_job), or by hand:
-    flink run --python jobs/telemetry_job.py --pyFiles fleet,jobs [--allowed-lateness-ms 60000 ...]
+    flink run --python jobs/telemetry_job.py --pyFiles <zip of fleet/ and jobs/> [--allowed-lateness-ms ...]
+(java/flink-fleet's jar and the connector jars must be in the cluster's lib/.)
 """
 
 from __future__ import annotations
@@ -26,12 +29,12 @@ import time
 from dataclasses import dataclass, field
 from typing import Iterable, Protocol
 
-from pyflink.common import Duration, Row, Types, WatermarkStrategy
+from pyflink.common import Types, WatermarkStrategy
 from pyflink.common.time import Time
-from pyflink.common.watermark_strategy import TimestampAssigner
 from pyflink.datastream import (DataStream, KeyedProcessFunction, KeyedStream, OutputTag, RuntimeContext,
                                 StreamExecutionEnvironment)
 from pyflink.datastream.state import StateTtlConfig, ValueStateDescriptor
+from pyflink.java_gateway import get_gateway
 
 from fleet.domain import telemetry as dom
 from fleet.settings import Settings
@@ -40,25 +43,22 @@ log = logging.getLogger("telemetry_job")
 
 # --- record shapes between operators ---------------------------------------------------------
 
-POINT_FIELDS = ["device_id", "ts", "seq", "ingest_ts", "metrics", "attrs"]
-POINT_TYPE = Types.ROW_NAMED(POINT_FIELDS, [
-    Types.STRING(), Types.LONG(), Types.LONG(), Types.LONG(), Types.MAP(Types.STRING(), Types.DOUBLE()), Types.STRING(),
-])
+# What sources hand to build(): Row(device_id, raw envelope JSON), key first, the shape PyFlink's
+# keyed operators take (see fleet.flink.Envelopes in java/flink-fleet).
+ENVELOPE_TYPE = Types.ROW([Types.STRING(), Types.STRING()])
+# Outputs of the core, all JSON text (field names as below): the accepted envelopes as
+# received, and one object per rollup row, gap report and device-stats update.
+POINT_FIELDS = ["device_id", "ts", "seq", "ingest_ts", "metrics", "attrs"]  # as Java's Rows.envelopeToPoint makes
 ROLLUP_FIELDS = ["device_id", "bucket_start", "metric", "min", "max", "avg", "sum", "count"]
-ROLLUP_TYPE = Types.ROW_NAMED(ROLLUP_FIELDS, [
-    Types.STRING(), Types.LONG(), Types.STRING(), Types.DOUBLE(), Types.DOUBLE(), Types.DOUBLE(), Types.DOUBLE(),
-    Types.LONG(),
-])
+ROLLUP_TYPES = "STRING,LONG,STRING,DOUBLE,DOUBLE,DOUBLE,DOUBLE,LONG"
 GAP_FIELDS = ["device_id", "first_seq", "last_seq", "missing", "after_ts", "before_ts", "status"]
-GAP_TYPE = Types.ROW_NAMED(GAP_FIELDS, [
-    Types.STRING(), Types.LONG(), Types.LONG(), Types.LONG(), Types.LONG(), Types.LONG(), Types.STRING(),
-])
+GAP_TYPES = "STRING,LONG,LONG,LONG,LONG,LONG,STRING"
 STATS_FIELDS = ["device_id", "max_seq", "last_ts", "received", "duplicates", "late", "lost"]
-STATS_TYPE = Types.ROW_NAMED(STATS_FIELDS, [Types.STRING()] + [Types.LONG()] * 6)
+STATS_TYPES = "STRING,LONG,LONG,LONG,LONG,LONG,LONG"
 
-ROLLUPS = OutputTag("rollups", ROLLUP_TYPE)
-GAPS = OutputTag("gaps", GAP_TYPE)
-STATS = OutputTag("device-stats", STATS_TYPE)
+ROLLUPS = OutputTag("rollups", Types.STRING())
+GAPS = OutputTag("gaps", Types.STRING())
+STATS = OutputTag("device-stats", Types.STRING())
 DEAD_LETTERS = OutputTag("dead-letters", Types.STRING())  # dead-letter JSON (schemas/kafka/dead-letter)
 
 
@@ -81,6 +81,8 @@ class JobOptions:
     cassandra_dc: str = "datacenter1"
     # "payload": event time from the envelope's ts (device time); "kafka": the record timestamp.
     event_time: str = "payload"
+    # Decoded per-device states kept in memory per subtask (a read cache; Flink state is the truth).
+    state_cache_size: int = 100_000
     group_id: str = "fleet-telemetry-job"
     # Skip Cassandra or the lake (benchmarks, partial stacks).
     cassandra: bool = True
@@ -88,37 +90,6 @@ class JobOptions:
 
 
 # --- operators -------------------------------------------------------------------------------
-
-def device_key(raw: str) -> str:
-    """Partition key of a raw envelope: its device_id ("" when unreadable; the core rejects it).
-
-    The bridge writes device_id first; reading it without a JSON parse keeps the pre-shuffle
-    operator cheap. A valid device id never needs escaping, so the fast path is exact for it.
-    """
-    if raw.startswith('{"device_id":"'):
-        end = raw.find('"', 14)
-        if end > 14:
-            return raw[14:end]
-    try:
-        device_id = dom._loads(raw).get("device_id")
-    except Exception:  # anything unreadable is keyed "" and dead-lettered by the core
-        return ""
-    return device_id if isinstance(device_id, str) else ""
-
-
-class PayloadTimestamp(TimestampAssigner):
-    """Event time = the envelope's ts (the device's sample time; the bridge copies payload.ts)."""
-
-    def extract_timestamp(self, value: str, record_timestamp: int) -> int:
-        start = value.find('"ts":')
-        if start > 0:
-            end = start + 5
-            while end < len(value) and value[end].isdigit():
-                end += 1
-            if end > start + 5:
-                return int(value[start + 5:end])
-        return record_timestamp
-
 
 class TelemetryCore(KeyedProcessFunction):
     """Per device: validate, dedup, lateness, gaps, rollups (fleet.domain.telemetry does the work)."""
@@ -149,67 +120,98 @@ class TelemetryCore(KeyedProcessFunction):
         device = ValueStateDescriptor("device", Types.PICKLED_BYTE_ARRAY())
         device.enable_time_to_live(ttl)
         self.device = ctx.get_state(device)
-        metrics = ctx.get_metrics_group().add_group("telemetry")
-        self.accepted = metrics.counter("accepted")
-        self.duplicates = metrics.counter("duplicates")
-        self.late = metrics.counter("late")
-        self.invalid = metrics.counter("invalid")
-        self.gaps_lost = metrics.counter("gapsLost")
-        self.missing_lost = metrics.counter("recordsLost")
+        # Write-through cache of decoded states: every change is still written to Flink state
+        # (what checkpoints capture), but the read, a Java call costing tens of microseconds
+        # from thread-mode Python, is skipped for devices seen recently. Only this subtask writes
+        # these keys, and a restore creates a new instance, so the cache cannot go stale.
+        self.cache: dict[str, dom.DeviceState] = {}
+        # Metric updates are Java calls too: counted here, pushed every few hundred records.
+        self.counts = dict.fromkeys(("accepted", "duplicates", "late", "invalid", "gapsLost", "recordsLost"), 0)
+        group = ctx.get_metrics_group().add_group("telemetry")
+        self.counters = {name: group.counter(name) for name in self.counts}
+        self.pending = 0
 
     def process_element(self, raw: str, ctx: KeyedProcessFunction.Context) -> Iterable:
+        counts = self.counts
         point = dom.parse_envelope(raw, self.rules)
         if isinstance(point, dom.Rejected):
-            self.invalid.inc()
+            counts["invalid"] += 1
             yield DEAD_LETTERS, dom.dumps(dom.dead_letter(point, raw, _now_ms()))
             return
-        state = self._load()
+        state = self._load(point.device_id)
         step = dom.observe(state, point, self.rules)
         if step.outcome is dom.Outcome.ACCEPTED:
-            self.accepted.inc()
-            yield Row(point.device_id, point.ts, point.seq, point.ingest_ts, point.metrics, point.attrs)
+            counts["accepted"] += 1
+            yield raw
         elif step.outcome is dom.Outcome.DUPLICATE:
-            self.duplicates.inc()
+            counts["duplicates"] += 1
         else:
-            self.late.inc()
+            counts["late"] += 1
             late = dom.Rejected(dom.LATE, f"ts {point.ts} is {state.clock - point.ts} ms behind the device's newest "
                                           f"ts {state.clock} (allowed lateness {self.rules.allowed_lateness_ms} ms)",
                                 point.device_id, point.mqtt_topic, point.ingest_ts)
             yield DEAD_LETTERS, dom.dumps(dom.dead_letter(late, raw, _now_ms()))
         self._store(state)
-        timers = ctx.timer_service()
-        for t in step.timers:
-            timers.register_event_time_timer(t)
-        yield from self._emit(point.device_id, state, step)
+        if step.timers:
+            timers = ctx.timer_service()
+            for t in step.timers:
+                timers.register_event_time_timer(t)
+        if step.rollups or step.gaps or step.stats_changed:
+            yield from self._emit(point.device_id, state, step)
+        self.pending += 1
+        if self.pending >= 500:
+            self._flush_counts()
 
     def on_timer(self, timestamp: int, ctx: KeyedProcessFunction.OnTimerContext) -> Iterable:
-        stored = self.device.value()
-        if stored is None:  # expired or never written
-            return
-        state = dom.decode_state(*stored)
+        device_id = ctx.get_current_key()
+        state = self.cache.get(device_id)
+        if state is None:
+            stored = self.device.value()
+            if stored is None:  # expired or never written
+                return
+            state = dom.decode_state(*stored)
         step = dom.on_time(state, timestamp, self.rules)
         if step.rollups or step.gaps:
             self._store(state)
-        yield from self._emit(ctx.get_current_key(), state, step)
+        self._flush_counts()
+        yield from self._emit(device_id, state, step)
 
-    def _load(self) -> dom.DeviceState:
-        stored = self.device.value()
-        return dom.decode_state(*stored) if stored is not None else dom.DeviceState()
+    def _load(self, device_id: str) -> dom.DeviceState:
+        state = self.cache.get(device_id)
+        if state is None:
+            stored = self.device.value()
+            state = dom.decode_state(*stored) if stored is not None else dom.DeviceState()
+            if len(self.cache) >= self.options.state_cache_size:
+                del self.cache[next(iter(self.cache))]  # the longest cached; cheap and good enough
+            self.cache[device_id] = state
+        return state
 
     def _store(self, state: dom.DeviceState) -> None:
         self.device.update([dom.encode_tracker(state), dom.encode_buckets(state)])
 
+    def _flush_counts(self) -> None:
+        for name, n in self.counts.items():
+            if n:
+                self.counters[name].inc(n)
+                self.counts[name] = 0
+        self.pending = 0
+
     def _emit(self, device_id: str, state: dom.DeviceState, step: dom.Step) -> Iterable:
+        dumps = dom.dumps
         for r in step.rollups:
-            yield ROLLUPS, Row(device_id, r.bucket_start, r.metric, r.min, r.max, r.avg, r.sum, r.count)
+            yield ROLLUPS, dumps({"device_id": device_id, "bucket_start": r.bucket_start, "metric": r.metric,
+                                  "min": r.min, "max": r.max, "avg": r.avg, "sum": r.sum, "count": r.count})
         for g in step.gaps:
             if g.status == dom.GAP_LOST:
-                self.gaps_lost.inc()
-                self.missing_lost.inc(g.missing)
-            yield GAPS, Row(device_id, g.first_seq, g.last_seq, g.missing, g.after_ts, g.before_ts, g.status)
+                self.counts["gapsLost"] += 1
+                self.counts["recordsLost"] += g.missing
+            yield GAPS, dumps({"device_id": device_id, "first_seq": g.first_seq, "last_seq": g.last_seq,
+                               "missing": g.missing, "after_ts": g.after_ts, "before_ts": g.before_ts,
+                               "status": g.status})
         if step.stats_changed:
-            yield STATS, Row(device_id, state.max_seq, state.clock, state.received, state.duplicates, state.late,
-                             state.lost)
+            yield STATS, dumps({"device_id": device_id, "max_seq": state.max_seq, "last_ts": state.clock,
+                                "received": state.received, "duplicates": state.duplicates, "late": state.late,
+                                "lost": state.lost})
 
 
 def _now_ms() -> int:
@@ -234,67 +236,79 @@ class TelemetrySinks(Protocol):
 
 def build(env: StreamExecutionEnvironment, settings: Settings, source: DataStream, sinks: TelemetrySinks,
           options: JobOptions = JobOptions()) -> DataStream:
-    """Wire the pipeline. ``source``: raw envelope JSON strings carrying event timestamps and
-    watermarks. Returns the accepted points stream (rows of POINT_TYPE)."""
+    """Wire the pipeline. ``source``: Row(device_id, raw envelope JSON) (ENVELOPE_TYPE) carrying
+    event timestamps and watermarks, from ``kafka_source`` or ``envelopes``. Returns the accepted
+    envelopes stream."""
     points = (
-        key_by_in_order(source, device_key)
-        .process(TelemetryCore(options), output_type=POINT_TYPE)
+        key_by_device(source)
+        .process(TelemetryCore(options), output_type=Types.STRING())
         .name("telemetry-core").uid("telemetry-core")
-    )  # Row(device_id, ts, seq, ingest_ts, metrics, attrs): each (device_id, seq) once
+    )  # envelope JSON, each (device_id, seq) once
     sinks.points(points)
-    sinks.rollups(points.get_side_output(ROLLUPS))  # Row(device_id, bucket_start, metric, min, max, avg, sum, count)
-    sinks.gaps(points.get_side_output(GAPS))  # Row(device_id, first_seq, last_seq, missing, after_ts, before_ts, status)
-    sinks.stats(points.get_side_output(STATS))  # Row(device_id, max_seq, last_ts, received, duplicates, late, lost)
-    sinks.dead_letters(points.get_side_output(DEAD_LETTERS))  # dead-letter JSON strings
+    sinks.rollups(side_output(points, ROLLUPS))  # {device_id, bucket_start, metric, min, max, avg, sum, count}
+    sinks.gaps(side_output(points, GAPS))  # {device_id, first_seq, last_seq, missing, after_ts, before_ts, status}
+    sinks.stats(side_output(points, STATS))  # {device_id, max_seq, last_ts, received, duplicates, late, lost}
+    sinks.dead_letters(side_output(points, DEAD_LETTERS))  # dead-letter JSON
     return points
 
 
-def key_by_in_order(source: DataStream, selector) -> KeyedStream:
-    """``source.key_by(selector)``, with the key extraction kept at the source's parallelism.
+def side_output(stream: DataStream, tag: OutputTag) -> DataStream:
+    """The Java side output itself: PyFlink's get_side_output adds a Python identity map per side
+    output (a Python call per record), which string-typed tags do not need."""
+    return DataStream(stream._j_data_stream.getSideOutput(tag.get_java_output_tag()))
 
-    PyFlink's key_by adds a Python operator that computes the key, created with the job's default
-    parallelism; when that differs from the source's, a rebalance in front of it would reorder
-    each device's records before the keyed state sees them (a spurious gap, a late record).
-    Pinning it to the source's parallelism makes it a chained, order-preserving step.
+
+def to_rows(stream: DataStream, j_map, name: str) -> DataStream:
+    """JSON strings -> typed Rows with a Java MapFunction from fleet.flink.Rows, chained in place."""
+    return DataStream(stream._j_data_stream.map(j_map).name(name))
+
+
+def key_by_device(envelopes: DataStream) -> KeyedStream:
+    """Key Row(device_id, raw) by its first field, in Java.
+
+    PyFlink's key_by runs a Python operator per record just to compute the key (created at the
+    job's default parallelism, it may also sit behind a rebalance that reorders records). These
+    records already have the shape its keyed operators take, so the KeyedStream is built directly.
     """
-    keyed = source.key_by(selector, key_type=Types.STRING())
-    parallelism = source._j_data_stream.getTransformation().getParallelism()
-    add_key = keyed._j_data_stream.getTransformation().getInputs().get(0)
-    add_key.setParallelism(parallelism)
-    return keyed
+    gateway = get_gateway()
+    j_keyed = envelopes._j_data_stream.keyBy(gateway.jvm.KeyByKeySelector(),
+                                             Types.ROW([Types.STRING()]).get_java_type_info())
+    return KeyedStream(j_keyed, Types.STRING(), envelopes)
 
 
-def watermarks(options: JobOptions) -> WatermarkStrategy:
-    """Bounded out-of-orderness with idleness; timestamps from the payload unless event_time is
-    "kafka". (Apply with assign_timestamps_and_watermarks: from_source drops Python assigners.)"""
-    strategy = (WatermarkStrategy.for_bounded_out_of_orderness(Duration.of_millis(options.out_of_orderness_ms))
-                .with_idleness(Duration.of_millis(options.idleness_ms)))
-    if options.event_time == "payload":
-        strategy = strategy.with_timestamp_assigner(PayloadTimestamp())
-    return strategy
+def envelopes(raw: DataStream, options: JobOptions) -> DataStream:
+    """Raw envelope strings (a file, a test's list) -> Row(device_id, raw) with event time from the
+    envelope's ts and bounded out-of-orderness watermarks: what kafka_source makes of Kafka
+    records, for other sources. Runs at ``raw``'s parallelism, so no reordering."""
+    j = get_gateway().jvm.fleet.flink.Envelopes
+    parallelism = raw._j_data_stream.getTransformation().getParallelism()
+    keyed = raw._j_data_stream.map(j.keyFromJson(), j.keyedType()).name("key-from-json").setParallelism(parallelism)
+    timed = keyed.assignTimestampsAndWatermarks(
+        j.payloadTimeWatermarks(options.out_of_orderness_ms, options.idleness_ms))
+    return DataStream(timed.name("event-time").setParallelism(parallelism))
 
 
 # --- production sources and sinks ------------------------------------------------------------
 
 def kafka_source(env: StreamExecutionEnvironment, settings: Settings, options: JobOptions) -> DataStream:
-    from pyflink.common.serialization import SimpleStringSchema
-    from pyflink.datastream.connectors.kafka import KafkaOffsetsInitializer, KafkaOffsetResetStrategy, KafkaSource
+    """Row(device_id = the record key, raw value) from the telemetry topic, with event time and
+    per-partition watermarks computed inside the source, in Java (fleet.flink.Envelopes)."""
+    from pyflink.datastream.connectors.kafka import KafkaOffsetResetStrategy, KafkaOffsetsInitializer, KafkaSource
 
-    source = (KafkaSource.builder()
-              .set_bootstrap_servers(settings.kafka_bootstrap)
-              .set_topics(settings.topic("telemetry"))
-              .set_group_id(options.group_id)
-              # First start: everything retained; restarts resume from the checkpointed offsets.
-              .set_starting_offsets(KafkaOffsetsInitializer.committed_offsets(KafkaOffsetResetStrategy.EARLIEST))
-              .set_value_only_deserializer(SimpleStringSchema())
-              .set_property("partition.discovery.interval.ms", "60000")
-              .build())
+    j = get_gateway().jvm.fleet.flink.Envelopes
+    builder = (KafkaSource.builder()
+               .set_bootstrap_servers(settings.kafka_bootstrap)
+               .set_topics(settings.topic("telemetry"))
+               .set_group_id(options.group_id)
+               # First start: everything retained; restarts resume from the checkpointed offsets.
+               .set_starting_offsets(KafkaOffsetsInitializer.committed_offsets(KafkaOffsetResetStrategy.EARLIEST))
+               .set_property("partition.discovery.interval.ms", "60000"))
+    builder._j_builder.setDeserializer(j.kafkaDeserializer())  # key + value: not exposed by PyFlink
     if options.event_time == "kafka":
-        # The record timestamp (the bridge's produce time): watermarks per partition, in Java.
-        return env.from_source(source, watermarks(options), "kafka-telemetry").uid("kafka-telemetry")
-    # from_source ignores a Python timestamp assigner, so the payload's ts is assigned after it.
-    raw = env.from_source(source, WatermarkStrategy.no_watermarks(), "kafka-telemetry").uid("kafka-telemetry")
-    return raw.assign_timestamps_and_watermarks(watermarks(options)).name("event-time-from-payload")
+        strategy = j.recordTimeWatermarks(options.out_of_orderness_ms, options.idleness_ms)
+    else:
+        strategy = j.payloadTimeWatermarks(options.out_of_orderness_ms, options.idleness_ms)
+    return env.from_source(builder.build(), WatermarkStrategy(strategy), "kafka-telemetry").uid("kafka-telemetry")
 
 
 class ProductionSinks:
@@ -306,8 +320,8 @@ class ProductionSinks:
         self.options = options
 
     def _cassandra(self, stream: DataStream, name: str, cql: str, fields: str) -> None:
+        """``stream``: Rows whose fields fill the CQL's bind markers (marker i <- field fields[i])."""
         from pyflink.datastream.connectors.base import Sink
-        from pyflink.java_gateway import get_gateway
 
         s, o = self.settings, self.options
         points = ",".join(f"{host}:{s.cassandra_port}" for host in s.cassandra_contact_points)
@@ -317,6 +331,7 @@ class ProductionSinks:
 
     def points(self, points: DataStream) -> None:
         o = self.options
+        points = to_rows(points, get_gateway().jvm.fleet.flink.Rows.envelopeToPoint(), "envelope-to-row")
         if o.cassandra:
             self._cassandra(
                 points, "cassandra-telemetry",
@@ -325,7 +340,6 @@ class ProductionSinks:
                 "0,1,1,2,3,4,5")
         if o.lake:
             from pyflink.datastream.connectors.base import Sink
-            from pyflink.java_gateway import get_gateway
 
             base = (self.settings.lake_path / "telemetry").resolve()
             base.mkdir(parents=True, exist_ok=True)
@@ -336,7 +350,7 @@ class ProductionSinks:
     def rollups(self, rollups: DataStream) -> None:
         if self.options.cassandra:
             self._cassandra(
-                rollups, "cassandra-rollup-1m",
+                self._rows(rollups, ROLLUP_FIELDS, ROLLUP_TYPES, "rollup-to-row"), "cassandra-rollup-1m",
                 "INSERT INTO telemetry_rollup_1m (device_id, day, metric, bucket_start, min, max, avg, sum, count) "
                 f"VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) USING TTL {int(self.options.rollup_ttl_s)}",
                 "0,1,2,1,3,4,5,6,7")
@@ -344,7 +358,7 @@ class ProductionSinks:
     def gaps(self, gaps: DataStream) -> None:
         if self.options.cassandra:
             self._cassandra(
-                gaps, "cassandra-gaps",
+                self._rows(gaps, GAP_FIELDS, GAP_TYPES, "gap-to-row"), "cassandra-gaps",
                 "INSERT INTO telemetry_gaps (device_id, first_seq, last_seq, missing, after_ts, before_ts, status) "
                 f"VALUES (?, ?, ?, ?, ?, ?, ?) USING TTL {int(self.options.rollup_ttl_s)}",
                 "0,1,2,3,4,5,6")
@@ -352,10 +366,14 @@ class ProductionSinks:
     def stats(self, stats: DataStream) -> None:
         if self.options.cassandra:
             self._cassandra(
-                stats, "cassandra-device-stats",
+                self._rows(stats, STATS_FIELDS, STATS_TYPES, "stats-to-row"), "cassandra-device-stats",
                 "INSERT INTO telemetry_device_stats (device_id, max_seq, last_ts, received, duplicates, late, lost) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?)",
                 "0,1,2,3,4,5,6")
+
+    @staticmethod
+    def _rows(stream: DataStream, fields: list[str], types: str, name: str) -> DataStream:
+        return to_rows(stream, get_gateway().jvm.fleet.flink.Rows.jsonToRow(",".join(fields), types), name)
 
     def dead_letters(self, dead_letters: DataStream) -> None:
         from pyflink.common.serialization import SimpleStringSchema
@@ -396,6 +414,7 @@ def parse_args(argv: list[str]) -> JobOptions:
     p.add_argument("--cassandra-max-in-flight", type=int, default=d.cassandra_max_in_flight)
     p.add_argument("--cassandra-dc", default=d.cassandra_dc)
     p.add_argument("--event-time", choices=("payload", "kafka"), default=d.event_time)
+    p.add_argument("--state-cache-size", type=int, default=d.state_cache_size)
     p.add_argument("--group-id", default=d.group_id)
     p.add_argument("--no-cassandra", dest="cassandra", action="store_false")
     p.add_argument("--no-lake", dest="lake", action="store_false")
@@ -403,7 +422,7 @@ def parse_args(argv: list[str]) -> JobOptions:
     rules = dom.TelemetryRules(a.allowed_lateness_ms, a.max_future_skew_ms, a.rollup_bucket_ms, a.max_open_gaps)
     return JobOptions(rules, a.state_ttl_ms, a.out_of_orderness_ms, a.idleness_ms, a.raw_ttl_s, a.rollup_ttl_s,
                       a.lake_part_mb, a.lake_parallelism, a.cassandra_max_in_flight, a.cassandra_dc, a.event_time,
-                      a.group_id, a.cassandra, a.lake)
+                      a.state_cache_size, a.group_id, a.cassandra, a.lake)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -162,6 +162,24 @@ def build_lib_dir(layout: FlinkLayout, extra_jar_dirs: Sequence[Path]) -> None:
     staging.rename(layout.lib_dir)
 
 
+def lib_fingerprint(layout: FlinkLayout) -> str:
+    """Names, sizes and times of the jars lib/ points at: changes when a jar is rebuilt."""
+    digest = hashlib.sha256()
+    for jar in sorted(layout.lib_dir.glob("*.jar")):
+        st = jar.stat()
+        digest.update(f"{jar.name} {st.st_size} {st.st_mtime_ns}\n".encode())
+    return digest.hexdigest()
+
+
+def prepare_lib(settings: Settings) -> Path:
+    """Resolve the connector jars, build java/flink-fleet and assemble the cluster's lib/ (also
+    what local pipeline tests put on their JVM's class path via FLINK_LIB_DIR)."""
+    layout = FlinkLayout(settings)
+    connectors = jars.resolve(JAR_SET, settings.jar_dir)
+    build_lib_dir(layout, [connectors, *build_extension(settings)])
+    return layout.lib_dir
+
+
 class FlinkComponent:
     name = "flink"
     start_timeout = 120.0
@@ -184,9 +202,7 @@ class FlinkComponent:
         self.process = self.jobmanager
 
     def prepare(self) -> None:
-        connectors = jars.resolve(JAR_SET, self.settings.jar_dir)
-        extension = build_extension(self.settings)
-        build_lib_dir(self.layout, [connectors, *extension])
+        prepare_lib(self.settings)
         for d in (self.layout.conf_dir, self.layout.checkpoint_dir, self.layout.savepoint_dir,
                   self.layout.tmp_dir, self.layout.log_dir, self.layout.pid_dir):
             d.mkdir(parents=True, exist_ok=True)
@@ -196,6 +212,7 @@ class FlinkComponent:
         (self.layout.conf_dir / "config.yaml").write_text(render_config(self.settings, self.layout))
 
     def start(self) -> None:
+        (self.layout.pid_dir / "cluster.lib").write_text(lib_fingerprint(self.layout))
         if not self.jobmanager.is_running():
             ensure_port_free("127.0.0.1", self.settings.flink_rest_port, "the Flink JobManager (REST)")
             ensure_port_free("127.0.0.1", self.settings.flink_rest_port + RPC_PORT_OFFSET, "the Flink JobManager (RPC)")
@@ -238,9 +255,16 @@ class FlinkComponent:
         wait_until(lambda: not self.taskmanager.is_running(), what="TaskManager exit", timeout=10)
 
     def restart_taskmanager(self, timeout: float = 60.0) -> None:
+        """Start a TaskManager (after a kill or stop) and wait until a *new* one has registered."""
+        before = set(taskmanager_ids(self.settings))
         self.taskmanager.start()
-        wait_until(lambda: rest(self.settings, "GET", "/overview", timeout=2).get("taskmanagers", 0) >= 1,
+        wait_until(lambda: bool(set(taskmanager_ids(self.settings)) - before),
                    what="TaskManager registration", timeout=timeout, process=self.taskmanager)
+
+    def recycle_taskmanager(self) -> None:
+        """Graceful stop + start: a fresh Python interpreter for the next job (see submit_job)."""
+        self.taskmanager.stop(timeout=30)
+        self.restart_taskmanager()
 
 
 # --- the project's Java extension -----------------------------------------------------------------
@@ -293,6 +317,13 @@ def rest(settings: Settings, method: str, path: str, body: dict | None = None, t
     return json.loads(raw) if raw else {}
 
 
+def taskmanager_ids(settings: Settings) -> list[str]:
+    try:
+        return [tm["id"] for tm in rest(settings, "GET", "/taskmanagers", timeout=2).get("taskmanagers", [])]
+    except StackError:
+        return []
+
+
 def cluster_up(settings: Settings) -> bool:
     return port_open("127.0.0.1", settings.flink_rest_port)
 
@@ -321,13 +352,63 @@ def submit_job(settings: Settings, job_py: Path | str, args: Sequence[str] = (),
             argv.append("--allowNonRestoredState")
     if parallelism:
         argv += ["--parallelism", str(parallelism)]
+    started_with = layout.pid_dir / "cluster.lib"
+    if started_with.exists() and started_with.read_text() != lib_fingerprint(layout):
+        raise StackError("the Flink cluster runs older jars than var/data/flink/lib (java/flink-fleet or the "
+                         "connector set was rebuilt): restart it with 'fleet stack down flink && fleet stack up flink'")
+    code = _ensure_fresh_python(settings, layout)
     argv += ["--python", str(job_py), "--pyFiles", str(package_project(layout)), *args]
     env = {**settings_env(settings), **layout.env()}
     out = run_checked(argv, what=f"submitting {job_py.name} to Flink", env=env, cwd=PROJECT_ROOT, timeout=timeout)
     match = re.search(r"JobID ([0-9a-f]{32})", out)
     if not match:
         raise StackError(f"submitting {job_py.name}: no job id in the CLI output:\n{out[-2000:]}")
+    code.record()
     return match.group(1)
+
+
+def project_code_hash() -> str:
+    digest = hashlib.sha256()
+    for package in PROJECT_PACKAGES:
+        for path in sorted((PROJECT_ROOT / package).rglob("*.py")):
+            if "__pycache__" not in path.parts:
+                digest.update(path.relative_to(PROJECT_ROOT).as_posix().encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()
+
+
+class _CodeStamp:
+    """Which project code the running TaskManager's embedded interpreter has imported."""
+
+    def __init__(self, path: Path, pid: int | None, digest: str):
+        self.path, self.pid, self.digest = path, pid, digest
+
+    def record(self) -> None:
+        if self.pid:
+            self.path.write_text(f"{self.pid} {self.digest}\n")
+
+
+def _ensure_fresh_python(settings: Settings, layout: FlinkLayout) -> _CodeStamp:
+    """In thread mode every job's Python runs in ONE interpreter per TaskManager process, and a
+    module imported by an earlier job stays in sys.modules: a job submitted after its code
+    changed would silently run the old code. So when the project's code differs from what this
+    TaskManager has already run, the local stack's TaskManager is restarted first (running jobs
+    fail over to their latest checkpoint). A real deployment runs one cluster per job version
+    (application mode) or restarts TaskManagers on upgrade."""
+    component = FlinkComponent(settings)
+    digest = project_code_hash()
+    stamp_path = layout.pid_dir / "taskmanager.code"
+    pid = component.taskmanager.pid()
+    try:
+        seen_pid, seen_digest = stamp_path.read_text().split()
+    except (OSError, ValueError):
+        seen_pid, seen_digest = "", ""
+    if pid and seen_pid == str(pid) and seen_digest != digest:
+        sys.stderr.write("  flink      project code changed since this TaskManager ran it: restarting the "
+                         "TaskManager so the job gets a fresh Python interpreter\n")
+        component.recycle_taskmanager()
+        pid = component.taskmanager.pid()
+    layout.pid_dir.mkdir(parents=True, exist_ok=True)
+    return _CodeStamp(stamp_path, pid, digest)
 
 
 def package_project(layout: FlinkLayout) -> Path:
