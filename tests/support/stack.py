@@ -23,6 +23,8 @@ def running(settings: Settings, names: list[str]) -> Iterator[Settings]:
     try:
         launcher.up(settings, names)
     except (StackError, ImportError) as exc:
+        # Stop what this attempt did start, so a failed start leaves no stray services behind.
+        launcher.down(settings, [n for n in names if n not in already])
         if IN_CI:
             pytest.fail(f"{', '.join(names)} did not start under CI: {exc}")
         pytest.skip(f"no local stack ({exc})")
