@@ -7,7 +7,8 @@ Writes a file of envelopes (the bridge's format, 5 metrics, ~3% duplicates, a fe
 var/bench/, then submits bench/telemetry_bench_job.py once per run with ``flink run`` and reads
 the job's timing from the REST API. Throughput = records / (end of the telemetry-core task -
 start of the job's first task), i.e. without the CLI's JVM start and graph submission.
-Cassandra runs write into a throwaway keyspace (migrated, dropped afterwards). Results are
+Cassandra runs write into a throwaway keyspace (migrated, dropped afterwards), lake runs into a
+throwaway directory under var/bench/ (deleted afterwards). Results are
 appended to var/bench/telemetry.jsonl.
 """
 
@@ -16,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -60,7 +62,9 @@ def count_lines(path: Path) -> int:
 
 def run_once(settings: Settings, input_path: Path, sinks: str, event_time: str, python_mode: str,
              keyspace: str | None) -> dict:
-    args = ["--input", str(input_path), "--sinks", sinks, "--event-time", event_time, "--python-mode", python_mode]
+    lake = settings.var_dir / "bench" / f"lake-{int(time.time())}"
+    args = ["--input", str(input_path), "--sinks", sinks, "--event-time", event_time, "--python-mode", python_mode,
+            "--lake-dir", str(lake)]
     if keyspace:
         args += ["--keyspace", keyspace]
     t0 = time.monotonic()
@@ -76,8 +80,12 @@ def run_once(settings: Settings, input_path: Path, sinks: str, event_time: str, 
     start = min(v["start-time"] for v in vertices if v["start-time"] > 0)
     core = next(v for v in vertices if "telemetry-core" in v["name"])
     end = max(v["end-time"] for v in vertices)
+    lake_files = sorted(lake.rglob("*.parquet"))
+    lake_bytes = sum(f.stat().st_size for f in lake_files)
+    shutil.rmtree(lake, ignore_errors=True)
     return {"job_id": job_id, "seconds_core": (core["end-time"] - start) / 1000,
             "seconds_all_tasks": (end - start) / 1000, "seconds_wall_incl_submit": round(wall, 1),
+            "lake_files": len(lake_files), "lake_mb": round(lake_bytes / 1e6, 1),
             "vertices": [v["name"] for v in vertices]}
 
 

@@ -13,20 +13,15 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from pyflink.common import Configuration, WatermarkStrategy
 from pyflink.datastream import DataStream, StreamExecutionEnvironment
-from pyflink.datastream.connectors.base import Sink
 from pyflink.datastream.connectors.file_system import FileSource, StreamFormat
 from pyflink.java_gateway import get_gateway
 
 from fleet.settings import Settings
-from jobs.telemetry_job import JobOptions, ProductionSinks, build, envelopes
-
-
-def discard(stream: DataStream, name: str) -> None:
-    stream.sink_to(Sink(get_gateway().jvm.org.apache.flink.streaming.api.functions.sink.v2.DiscardingSink())) \
-        .name(name)
+from jobs.telemetry_job import JobOptions, ProductionSinks, build, discard, envelopes
 
 
 class BenchSinks:
@@ -100,10 +95,13 @@ def main(argv: list[str]) -> None:
     p.add_argument("--event-time", default="payload", choices=("payload",))
     p.add_argument("--python-mode", default="thread", choices=("thread", "process"))
     p.add_argument("--keyspace", default=None)
+    p.add_argument("--lake-dir", default=None, help="a throwaway lake (never the stack's own)")
     a = p.parse_args(argv)
     settings = Settings.from_env()
     if a.keyspace:
         settings = settings.replace(cassandra_keyspace=a.keyspace)
+    if a.lake_dir:
+        settings = settings.replace(lake_dir=Path(a.lake_dir))
     config = Configuration()
     config.set_string("python.execution-mode", a.python_mode)
     env = StreamExecutionEnvironment.get_execution_environment(config)

@@ -221,7 +221,11 @@ def _now_ms() -> int:
 # --- the pipeline ----------------------------------------------------------------------------
 
 class TelemetrySinks(Protocol):
-    """Where the job's outputs go; each method attaches (and names) a sink to its stream."""
+    """Where the job's outputs go; each method attaches (and names) a sink to its stream.
+
+    Every stream must be consumed (by ``discard`` if unwanted): the Python operator only knows
+    the side outputs something reads, and fails on a record for any other.
+    """
 
     def points(self, points: DataStream) -> None: ...
 
@@ -253,9 +257,18 @@ def build(env: StreamExecutionEnvironment, settings: Settings, source: DataStrea
 
 
 def side_output(stream: DataStream, tag: OutputTag) -> DataStream:
-    """The Java side output itself: PyFlink's get_side_output adds a Python identity map per side
-    output (a Python call per record), which string-typed tags do not need."""
-    return DataStream(stream._j_data_stream.getSideOutput(tag.get_java_output_tag()))
+    """PyFlink's get_side_output, which appends a Python identity map: without a Python consumer
+    the Python operator is not told about the tag and fails with "Unknown OutputTag id" (seen with
+    Flink 2.2 when only Java sinks read a side output). Side outputs are a few % of the records."""
+    return stream.get_side_output(tag).name(f"side-output-{tag.tag_id}")
+
+
+def discard(stream: DataStream, name: str) -> None:
+    """Consume a stream nobody wants (see TelemetrySinks)."""
+    from pyflink.datastream.connectors.base import Sink
+
+    j_sink = get_gateway().jvm.org.apache.flink.streaming.api.functions.sink.v2.DiscardingSink()
+    stream.sink_to(Sink(j_sink)).name(name).uid(name)
 
 
 def to_rows(stream: DataStream, j_map, name: str) -> DataStream:
@@ -331,6 +344,9 @@ class ProductionSinks:
 
     def points(self, points: DataStream) -> None:
         o = self.options
+        if not (o.cassandra or o.lake):
+            discard(points, "discard-points")
+            return
         points = to_rows(points, get_gateway().jvm.fleet.flink.Rows.envelopeToPoint(), "envelope-to-row")
         if o.cassandra:
             self._cassandra(

@@ -116,6 +116,7 @@ def run_job(tmp_path_factory):
         # As on the cluster: RocksDB serialises state on every update, the heap backend does not
         # (a wrong state type only shows up with RocksDB).
         config.set_string("state.backend.type", "rocksdb")
+        config.set_string("restart-strategy.type", "none")  # fail the test, not retry for ever
         env = StreamExecutionEnvironment.get_execution_environment(config)
         env.set_runtime_mode(RuntimeExecutionMode.STREAMING)
         env.set_parallelism(parallelism)
