@@ -89,16 +89,10 @@ class Onboarding:
         return cn
 
     def _check_csr(self, csr: str, device_id: str) -> None:
-        from fleet.pki import check_public_key
+        from fleet.pki import check_csr
 
         try:
-            parsed = load_csr(csr)
-            cn = csr_common_name(parsed)
-            if cn is None:
-                raise CSRError(f"the CSR has no common name; it must be {device_id!r}")
-            if cn != device_id:
-                raise CSRError(f"the CSR's common name {cn!r} does not match {device_id!r}")
-            check_public_key(parsed.public_key())
+            check_csr(csr, device_id)
         except CSRError as exc:
             raise RegistryError("bad_request", str(exc)) from None
 

@@ -149,6 +149,18 @@ def cert_common_name(cert: x509.Certificate) -> str | None:
     return str(names[0].value) if names else None
 
 
+def check_csr(csr_pem: bytes | str, common_name: str) -> x509.CertificateSigningRequest:
+    """The CSR, if it is well-formed, names ``common_name`` and carries a strong enough key."""
+    csr = load_csr(csr_pem)
+    cn = csr_common_name(csr)
+    if cn is None:
+        raise CSRError(f"the CSR has no common name; it must be {common_name!r}")
+    if cn != common_name:
+        raise CSRError(f"the CSR's common name {cn!r} does not match {common_name!r}")
+    check_public_key(csr.public_key())
+    return csr
+
+
 class LocalPKI:
     """File-backed CAs for the local stack and small installations.
 
@@ -330,13 +342,7 @@ class LocalPKI:
     def sign_csr(self, csr_pem: bytes | str, common_name: str, *, validity_days: int | None = None,
                  ca: str = "issuing") -> IssuedCertificate:
         """Sign a client CSR whose CN must equal ``common_name``; the key must be strong enough."""
-        csr = load_csr(csr_pem)
-        cn = csr_common_name(csr)
-        if cn is None:
-            raise CSRError(f"the CSR has no common name; it must be {common_name!r}")
-        if cn != common_name:
-            raise CSRError(f"the CSR's common name {cn!r} does not match {common_name!r}")
-        check_public_key(csr.public_key())
+        csr = check_csr(csr_pem, common_name)
         with self._lock:
             cert = self._issue(csr.public_key(), common_name, days=validity_days, ca=ca)
         return issued(cert)
