@@ -60,9 +60,10 @@ def count_lines(path: Path) -> int:
         return sum(1 for _ in fh)
 
 
-def run_once(settings: Settings, input_path: Path, sinks: str, event_time: str, python_mode: str,
+def run_once(settings: Settings, stack: Settings, input_path: Path, sinks: str, event_time: str, python_mode: str,
              keyspace: str | None) -> dict:
-    lake = settings.var_dir / "bench" / f"lake-{int(time.time())}"
+    """``settings``: the Flink cluster to run on; ``stack``: where the bench's files go."""
+    lake = stack.var_dir / "bench" / f"lake-{int(time.time())}"
     args = ["--input", str(input_path), "--sinks", sinks, "--event-time", event_time, "--python-mode", python_mode,
             "--lake-dir", str(lake)]
     if keyspace:
@@ -96,8 +97,27 @@ def main() -> None:
     p.add_argument("--runs", default="discard,lake,cassandra,all")
     p.add_argument("--event-time", default="payload", choices=("payload",))
     p.add_argument("--python-mode", default="thread", choices=("thread", "process"))
+    p.add_argument("--shared-cluster", action="store_true",
+                   help="use the stack's Flink cluster (its slots may be taken by the running jobs); by "
+                        "default a private cluster is started on --rest-port and stopped afterwards")
+    p.add_argument("--rest-port", type=int, default=28081)
     a = p.parse_args()
     settings = Settings.from_env()
+    cluster = None
+    if not a.shared_cluster:
+        # Same config and jars, own var dir and ports: the stack's jobs keep their slots.
+        from fleet.stack.process import wait_until
+
+        own = settings.replace(var_dir=settings.var_dir / "bench" / "cluster", flink_rest_port=a.rest_port)
+        cluster = flink.FlinkComponent(own)
+        t0 = time.monotonic()
+        cluster.prepare()
+        cluster.start()
+        wait_until(cluster.healthy, what="bench Flink cluster", timeout=cluster.start_timeout, process=cluster.process)
+        print(f"private Flink cluster on :{a.rest_port} up in {time.monotonic() - t0:.1f} s", flush=True)
+        flink_settings = own
+    else:
+        flink_settings = settings
     out_dir = settings.var_dir / "bench"
     out_dir.mkdir(parents=True, exist_ok=True)
     input_path = out_dir / f"telemetry-{a.records}-{a.devices}.jsonl"
@@ -112,15 +132,17 @@ def main() -> None:
             from fleet.stack.migrations import apply_migrations
 
             apply_migrations(settings, keyspace=keyspace)
-        r = run_once(settings, input_path, sinks, a.event_time, a.python_mode, keyspace)
+        r = run_once(flink_settings, settings, input_path, sinks, a.event_time, a.python_mode, keyspace)
         r.update(sinks=sinks, records=lines, event_time=a.event_time, python_mode=a.python_mode,
                  records_per_s=round(lines / r["seconds_all_tasks"]),
-                 parallelism=settings.flink_parallelism, at=time.strftime("%Y-%m-%dT%H:%M:%S"))
+                 parallelism=flink_settings.flink_parallelism, cluster="private" if cluster else "shared", at=time.strftime("%Y-%m-%dT%H:%M:%S"))
         results.append(r)
         print(f"{sinks:<10} {a.event_time:<8} {a.python_mode:<7} {lines} records in {r['seconds_all_tasks']:.1f} s "
               f"-> {r['records_per_s']} records/s (wall incl. submit {r['seconds_wall_incl_submit']} s)", flush=True)
         with open(out_dir / "telemetry.jsonl", "a") as fh:
             fh.write(json.dumps(r) + "\n")
+    if cluster is not None:
+        cluster.stop()
     if keyspace:
         from fleet.stack.cassandra import open_session
 

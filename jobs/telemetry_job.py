@@ -257,10 +257,16 @@ def build(env: StreamExecutionEnvironment, settings: Settings, source: DataStrea
 
 
 def side_output(stream: DataStream, tag: OutputTag) -> DataStream:
-    """PyFlink's get_side_output, which appends a Python identity map: without a Python consumer
-    the Python operator is not told about the tag and fails with "Unknown OutputTag id" (seen with
-    Flink 2.2 when only Java sinks read a side output). Side outputs are a few % of the records."""
-    return stream.get_side_output(tag).name(f"side-output-{tag.tag_id}")
+    """The Java side output of a Python operator, without the Python identity map that PyFlink's
+    get_side_output appends (a Python call per side-output record). The tag is registered on the
+    Python operator here, as get_side_output's Python consumer would otherwise make PyFlink do:
+    without it the operator fails with "Unknown OutputTag id" when only Java reads the output."""
+    gateway = get_gateway()
+    j_tag = tag.get_java_output_tag()
+    operator = stream._j_data_stream.getTransformation().getOperatorFactory().getOperator()
+    tags = gateway.jvm.java.util.Collections.singletonList(j_tag)
+    operator.addSideOutputTags(tags)
+    return DataStream(stream._j_data_stream.getSideOutput(j_tag))
 
 
 def discard(stream: DataStream, name: str) -> None:
