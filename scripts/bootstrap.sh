@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs what the platform needs on a fresh Debian machine, idempotently:
-#   - Debian packages: Mosquitto (the MQTT broker), a Java 17 runtime and Maven (service jars)
+#   - Debian packages: Mosquitto (the MQTT broker) and its clients, a Java 17 JDK and Maven (service jars, the Flink sinks)
 #   - a virtualenv in .venv with the project, PyFlink and the test tools
 # Usage: scripts/bootstrap.sh   (run as root, or with the Debian packages already installed)
 set -euo pipefail
@@ -10,8 +10,10 @@ PY=${PYTHON:-python3.11}
 command -v "$PY" >/dev/null || PY=python3
 
 need_apt=()
-command -v mosquitto >/dev/null || [ -x /usr/sbin/mosquitto ] || need_apt+=(mosquitto mosquitto-clients)
-command -v java >/dev/null || need_apt+=(openjdk-17-jre-headless)
+command -v mosquitto >/dev/null || [ -x /usr/sbin/mosquitto ] || need_apt+=(mosquitto)
+command -v mosquitto_pub >/dev/null || need_apt+=(mosquitto-clients)  # the benchmarks' load driver
+# A JDK, not only a JRE: the Flink sinks in java/flink-fleet are compiled on first start.
+command -v javac >/dev/null || need_apt+=(openjdk-17-jdk-headless)
 command -v mvn >/dev/null || need_apt+=(maven)
 if [ ${#need_apt[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then
