@@ -39,4 +39,4 @@ if [ ! -f "$stamp" ]; then
   .venv/bin/pip install -q -e ".[flink,test]"
   rm -f .venv/.installed-* && touch "$stamp"
 fi
-echo "bootstrap: ready ($(.venv/bin/python -V), $(java -version 2>&1 | head -1), $(mosquitto -h 2>/dev/null | head -1 || /usr/sbin/mosquitto -h | head -1))"
+echo "bootstrap: ready ($(.venv/bin/python -V), $(java -version 2>&1 | head -1), $(PATH=$PATH:/usr/sbin mosquitto -h 2>/dev/null | head -1))"
