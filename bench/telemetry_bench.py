@@ -61,11 +61,11 @@ def count_lines(path: Path) -> int:
 
 
 def run_once(settings: Settings, stack: Settings, input_path: Path, sinks: str, event_time: str, python_mode: str,
-             keyspace: str | None) -> dict:
+             keyspace: str | None, cassandra_batch: int) -> dict:
     """``settings``: the Flink cluster to run on; ``stack``: where the bench's files go."""
     lake = stack.var_dir / "bench" / f"lake-{int(time.time())}"
     args = ["--input", str(input_path), "--sinks", sinks, "--event-time", event_time, "--python-mode", python_mode,
-            "--lake-dir", str(lake)]
+            "--lake-dir", str(lake), "--cassandra-batch", str(cassandra_batch)]
     if keyspace:
         args += ["--keyspace", keyspace]
     t0 = time.monotonic()
@@ -101,6 +101,7 @@ def main() -> None:
                    help="use the stack's Flink cluster (its slots may be taken by the running jobs); by "
                         "default a private cluster is started on --rest-port and stopped afterwards")
     p.add_argument("--rest-port", type=int, default=28081)
+    p.add_argument("--cassandra-batch", type=int, default=16, help="rows per UNLOGGED batch (1 = none)")
     a = p.parse_args()
     settings = Settings.from_env()
     cluster = None
@@ -132,12 +133,13 @@ def main() -> None:
             from fleet.stack.migrations import apply_migrations
 
             apply_migrations(settings, keyspace=keyspace)
-        r = run_once(flink_settings, settings, input_path, sinks, a.event_time, a.python_mode, keyspace)
-        r.update(sinks=sinks, records=lines, event_time=a.event_time, python_mode=a.python_mode,
+        r = run_once(flink_settings, settings, input_path, sinks, a.event_time, a.python_mode, keyspace,
+                     a.cassandra_batch)
+        r.update(sinks=sinks, cassandra_batch=a.cassandra_batch, records=lines, event_time=a.event_time, python_mode=a.python_mode,
                  records_per_s=round(lines / r["seconds_all_tasks"]),
                  parallelism=flink_settings.flink_parallelism, cluster="private" if cluster else "shared", at=time.strftime("%Y-%m-%dT%H:%M:%S"))
         results.append(r)
-        print(f"{sinks:<10} {a.event_time:<8} {a.python_mode:<7} {lines} records in {r['seconds_all_tasks']:.1f} s "
+        print(f"{sinks:<10} batch={a.cassandra_batch:<3} {a.python_mode:<7} {lines} records in {r['seconds_all_tasks']:.1f} s "
               f"-> {r['records_per_s']} records/s (wall incl. submit {r['seconds_wall_incl_submit']} s)", flush=True)
         with open(out_dir / "telemetry.jsonl", "a") as fh:
             fh.write(json.dumps(r) + "\n")

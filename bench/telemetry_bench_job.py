@@ -96,6 +96,7 @@ def main(argv: list[str]) -> None:
     p.add_argument("--python-mode", default="thread", choices=("thread", "process"))
     p.add_argument("--keyspace", default=None)
     p.add_argument("--lake-dir", default=None, help="a throwaway lake (never the stack's own)")
+    p.add_argument("--cassandra-batch", type=int, default=JobOptions().cassandra_batch)
     a = p.parse_args(argv)
     settings = Settings.from_env()
     if a.keyspace:
@@ -105,7 +106,7 @@ def main(argv: list[str]) -> None:
     config = Configuration()
     config.set_string("python.execution-mode", a.python_mode)
     env = StreamExecutionEnvironment.get_execution_environment(config)
-    options = JobOptions(event_time="payload")
+    options = JobOptions(event_time="payload", cassandra_batch=a.cassandra_batch)
     source = FileSource.for_record_stream_format(StreamFormat.text_line_format(), a.input).build()
     raw = env.from_source(source, WatermarkStrategy.no_watermarks(), "envelope-file")
     # Java: Row(device_id, raw) + event time from the envelope, as the Kafka source does.

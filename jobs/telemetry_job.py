@@ -78,6 +78,8 @@ class JobOptions:
     # The lake sink's parallelism: 1 writes one file per partition and checkpoint.
     lake_parallelism: int = 1
     cassandra_max_in_flight: int = 512
+    # Rows per UNLOGGED batch request (1 = one request per row; see CassandraUpsertSink).
+    cassandra_batch: int = 16
     cassandra_dc: str = "datacenter1"
     # "payload": event time from the envelope's ts (device time); "kafka": the record timestamp.
     event_time: str = "payload"
@@ -345,7 +347,8 @@ class ProductionSinks:
         s, o = self.settings, self.options
         points = ",".join(f"{host}:{s.cassandra_port}" for host in s.cassandra_contact_points)
         j_sink = get_gateway().jvm.fleet.flink.CassandraUpsertSink(
-            points, o.cassandra_dc, s.cassandra_keyspace, cql, fields, o.cassandra_max_in_flight, 10, 20_000)
+            points, o.cassandra_dc, s.cassandra_keyspace, cql, fields, o.cassandra_max_in_flight, 10, 20_000,
+            o.cassandra_batch)
         stream.sink_to(Sink(j_sink)).name(name).uid(name)
 
     def points(self, points: DataStream) -> None:
@@ -435,6 +438,7 @@ def parse_args(argv: list[str]) -> JobOptions:
     p.add_argument("--lake-parallelism", type=int, default=d.lake_parallelism)
     p.add_argument("--cassandra-max-in-flight", type=int, default=d.cassandra_max_in_flight)
     p.add_argument("--cassandra-dc", default=d.cassandra_dc)
+    p.add_argument("--cassandra-batch", type=int, default=d.cassandra_batch)
     p.add_argument("--event-time", choices=("payload", "kafka"), default=d.event_time)
     p.add_argument("--state-cache-size", type=int, default=d.state_cache_size)
     p.add_argument("--group-id", default=d.group_id)
@@ -442,9 +446,8 @@ def parse_args(argv: list[str]) -> JobOptions:
     p.add_argument("--no-lake", dest="lake", action="store_false")
     a = p.parse_args(argv)
     rules = dom.TelemetryRules(a.allowed_lateness_ms, a.max_future_skew_ms, a.rollup_bucket_ms, a.max_open_gaps)
-    return JobOptions(rules, a.state_ttl_ms, a.out_of_orderness_ms, a.idleness_ms, a.raw_ttl_s, a.rollup_ttl_s,
-                      a.lake_part_mb, a.lake_parallelism, a.cassandra_max_in_flight, a.cassandra_dc, a.event_time,
-                      a.state_cache_size, a.group_id, a.cassandra, a.lake)
+    fields = {f for f in JobOptions.__dataclass_fields__ if f != "rules"}
+    return JobOptions(rules=rules, **{name: getattr(a, name) for name in fields})
 
 
 def main(argv: list[str] | None = None) -> None:

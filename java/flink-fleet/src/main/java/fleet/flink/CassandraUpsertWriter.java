@@ -4,13 +4,17 @@ import com.datastax.oss.driver.api.core.CqlSession;
 import com.datastax.oss.driver.api.core.CqlSessionBuilder;
 import com.datastax.oss.driver.api.core.config.DefaultDriverOption;
 import com.datastax.oss.driver.api.core.config.DriverConfigLoader;
+import com.datastax.oss.driver.api.core.cql.BatchStatement;
+import com.datastax.oss.driver.api.core.cql.BoundStatement;
 import com.datastax.oss.driver.api.core.cql.BoundStatementBuilder;
+import com.datastax.oss.driver.api.core.cql.DefaultBatchType;
 import com.datastax.oss.driver.api.core.cql.ColumnDefinitions;
 import com.datastax.oss.driver.api.core.cql.PreparedStatement;
 import com.datastax.oss.driver.api.core.cql.Statement;
 import com.datastax.oss.driver.api.core.type.DataType;
 import com.datastax.oss.driver.api.core.type.DataTypes;
 import com.datastax.oss.driver.api.core.type.codec.registry.CodecRegistry;
+import org.apache.flink.api.common.operators.ProcessingTimeService;
 import org.apache.flink.api.connector.sink2.SinkWriter;
 import org.apache.flink.metrics.Counter;
 import org.apache.flink.metrics.groups.SinkWriterMetricGroup;
@@ -23,6 +27,8 @@ import java.time.Instant;
 import java.time.LocalDate;
 import java.time.LocalDateTime;
 import java.time.ZoneOffset;
+import java.util.ArrayList;
+import java.util.List;
 import java.util.concurrent.Executors;
 import java.util.concurrent.ScheduledExecutorService;
 import java.util.concurrent.Semaphore;
@@ -31,6 +37,7 @@ import java.util.concurrent.atomic.AtomicReference;
 
 final class CassandraUpsertWriter implements SinkWriter<Row> {
     private static final long DAY_MS = 86_400_000L;
+    private static final long LINGER_MS = 20;
 
     private final CassandraUpsertSink config;
     private final CqlSession session;
@@ -42,9 +49,14 @@ final class CassandraUpsertWriter implements SinkWriter<Row> {
     private final ScheduledExecutorService retries;
     private final Counter written;
     private final Counter retried;
+    private final List<BoundStatement> pending = new ArrayList<>();
+    private final ProcessingTimeService timers;
+    private boolean lingerScheduled;
 
-    CassandraUpsertWriter(CassandraUpsertSink config, SinkWriterMetricGroup metrics) throws IOException {
+    CassandraUpsertWriter(CassandraUpsertSink config, SinkWriterMetricGroup metrics, ProcessingTimeService timers)
+            throws IOException {
         this.config = config;
+        this.timers = timers;
         DriverConfigLoader loader = DriverConfigLoader.programmaticBuilder()
                 .withDuration(DefaultDriverOption.REQUEST_TIMEOUT, Duration.ofMillis(config.requestTimeoutMs))
                 .withInt(DefaultDriverOption.CONNECTION_MAX_REQUESTS, Math.max(1024, config.maxInFlight))
@@ -91,12 +103,39 @@ final class CassandraUpsertWriter implements SinkWriter<Row> {
     @Override
     public void write(Row row, Context context) throws IOException, InterruptedException {
         rethrow();
-        Statement<?> bound = bind(row);
-        permits.acquire();
-        send(bound, 0);
+        BoundStatement bound = bind(row);
+        if (config.batchSize <= 1) {
+            permits.acquire();
+            send(bound, 0);
+            return;
+        }
+        pending.add(bound);
+        if (pending.size() >= config.batchSize) {
+            sendPending();
+        } else if (!lingerScheduled) {
+            // A partial batch goes out after a short linger, so a slow stream is not held back
+            // until the next checkpoint. (Timers run in the task thread: no locking needed.)
+            lingerScheduled = true;
+            timers.registerTimer(timers.getCurrentProcessingTime() + LINGER_MS, t -> {
+                lingerScheduled = false;
+                sendPending();
+            });
+        }
     }
 
-    private Statement<?> bind(Row row) throws IOException {
+    /** An UNLOGGED batch: one request for many upserts (no atomicity, none needed: idempotent). */
+    private void sendPending() throws InterruptedException {
+        if (pending.isEmpty()) {
+            return;
+        }
+        Statement<?> statement = pending.size() == 1 ? pending.get(0)
+                : BatchStatement.newInstance(DefaultBatchType.UNLOGGED, new ArrayList<>(pending)).setIdempotent(true);
+        pending.clear();
+        permits.acquire();
+        send(statement, 0);
+    }
+
+    private BoundStatement bind(Row row) throws IOException {
         BoundStatementBuilder b = statement.boundStatementBuilder();
         for (int i = 0; i < types.length; i++) {
             Object value = convert(row.getField(config.fields[i]), types[i]);
@@ -127,6 +166,7 @@ final class CassandraUpsertWriter implements SinkWriter<Row> {
     /** Called before every checkpoint barrier and at end of input: wait for all writes. */
     @Override
     public void flush(boolean endOfInput) throws IOException, InterruptedException {
+        sendPending();
         permits.acquire(config.maxInFlight);
         permits.release(config.maxInFlight);
         rethrow();
