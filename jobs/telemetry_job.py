@@ -223,11 +223,8 @@ def _now_ms() -> int:
 # --- the pipeline ----------------------------------------------------------------------------
 
 class TelemetrySinks(Protocol):
-    """Where the job's outputs go; each method attaches (and names) a sink to its stream.
-
-    Every stream must be consumed (by ``discard`` if unwanted): the Python operator only knows
-    the side outputs something reads, and fails on a record for any other.
-    """
+    """Where the job's outputs go; each method attaches (and names) a sink to its stream
+    (``discard`` for an unwanted one). Streams are JSON text, see the *_FIELDS lists above."""
 
     def points(self, points: DataStream) -> None: ...
 
