@@ -481,13 +481,8 @@ def cancel_job(settings: Settings, job_id: str, wait: bool = True) -> None:
         wait_for_job_state(settings, job_id, ["CANCELED", "FINISHED", "FAILED"], timeout=60)
 
 
-def stop_with_savepoint(settings: Settings, job_id: str, target_dir: Path | None = None,
-                        drain: bool = False, timeout: float = 300) -> str:
-    """Stop the job with a savepoint (Kafka offsets, state, committed lake files); returns its path."""
-    target = target_dir or FlinkLayout(settings).savepoint_dir
-    trigger = rest(settings, "POST", f"/jobs/{job_id}/stop",
-                   {"targetDirectory": target.as_uri(), "drain": drain, "formatType": "CANONICAL"})
-    trigger_id = trigger["request-id"]
+def _await_savepoint(settings: Settings, job_id: str, trigger_id: str, what: str, timeout: float) -> str:
+    """Poll a savepoint operation until it completes; its path, or a StackError with the cause."""
     result: dict[str, Any] = {}
 
     def done() -> bool:
@@ -500,8 +495,17 @@ def stop_with_savepoint(settings: Settings, job_id: str, target_dir: Path | None
     wait_until(done, what=f"savepoint of job {job_id}", timeout=timeout)
     if "failure-cause" in result:
         cause = result["failure-cause"].get("stack-trace", "")[:3000]
-        raise StackError(f"stop-with-savepoint of job {job_id} failed:\n{cause}")
+        raise StackError(f"{what} of job {job_id} failed:\n{cause}")
     return result["location"]
+
+
+def stop_with_savepoint(settings: Settings, job_id: str, target_dir: Path | None = None,
+                        drain: bool = False, timeout: float = 300) -> str:
+    """Stop the job with a savepoint (Kafka offsets, state, committed lake files); returns its path."""
+    target = target_dir or FlinkLayout(settings).savepoint_dir
+    trigger = rest(settings, "POST", f"/jobs/{job_id}/stop",
+                   {"targetDirectory": target.as_uri(), "drain": drain, "formatType": "CANONICAL"})
+    return _await_savepoint(settings, job_id, trigger["request-id"], "stop-with-savepoint", timeout)
 
 
 def trigger_savepoint(settings: Settings, job_id: str, timeout: float = 300) -> str:
@@ -509,19 +513,7 @@ def trigger_savepoint(settings: Settings, job_id: str, timeout: float = 300) -> 
     target = FlinkLayout(settings).savepoint_dir
     trigger_id = rest(settings, "POST", f"/jobs/{job_id}/savepoints",
                       {"target-directory": target.as_uri(), "cancel-job": False})["request-id"]
-    result: dict[str, Any] = {}
-
-    def done() -> bool:
-        status = rest(settings, "GET", f"/jobs/{job_id}/savepoints/{trigger_id}")
-        if status.get("status", {}).get("id") != "COMPLETED":
-            return False
-        result.update(status.get("operation") or {})
-        return True
-
-    wait_until(done, what=f"savepoint of job {job_id}", timeout=timeout)
-    if "failure-cause" in result:
-        raise StackError(f"savepoint of job {job_id} failed: {result['failure-cause'].get('stack-trace', '')[:3000]}")
-    return result["location"]
+    return _await_savepoint(settings, job_id, trigger_id, "savepoint", timeout)
 
 
 def latest_checkpoint(settings: Settings, job_id: str) -> dict[str, Any] | None:
