@@ -7,16 +7,30 @@
            side outputs : rollups            -> Cassandra `telemetry_rollup_1m`
                           gaps, stats        -> Cassandra `telemetry_gaps`, `telemetry_device_stats`
                           dead letters       -> Kafka `dead-letter`
-    Everything the Python operator emits is JSON text: handing Java a string costs a fraction
-    of a Row with a map, and Java (fleet.flink.Rows) turns it into rows behind it.
+    Everything the core emits is JSON text, and Java (fleet.flink.Rows) turns it into rows behind it.
+
+The core comes in two implementations of the same rules, chosen with ``--core``:
+
+- ``java`` (the default): fleet.flink.TelemetryCore in java/flink-fleet, a Java
+  KeyedProcessFunction with its own compact per-device state (uid ``telemetry-core-java``).
+- ``python``: ``TelemetryCore`` below, a thin thread-mode shell around fleet.domain.telemetry
+  (uid ``telemetry-core``). fleet.domain.telemetry is the readable reference and the spec of the
+  rules (unit-tested table-driven); the Java core is a line-by-line port of it, and the pipeline
+  tests run both cores on the same records and hand-computed expectations.
+
+Java is the default because the Python operator, at ~100+ us of CPU per record (JSON parsing,
+the domain, and every state access and emitted record crossing between the JVM and the embedded
+interpreter), was measured as the pipeline's largest CPU cost; see bench/telemetry_bench.py
+(``--core``) for the figures of both. The two cores keep separate state (different uids and
+encodings): switching core on a running job means starting without that state
+(``--allowNonRestoredState`` from a savepoint), i.e. with a fresh dedup horizon.
 
 ``build`` assembles that pipeline from a source stream and a ``TelemetrySinks`` passed in, so the
 pipeline tests run it on in-memory data (tests/pipeline/test_telemetry_job.py) and ``main``
-plugs in Kafka, Cassandra and the lake. The rules live in fleet.domain.telemetry; the Flink
-function here only loads state, calls the domain, stores state and emits.
+plugs in Kafka, Cassandra and the lake.
 
 Submit: ``fleet``'s launcher does it (fleet.stack.flink.submit_job), or by hand:
-    flink run --python jobs/telemetry_job.py --pyFiles <zip of fleet/ and jobs/> [--allowed-lateness-ms ...]
+    flink run --python jobs/telemetry_job.py --pyFiles <zip of fleet/ and jobs/> [--core java|python] [...]
 (java/flink-fleet's jar and the connector jars must be in the cluster's lib/.)
 """
 
@@ -61,6 +75,8 @@ GAPS = OutputTag("gaps", Types.STRING())
 STATS = OutputTag("device-stats", Types.STRING())
 DEAD_LETTERS = OutputTag("dead-letters", Types.STRING())  # dead-letter JSON (schemas/kafka/dead-letter)
 
+CORES = ("java", "python")
+
 
 @dataclass(frozen=True)
 class JobOptions:
@@ -89,12 +105,20 @@ class JobOptions:
     # Skip Cassandra or the lake (benchmarks, partial stacks).
     cassandra: bool = True
     lake: bool = True
+    # The telemetry-core implementation: "java" (fleet.flink.TelemetryCore) or "python" (TelemetryCore below).
+    core: str = "java"
+
+    def __post_init__(self) -> None:
+        if self.core not in CORES:
+            raise ValueError(f"core must be one of {', '.join(CORES)}, got {self.core!r}")
 
 
 # --- operators -------------------------------------------------------------------------------
 
 class TelemetryCore(KeyedProcessFunction):
-    """Per device: validate, dedup, lateness, gaps, rollups (fleet.domain.telemetry does the work)."""
+    """Per device: validate, dedup, lateness, gaps, rollups (fleet.domain.telemetry does the work).
+
+    The readable reference core (``--core python``); the default is its Java port, see java_core."""
 
     def __init__(self, options: JobOptions):
         self.options = options
@@ -242,17 +266,34 @@ def build(env: StreamExecutionEnvironment, settings: Settings, source: DataStrea
     """Wire the pipeline. ``source``: Row(device_id, raw envelope JSON) (ENVELOPE_TYPE) carrying
     event timestamps and watermarks, from ``kafka_source`` or ``envelopes``. Returns the accepted
     envelopes stream."""
-    points = (
-        key_by_device(source)
-        .process(TelemetryCore(options), output_type=Types.STRING())
-        .name("telemetry-core").uid("telemetry-core")
-    )  # envelope JSON, each (device_id, seq) once
+    keyed = key_by_device(source)
+    if options.core == "java":
+        points, outputs = java_core(keyed, options)
+    else:
+        points = (
+            keyed.process(TelemetryCore(options), output_type=Types.STRING())
+            .name("telemetry-core").uid("telemetry-core")
+        )
+        outputs = {tag: side_output(points, tag) for tag in (ROLLUPS, GAPS, STATS, DEAD_LETTERS)}
+    # points: envelope JSON, each (device_id, seq) once
     sinks.points(points)
-    sinks.rollups(side_output(points, ROLLUPS))  # {device_id, bucket_start, metric, min, max, avg, sum, count}
-    sinks.gaps(side_output(points, GAPS))  # {device_id, first_seq, last_seq, missing, after_ts, before_ts, status}
-    sinks.stats(side_output(points, STATS))  # {device_id, max_seq, last_ts, received, duplicates, late, lost}
-    sinks.dead_letters(side_output(points, DEAD_LETTERS))  # dead-letter JSON
+    sinks.rollups(outputs[ROLLUPS])  # {device_id, bucket_start, metric, min, max, avg, sum, count}
+    sinks.gaps(outputs[GAPS])  # {device_id, first_seq, last_seq, missing, after_ts, before_ts, status}
+    sinks.stats(outputs[STATS])  # {device_id, max_seq, last_ts, received, duplicates, late, lost}
+    sinks.dead_letters(outputs[DEAD_LETTERS])  # dead-letter JSON
     return points
+
+
+def java_core(keyed: KeyedStream, options: JobOptions) -> tuple[DataStream, dict[OutputTag, DataStream]]:
+    """The core as fleet.flink.TelemetryCore (same rules, same outputs as the Python operator):
+    its main output and its side outputs, keyed by the Python OutputTags (same ids)."""
+    j = get_gateway().jvm.fleet.flink.TelemetryCore
+    r = options.rules
+    j_core = j(r.allowed_lateness_ms, r.max_future_skew_ms, r.rollup_bucket_ms, r.max_open_gaps, options.state_ttl_ms)
+    # Own uid: its state (a byte[] per device) is not the Python operator's (pickled lists).
+    j_points = keyed._j_data_stream.process(j_core).name("telemetry-core").uid("telemetry-core-java")
+    j_tags = {ROLLUPS: j.rollupsTag(), GAPS: j.gapsTag(), STATS: j.statsTag(), DEAD_LETTERS: j.deadLettersTag()}
+    return DataStream(j_points), {tag: DataStream(j_points.getSideOutput(j_tag)) for tag, j_tag in j_tags.items()}
 
 
 def side_output(stream: DataStream, tag: OutputTag) -> DataStream:
@@ -441,6 +482,8 @@ def parse_args(argv: list[str]) -> JobOptions:
     p.add_argument("--group-id", default=d.group_id)
     p.add_argument("--no-cassandra", dest="cassandra", action="store_false")
     p.add_argument("--no-lake", dest="lake", action="store_false")
+    p.add_argument("--core", choices=CORES, default=d.core,
+                   help="telemetry-core implementation: java (default, fast) or python (the reference)")
     a = p.parse_args(argv)
     rules = dom.TelemetryRules(a.allowed_lateness_ms, a.max_future_skew_ms, a.rollup_bucket_ms, a.max_open_gaps)
     fields = {f for f in JobOptions.__dataclass_fields__ if f != "rules"}

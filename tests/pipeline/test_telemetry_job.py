@@ -12,7 +12,8 @@ d-2  an hour behind d-1 (its own clock): accepted, because lateness is per devic
 d-3  seq 0 @5, seq 2 @6 and then silence: the gap stays open and is published as such.
 Plus an unreadable record and one from a device whose clock is 10 minutes ahead.
 
-Expected values are worked out by hand in the comments.
+Expected values are worked out by hand in the comments. Every test runs on both cores (the
+default Java one and the Python reference, ``JobOptions.core``) at parallelism 2 and 1.
 """
 
 from __future__ import annotations
@@ -109,8 +110,8 @@ def run_job(tmp_path_factory):
     from jobs.telemetry_job import JobOptions, build, envelopes
     from tests.pipeline.collect import Collector
 
-    def run(parallelism: int) -> Collector:
-        collector = Collector(tmp_path_factory.mktemp(f"telemetry-p{parallelism}"))
+    def run(core: str, parallelism: int) -> Collector:
+        collector = Collector(tmp_path_factory.mktemp(f"telemetry-{core}-p{parallelism}"))
         config = Configuration()
         config.set_string("python.execution-mode", "thread")
         # As on the cluster: RocksDB serialises state on every update, the heap backend does not
@@ -122,7 +123,7 @@ def run_job(tmp_path_factory):
         env.set_parallelism(parallelism)
         # A day of out-of-orderness: no timer fires before the end of input, when the final
         # watermark fires them all, so the run is deterministic whatever the machine's speed.
-        options = JobOptions(out_of_orderness_ms=24 * 3600 * 1000)
+        options = JobOptions(out_of_orderness_ms=24 * 3600 * 1000, core=core)
         # Like one Kafka partition: a non-parallel source; envelopes() keys the records and
         # assigns event time in Java at the source's parallelism, as kafka_source does.
         raw = env.from_collection(RECORDS, type_info=Types.STRING()).name("records")
@@ -146,15 +147,16 @@ def run_job(tmp_path_factory):
 
         settings = Settings.from_env({"FLEET_VAR_DIR": str(collector.directory)})
         build(env, settings, source, Sinks(), options)
-        env.execute(f"telemetry-test-p{parallelism}")
+        env.execute(f"telemetry-test-{core}-p{parallelism}")
         return collector
 
     return run
 
 
-@pytest.fixture(scope="module", params=[2, 1], ids=["parallelism-2", "parallelism-1"])
+@pytest.fixture(scope="module", params=[("java", 2), ("java", 1), ("python", 2), ("python", 1)],
+                ids=["java-parallelism-2", "java-parallelism-1", "python-parallelism-2", "python-parallelism-1"])
 def out(request, run_job):
-    return run_job(request.param)
+    return run_job(*request.param)
 
 
 def test_each_record_is_stored_once(out):

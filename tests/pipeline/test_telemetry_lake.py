@@ -1,6 +1,6 @@
 """The telemetry job's real lake sink (fleet.flink.TelemetryLakeSink) in a local Flink with
 checkpoints: hive partitions by device time in UTC, the documented schema, each accepted
-(device_id, seq) exactly once, readable by pyarrow and DuckDB."""
+(device_id, seq) exactly once, readable by pyarrow and DuckDB. Runs on both cores."""
 
 from __future__ import annotations
 
@@ -26,8 +26,8 @@ RECORDS.insert(50, RECORDS[10])  # duplicate: dropped
 RECORDS.append(envelope("d-0", 99, T0, {"temp": 0}))  # 117 s behind d-0's clock: late, not in the lake
 
 
-@pytest.fixture(scope="module")
-def lake(tmp_path_factory):
+@pytest.fixture(scope="module", params=["java", "python"])
+def lake(request, tmp_path_factory):
     from pyflink.common import Configuration, Types
     from pyflink.datastream import StreamExecutionEnvironment
 
@@ -35,7 +35,7 @@ def lake(tmp_path_factory):
     from jobs.telemetry_job import JobOptions, ProductionSinks, build, envelopes
     from tests.pipeline.collect import Collector
 
-    root = tmp_path_factory.mktemp("lake-test")
+    root = tmp_path_factory.mktemp(f"lake-test-{request.param}")
     config = Configuration()
     config.set_string("python.execution-mode", "thread")
     config.set_string("state.backend.type", "rocksdb")
@@ -44,7 +44,7 @@ def lake(tmp_path_factory):
     env.set_parallelism(2)
     env.enable_checkpointing(500)  # bulk files commit on checkpoints (and at the end of input)
     settings = Settings.from_env({"FLEET_VAR_DIR": str(root), "FLEET_LAKE_DIR": str(root / "lake")})
-    options = JobOptions(cassandra=False, out_of_orderness_ms=3600_000)
+    options = JobOptions(cassandra=False, out_of_orderness_ms=3600_000, core=request.param)
     collector = Collector(root / "collected")
 
     class Sinks(ProductionSinks):
@@ -53,7 +53,7 @@ def lake(tmp_path_factory):
 
     raw = env.from_collection(RECORDS, type_info=Types.STRING())
     build(env, settings, envelopes(raw, options), Sinks(settings, options), options)
-    env.execute("telemetry-lake-test")
+    env.execute(f"telemetry-lake-test-{request.param}")
     return root / "lake" / "telemetry", collector
 
 
