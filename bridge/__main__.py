@@ -47,7 +47,11 @@ def main(argv: list[str] | None = None) -> int:
             from fleet.db import CassandraSessions
             from fleet.registry import ActiveDeviceCheck
 
-            active_check = ActiveDeviceCheck(CassandraSessions(settings).get()).is_active
+            from concurrent.futures import ThreadPoolExecutor
+
+            # Refreshes of known devices run on a worker thread, off the MQTT loop.
+            refresher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="registry-refresh")
+            active_check = ActiveDeviceCheck(CassandraSessions(settings).get(), background=refresher.submit).is_active
         bridge = UplinkBridge(settings, instance=args.instance, retire=args.retire, active_check=active_check)
         bridge.start()
     except Exception as exc:

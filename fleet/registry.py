@@ -8,6 +8,7 @@ step in the same logged batch, so a list by status or group reads one partition.
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import threading
 import time
 from typing import Callable
@@ -21,6 +22,8 @@ _COLUMNS = ("device_id, status, device_type, cert_fingerprint, cert_serial, meta
 # Rows read per round trip while filling a filtered page; bounds the work of one list call.
 _SCAN_CHUNK = 200
 _MAX_SCANNED = 20000
+
+log = logging.getLogger(__name__)
 
 
 def _utc(value: dt.datetime | None) -> dt.datetime | None:
@@ -165,13 +168,19 @@ class ActiveDeviceCheck:
     """``is_active(device_id)``: may this device's messages enter the pipeline?
 
     For the bridge: answers from a per-device cache for ``ttl_s`` seconds, so a busy device costs
-    one registry read per TTL and a disabled device is dropped at most ``ttl_s`` after the change
+    one registry read per TTL and a disabled device is dropped about ``ttl_s`` after the change
     (the broker has cut it off within milliseconds already; this is defence in depth).
     Unknown devices count as not active. Thread-safe.
+
+    With ``background`` (a function that runs a task elsewhere, e.g. an executor's ``submit``),
+    an expired answer is served once more while a refresh runs off the caller's thread: the
+    bridge's MQTT loop then blocks on the registry only for a device it has never seen, instead
+    of once per device and TTL.
     """
 
     def __init__(self, session=None, ttl_s: float = 2.0, *, lookup: Callable[[str], str | None] | None = None,
-                 clock: Callable[[], float] = time.monotonic, max_entries: int = 200_000):
+                 clock: Callable[[], float] = time.monotonic, max_entries: int = 200_000,
+                 background: Callable[[Callable[[], None]], object] | None = None):
         if lookup is None:
             if session is None:
                 raise ValueError("ActiveDeviceCheck needs a Cassandra session or a lookup function")
@@ -187,6 +196,8 @@ class ActiveDeviceCheck:
         self._max = max_entries
         self._cache: dict[str, tuple[bool, float]] = {}
         self._lock = threading.Lock()
+        self._background = background
+        self._refreshing: set[str] = set()
 
     def is_active(self, device_id: str) -> bool:
         """Raises what the lookup raises (e.g. Cassandra unavailable) only without a previous answer."""
@@ -194,18 +205,37 @@ class ActiveDeviceCheck:
         hit = self._cache.get(device_id)
         if hit is not None and hit[1] > now:
             return hit[0]
+        if hit is not None and self._background is not None:
+            with self._lock:
+                start = device_id not in self._refreshing
+                self._refreshing.add(device_id)
+            if start:
+                self._background(lambda: self._refresh(device_id))
+            return hit[0]
         try:
-            active = self._lookup(device_id) == DeviceStatus.active.value
+            return self._fetch(device_id, now)
         except Exception:
             if hit is None:
                 raise
             # The registry is briefly unreachable: the last answer beats stopping the pipeline.
             return hit[0]
+
+    def _fetch(self, device_id: str, now: float) -> bool:
+        active = self._lookup(device_id) == DeviceStatus.active.value
         with self._lock:
             if len(self._cache) >= self._max:
                 self._cache.clear()  # crude bound; a miss only costs one read
             self._cache[device_id] = (active, now + self.ttl_s)
         return active
+
+    def _refresh(self, device_id: str) -> None:
+        try:
+            self._fetch(device_id, self._clock())
+        except Exception:  # noqa: BLE001 - unreachable registry: keep serving the last answer
+            log.warning("registry lookup failed; keeping the last answer", extra={"device_id": device_id})
+        finally:
+            with self._lock:
+                self._refreshing.discard(device_id)
 
     def invalidate(self, device_id: str | None = None) -> None:
         with self._lock:

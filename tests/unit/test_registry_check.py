@@ -65,3 +65,38 @@ def test_a_registry_outage_falls_back_to_the_last_answer_or_raises(world):
     assert check.is_active("on")  # stale but known
     with pytest.raises(ConnectionError):
         check.is_active("never-seen")
+
+
+def test_in_background_mode_an_expired_answer_is_served_while_a_refresh_runs_elsewhere(world):
+    statuses, calls, clock, _ = world
+    tasks = []
+    check = ActiveDeviceCheck(lookup=lambda d: (calls.append(d), statuses.get(d))[1], ttl_s=2.0, clock=clock,
+                              background=tasks.append)
+    assert check.is_active("on") and calls == ["on"]  # never seen: looked up on the spot
+    statuses["on"] = "disabled"
+    clock.t += 2.1
+    assert check.is_active("on")           # expired: the last answer, a refresh queued
+    assert check.is_active("on")           # one refresh per device at a time
+    assert len(tasks) == 1 and calls == ["on"]
+    tasks.pop()()                          # the background worker runs it
+    assert calls == ["on", "on"]
+    assert not check.is_active("on")       # the change is seen
+
+
+def test_a_failed_background_refresh_keeps_the_last_answer_and_tries_again(world):
+    statuses, calls, clock, _ = world
+    tasks = []
+    failing = {"on": False}
+
+    def lookup(device_id):
+        if failing["on"]:
+            raise ConnectionError("cassandra down")
+        return statuses.get(device_id)
+
+    check = ActiveDeviceCheck(lookup=lookup, ttl_s=2.0, clock=clock, background=tasks.append)
+    assert check.is_active("on")
+    failing["on"] = True
+    clock.t += 3
+    assert check.is_active("on")
+    tasks.pop()()                          # fails quietly
+    assert check.is_active("on") and len(tasks) == 1  # still stale, so a new refresh is queued
