@@ -17,9 +17,12 @@ import java.util.Arrays;
  * Cassandra. After a failure the job replays from that checkpoint; replayed upserts write the
  * same primary keys and values again, hence exactly-once results from at-least-once writes.
  *
- * <p>With {@code batchSize > 1} rows go out as UNLOGGED batches of that many statements: one
- * request instead of many, which on a small cluster saves most of Cassandra's per-request CPU.
- * Batches are not grouped by partition, so on a large cluster keep it small (or 1).
+ * <p>With {@code batchSize > 1} rows are buffered for up to {@code lingerMs} (or until a checkpoint,
+ * or until {@code 16 * batchSize} rows wait) and go out as UNLOGGED batches of at most
+ * {@code batchSize} statements and about {@code batchBytes} bytes, with the rows of one partition
+ * kept together: Cassandra applies a partition's rows in a batch as one mutation (one commit-log
+ * entry, one memtable update), which is most of the saving; the request count is the rest. Keep
+ * {@code batchBytes} under the cluster's {@code batch_size_fail_threshold} (50 KiB by default).
  *
  * <p>Bind markers are filled from row fields: marker {@code i} takes field {@code fields[i]}
  * (so one field may fill two markers, e.g. a timestamp and its day). Values are converted to
@@ -37,6 +40,8 @@ public final class CassandraUpsertSink implements Sink<Row> {
     final int maxRetries;
     final long requestTimeoutMs;
     final int batchSize;
+    final long lingerMs;
+    final int batchBytes;
 
     /**
      * @param contactPoints "host:port,host:port"
@@ -45,6 +50,17 @@ public final class CassandraUpsertSink implements Sink<Row> {
     public CassandraUpsertSink(String contactPoints, String localDatacenter, String keyspace, String cql,
                                String fields, int maxInFlight, int maxRetries, long requestTimeoutMs,
                                int batchSize) {
+        this(contactPoints, localDatacenter, keyspace, cql, fields, maxInFlight, maxRetries, requestTimeoutMs,
+                batchSize, 100, 24 * 1024);
+    }
+
+    /**
+     * @param lingerMs how long a partial batch may wait for more rows
+     * @param batchBytes the encoded size a batch stays under (a bigger single row goes alone)
+     */
+    public CassandraUpsertSink(String contactPoints, String localDatacenter, String keyspace, String cql,
+                               String fields, int maxInFlight, int maxRetries, long requestTimeoutMs,
+                               int batchSize, long lingerMs, int batchBytes) {
         this.contactPoints = contactPoints;
         this.localDatacenter = localDatacenter;
         this.keyspace = keyspace;
@@ -54,6 +70,8 @@ public final class CassandraUpsertSink implements Sink<Row> {
         this.maxRetries = maxRetries;
         this.requestTimeoutMs = requestTimeoutMs;
         this.batchSize = batchSize;
+        this.lingerMs = lingerMs;
+        this.batchBytes = batchBytes;
     }
 
     @Override

@@ -5,6 +5,7 @@ import com.datastax.oss.driver.api.core.CqlSessionBuilder;
 import com.datastax.oss.driver.api.core.config.DefaultDriverOption;
 import com.datastax.oss.driver.api.core.config.DriverConfigLoader;
 import com.datastax.oss.driver.api.core.cql.BatchStatement;
+import com.datastax.oss.driver.api.core.cql.BatchableStatement;
 import com.datastax.oss.driver.api.core.cql.BoundStatement;
 import com.datastax.oss.driver.api.core.cql.BoundStatementBuilder;
 import com.datastax.oss.driver.api.core.cql.DefaultBatchType;
@@ -28,7 +29,10 @@ import java.time.LocalDate;
 import java.time.LocalDateTime;
 import java.time.ZoneOffset;
 import java.util.ArrayList;
+import java.util.Arrays;
+import java.util.LinkedHashMap;
 import java.util.List;
+import java.util.Map;
 import java.util.concurrent.Executors;
 import java.util.concurrent.ScheduledExecutorService;
 import java.util.concurrent.Semaphore;
@@ -37,7 +41,6 @@ import java.util.concurrent.atomic.AtomicReference;
 
 final class CassandraUpsertWriter implements SinkWriter<Row> {
     private static final long DAY_MS = 86_400_000L;
-    private static final long LINGER_MS = 20;
 
     private final CassandraUpsertSink config;
     private final CqlSession session;
@@ -49,7 +52,10 @@ final class CassandraUpsertWriter implements SinkWriter<Row> {
     private final ScheduledExecutorService retries;
     private final Counter written;
     private final Counter retried;
-    private final List<BoundStatement> pending = new ArrayList<>();
+    // Rows waiting for a batch, grouped by partition key (insertion order kept: the oldest go first).
+    private final Map<List<Object>, List<BoundStatement>> pending = new LinkedHashMap<>();
+    private final int[] partitionKeyMarkers;
+    private int pendingRows;
     private final ProcessingTimeService timers;
     private boolean lingerScheduled;
 
@@ -90,6 +96,7 @@ final class CassandraUpsertWriter implements SinkWriter<Row> {
             types[i] = vars.get(i).getType();
         }
         this.codecs = session.getContext().getCodecRegistry();
+        this.partitionKeyMarkers = statement.getPartitionKeyIndices().stream().mapToInt(Integer::intValue).toArray();
         this.permits = new Semaphore(config.maxInFlight);
         this.retries = Executors.newSingleThreadScheduledExecutor(r -> {
             Thread t = new Thread(r, "cassandra-sink-retry");
@@ -109,28 +116,61 @@ final class CassandraUpsertWriter implements SinkWriter<Row> {
             send(bound, 0);
             return;
         }
-        pending.add(bound);
-        if (pending.size() >= config.batchSize) {
+        pending.computeIfAbsent(partitionKey(row), k -> new ArrayList<>()).add(bound);
+        pendingRows++;
+        if (pendingRows >= 16 * config.batchSize) {
             sendPending();
         } else if (!lingerScheduled) {
-            // A partial batch goes out after a short linger, so a slow stream is not held back
+            // A partial buffer goes out after a short linger, so a slow stream is not held back
             // until the next checkpoint. (Timers run in the task thread: no locking needed.)
             lingerScheduled = true;
-            timers.registerTimer(timers.getCurrentProcessingTime() + LINGER_MS, t -> {
+            timers.registerTimer(timers.getCurrentProcessingTime() + config.lingerMs, t -> {
                 lingerScheduled = false;
                 sendPending();
             });
         }
     }
 
-    /** An UNLOGGED batch: one request for many upserts (no atomicity, none needed: idempotent). */
+    private List<Object> partitionKey(Row row) {
+        Object[] key = new Object[partitionKeyMarkers.length];
+        for (int i = 0; i < key.length; i++) {
+            int marker = partitionKeyMarkers[i];
+            key[i] = convert(row.getField(config.fields[marker]), types[marker]);
+        }
+        return Arrays.asList(key);
+    }
+
+    /**
+     * Everything buffered, as UNLOGGED batches (no atomicity, none needed: idempotent upserts) of
+     * at most batchSize rows and about batchBytes, a partition's rows side by side so that
+     * Cassandra applies them as one mutation.
+     */
     private void sendPending() throws InterruptedException {
-        if (pending.isEmpty()) {
+        if (pendingRows == 0) {
             return;
         }
-        Statement<?> statement = pending.size() == 1 ? pending.get(0)
-                : BatchStatement.newInstance(DefaultBatchType.UNLOGGED, new ArrayList<>(pending)).setIdempotent(true);
+        List<BatchableStatement<?>> batch = new ArrayList<>(config.batchSize);
+        int bytes = 0;
+        for (List<BoundStatement> partition : pending.values()) {
+            for (BoundStatement row : partition) {
+                int size = row.computeSizeInBytes(session.getContext());
+                if (!batch.isEmpty() && (batch.size() >= config.batchSize || bytes + size > config.batchBytes)) {
+                    sendBatch(batch);
+                    batch = new ArrayList<>(config.batchSize);
+                    bytes = 0;
+                }
+                batch.add(row);
+                bytes += size;
+            }
+        }
+        sendBatch(batch);
         pending.clear();
+        pendingRows = 0;
+    }
+
+    private void sendBatch(List<BatchableStatement<?>> rows) throws InterruptedException {
+        Statement<?> statement = rows.size() == 1 ? rows.get(0)
+                : BatchStatement.newInstance(DefaultBatchType.UNLOGGED, rows).setIdempotent(true);
         permits.acquire();
         send(statement, 0);
     }
