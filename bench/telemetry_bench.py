@@ -1,7 +1,7 @@
 """Telemetry job throughput on this machine: records/s through build() on the local Flink cluster.
 
     .venv/bin/python bench/telemetry_bench.py [--records 300000] [--devices 1000]
-        [--runs discard,lake,cassandra,all] [--event-time payload] [--python-mode thread]
+        [--runs discard,lake,cassandra,all] [--core java,python] [--event-time payload] [--python-mode thread]
 
 Writes a file of envelopes (the bridge's format, 5 metrics, ~3% duplicates, a few gaps) under
 var/bench/, then submits bench/telemetry_bench_job.py once per run with ``flink run`` and reads
@@ -77,11 +77,11 @@ def count_lines(path: Path) -> int:
 
 
 def run_once(settings: Settings, stack: Settings, input_path: Path, sinks: str, event_time: str, python_mode: str,
-             keyspace: str | None, cassandra_batch: int) -> dict:
+             keyspace: str | None, cassandra_batch: int, core: str = "java") -> dict:
     """``settings``: the Flink cluster to run on; ``stack``: where the bench's files go."""
     lake = stack.var_dir / "bench" / f"lake-{int(time.time())}"
     args = ["--input", str(input_path), "--sinks", sinks, "--event-time", event_time, "--python-mode", python_mode,
-            "--lake-dir", str(lake), "--cassandra-batch", str(cassandra_batch)]
+            "--lake-dir", str(lake), "--cassandra-batch", str(cassandra_batch), "--core", core]
     if keyspace:
         args += ["--keyspace", keyspace]
     t0 = time.monotonic()
@@ -118,7 +118,12 @@ def main() -> None:
                         "default a private cluster is started on --rest-port and stopped afterwards")
     p.add_argument("--rest-port", type=int, default=28081)
     p.add_argument("--cassandra-batch", type=int, default=16, help="rows per UNLOGGED batch (1 = none)")
+    p.add_argument("--core", default="java",
+                   help="telemetry-core implementation(s), comma-separated: java (the job's default), python")
     a = p.parse_args()
+    cores = a.core.split(",")
+    if not set(cores) <= {"java", "python"}:
+        p.error(f"--core: java and/or python, got {a.core!r}")
     settings = Settings.from_env()
     cluster = None
     if not a.shared_cluster:
@@ -149,17 +154,20 @@ def main() -> None:
             from fleet.stack.migrations import apply_migrations
 
             apply_migrations(settings, keyspace=keyspace)
-        r = run_once(flink_settings, settings, input_path, sinks, a.event_time, a.python_mode, keyspace,
-                     a.cassandra_batch)
-        r.update(sinks=sinks, cassandra_batch=a.cassandra_batch, records=lines, event_time=a.event_time, python_mode=a.python_mode,
-                 records_per_s=round(lines / r["seconds_all_tasks"]),
-                 parallelism=flink_settings.flink_parallelism, load_avg_1m=os.getloadavg()[0], cluster="private" if cluster else "shared", at=time.strftime("%Y-%m-%dT%H:%M:%S"))
-        results.append(r)
-        print(f"{sinks:<10} batch={a.cassandra_batch:<3} {a.python_mode:<7} {lines} records in {r['seconds_all_tasks']:.1f} s "
-              f"-> {r['records_per_s']} records/s (wall incl. submit {r['seconds_wall_incl_submit']} s, "
-              f"lake {r['lake_files']} files / {r['lake_mb']} MB, load {r['load_avg_1m']:.1f})", flush=True)
-        with open(out_dir / "telemetry.jsonl", "a") as fh:
-            fh.write(json.dumps(r) + "\n")
+        for core in cores:
+            r = run_once(flink_settings, settings, input_path, sinks, a.event_time, a.python_mode, keyspace,
+                         a.cassandra_batch, core)
+            r.update(sinks=sinks, core=core, cassandra_batch=a.cassandra_batch, records=lines, event_time=a.event_time,
+                     python_mode=a.python_mode, records_per_s=round(lines / r["seconds_all_tasks"]),
+                     parallelism=flink_settings.flink_parallelism, load_avg_1m=os.getloadavg()[0],
+                     cluster="private" if cluster else "shared", at=time.strftime("%Y-%m-%dT%H:%M:%S"))
+            results.append(r)
+            print(f"{sinks:<10} {core:<6} batch={a.cassandra_batch:<3} {a.python_mode:<7} {lines} records in "
+                  f"{r['seconds_all_tasks']:.1f} s -> {r['records_per_s']} records/s (wall incl. submit "
+                  f"{r['seconds_wall_incl_submit']} s, lake {r['lake_files']} files / {r['lake_mb']} MB, "
+                  f"load {r['load_avg_1m']:.1f})", flush=True)
+            with open(out_dir / "telemetry.jsonl", "a") as fh:
+                fh.write(json.dumps(r) + "\n")
     if cluster is not None:
         cluster.stop()
     if keyspace:

@@ -7,6 +7,7 @@ line) so no Python produces records, and the sinks are chosen per run:
   lake-sql     points -> Flink SQL filesystem connector (parquet, partitioned), for comparison
   cassandra    points, rollups, gaps, stats -> CassandraUpsertSink
   all          lake + cassandra
+``--core java|python`` picks the telemetry-core implementation (JobOptions.core).
 """
 
 from __future__ import annotations
@@ -97,6 +98,7 @@ def main(argv: list[str]) -> None:
     p.add_argument("--keyspace", default=None)
     p.add_argument("--lake-dir", default=None, help="a throwaway lake (never the stack's own)")
     p.add_argument("--cassandra-batch", type=int, default=JobOptions().cassandra_batch)
+    p.add_argument("--core", default=JobOptions().core, choices=("java", "python"))
     a = p.parse_args(argv)
     settings = Settings.from_env()
     if a.keyspace:
@@ -106,12 +108,12 @@ def main(argv: list[str]) -> None:
     config = Configuration()
     config.set_string("python.execution-mode", a.python_mode)
     env = StreamExecutionEnvironment.get_execution_environment(config)
-    options = JobOptions(event_time="payload", cassandra_batch=a.cassandra_batch)
+    options = JobOptions(event_time="payload", cassandra_batch=a.cassandra_batch, core=a.core)
     source = FileSource.for_record_stream_format(StreamFormat.text_line_format(), a.input).build()
     raw = env.from_source(source, WatermarkStrategy.no_watermarks(), "envelope-file")
     # Java: Row(device_id, raw) + event time from the envelope, as the Kafka source does.
     build(env, settings, envelopes(raw, options), BenchSinks(settings, options, a.sinks, env), options)
-    env.execute(f"telemetry-bench-{a.sinks}-{a.event_time}-{a.python_mode}")
+    env.execute(f"telemetry-bench-{a.sinks}-{a.core}-{a.event_time}-{a.python_mode}")
 
 
 if __name__ == "__main__":
