@@ -51,7 +51,8 @@ def main(argv: list[str] | None = None) -> int:
 
             # Refreshes of known devices run on a worker thread, off the MQTT loop.
             refresher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="registry-refresh")
-            active_check = ActiveDeviceCheck(CassandraSessions(settings).get(), background=refresher.submit).is_active
+            active_check = ActiveDeviceCheck(CassandraSessions(settings).get(), ttl_s=settings.registry_cache_ttl_s,
+                                             background=refresher.submit).is_active
         bridge = UplinkBridge(settings, instance=args.instance, retire=args.retire, active_check=active_check)
         bridge.start()
     except Exception as exc:
