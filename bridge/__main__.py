@@ -44,10 +44,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         active_check = None
         if settings.bridge_require_active if args.require_active is None else args.require_active:
+            from concurrent.futures import ThreadPoolExecutor
+
             from fleet.db import CassandraSessions
             from fleet.registry import ActiveDeviceCheck
-
-            from concurrent.futures import ThreadPoolExecutor
 
             # Refreshes of known devices run on a worker thread, off the MQTT loop.
             refresher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="registry-refresh")
