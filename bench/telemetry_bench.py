@@ -7,9 +7,20 @@ Writes a file of envelopes (the bridge's format, 5 metrics, ~3% duplicates, a fe
 var/bench/, then submits bench/telemetry_bench_job.py once per run with ``flink run`` and reads
 the job's timing from the REST API. Throughput = records / (end of the telemetry-core task -
 start of the job's first task), i.e. without the CLI's JVM start and graph submission.
-Measured on the 2-core / 24 GiB dev box (2026-11-27, parallelism 2, thread mode, 200k records of
-1000 devices, 5 metrics each, ~3% redeliveries; the box was shared with a second full stack, so
-load average 3-10 and +-30% between runs):
+``--core`` picks the telemetry-core implementation (JobOptions.core; comma-separated runs each).
+
+Java core (the default), same box and input shape, 600k records (2026-11-27, load average 3-12):
+    discard (source + keying + Java core)         65,000 - 124,000 records/s (Python core in the
+                                                   same sessions: 8,400 - 9,400; 5,200 at load 30)
+    lake                                          ~75,000 records/s (Python core: ~6,700)
+The Java core's rules cost ~3 us per record outside Flink (parse, state decode/encode, observe),
+against the Python operator's ~100+ us; with it the job runs no Python per record at all.
+Cassandra runs were not repeated for it (they would load the shared stack's Cassandra); they are
+bound by Cassandra, not by the core.
+
+Python core (--core python), measured on the 2-core / 24 GiB dev box (2026-11-27, parallelism 2,
+thread mode, 200k records of 1000 devices, 5 metrics each, ~3% redeliveries; the box was shared
+with a second full stack, so load average 3-10 and +-30% between runs):
     discard (source + keying + Python core)        7,000 - 11,000 records/s
     lake (Parquet, exactly once)                   6,700 -  9,100 records/s  (one ~1 MB file per
                                                                               checkpoint and hour)

@@ -181,10 +181,10 @@ public class TelemetryCore extends KeyedProcessFunction<Row, Row, String> implem
                     g.writeStringField("device_id", deviceId);
                     g.writeNumberField("bucket_start", r.bucketStart);
                     g.writeStringField("metric", r.metric);
-                    g.writeNumberField("min", r.min);
-                    g.writeNumberField("max", r.max);
-                    g.writeNumberField("avg", r.avg());
-                    g.writeNumberField("sum", r.sum);
+                    number(g, "min", r.min);
+                    number(g, "max", r.max);
+                    number(g, "avg", r.avg());
+                    number(g, "sum", r.sum);
                     g.writeNumberField("count", r.count);
                     g.writeEndObject();
                 }
@@ -226,6 +226,15 @@ public class TelemetryCore extends KeyedProcessFunction<Row, Row, String> implem
             }
         } catch (IOException e) {
             throw new UncheckedIOException(e);
+        }
+    }
+
+    /** A double as orjson writes one: null when not finite (a sum of huge values can overflow). */
+    private static void number(JsonGenerator g, String name, double value) throws IOException {
+        if (Double.isFinite(value)) {
+            g.writeNumberField(name, value);
+        } else {
+            g.writeNullField(name);
         }
     }
 
