@@ -4,8 +4,10 @@
 
 Runs against the RUNNING stack (its own bridge, the default topic prefix, the running
 "telemetry" Flink job, submitted if none runs). Per stage, a simulated fleet of registered
-devices (unique ids e2e-<run>-NNNNN) publishes at the offered rate with C clients
-(``mosquitto_pub -l``, see bench/bridge_bench.py), then the bench waits (``--drain-seconds``)
+devices (unique ids e2e-<run>-NNNNN) publishes at the offered rate (QoS 1 over mTLS, each
+device its own connection and certificate) from one asyncio process (bench/mqtt_driver.py;
+``--driver c``: one ``mosquitto_pub -l`` per device, which costs the machine about twice the
+CPU), then the bench waits (``--drain-seconds``)
 until every published (device, seq) is in Cassandra (fleet.telemetry) and in committed lake
 files (var/lake/telemetry/date=*/hour=*/*.parquet, read with pyarrow), and reports:
 
@@ -20,7 +22,8 @@ files (var/lake/telemetry/date=*/hour=*/*.parquet, read with pyarrow), and repor
   ``--poll-ms`` until each point is visible (visible time - ts);
 * CPU us per message of the bridge, the Flink TaskManager, Cassandra, Kafka and Mosquitto
   (/proc/<pid>/stat utime+stime from the stage's start until both sinks are complete, so the
-  bench's own polling of Cassandra and anything else running on the machine is included);
+  bench's own polling of Cassandra and anything else running on the machine is included), the
+  API's, this process's (the load driver and the checks) and the whole machine's (/proc/stat);
 * lake write rate: rows and files committed during the stage window.
 
 Prints a table; appends one JSON line per stage to var/bench/e2e.jsonl.
@@ -48,10 +51,17 @@ import pyarrow.dataset as pads  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
 
 from bridge_bench import CDriver, broker_pid, cpu_seconds, percentile  # noqa: E402
+from mqtt_driver import AsyncDriver  # noqa: E402
 from fleet.enrollment import RegistryEnrollment  # noqa: E402
 from fleet.settings import Settings  # noqa: E402
 
-COMPONENTS = ("bridge", "flink-tm", "cassandra", "kafka", "mosquitto")
+COMPONENTS = ("bridge", "flink-tm", "cassandra", "kafka", "mosquitto", "api")
+
+
+def machine_busy_seconds() -> float:
+    """CPU seconds all cores spent busy (not idle or iowait) since boot, from /proc/stat."""
+    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    return (sum(fields) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")
 
 
 def now_ms() -> int:
@@ -70,11 +80,13 @@ def component_pids(settings: Settings) -> dict[str, int | None]:
 
     return {"bridge": from_file("bridge.pid"), "flink-tm": from_file("flink-taskmanager.pid"),
             "cassandra": from_file("cassandra.pid"), "kafka": from_file("kafka.pid"),
-            "mosquitto": broker_pid(settings)}
+            "mosquitto": broker_pid(settings), "api": from_file("api.pid"), "bench": os.getpid()}
 
 
 def cpu_snapshot(pids: dict[str, int | None]) -> dict[str, float]:
-    return {name: cpu_seconds(pid) for name, pid in pids.items()}
+    snap = {name: cpu_seconds(pid) for name, pid in pids.items()}
+    snap["machine"] = machine_busy_seconds()
+    return snap
 
 
 def ensure_telemetry_job(settings: Settings) -> str:
@@ -305,6 +317,8 @@ def run_stage(args, settings, rate, driver, probe, cass, lake, devices) -> dict:
     lat = sorted(probe.visible[s] for s in probe_seqs if s in probe.visible)
     msgs = max(1, in_cass)
     cpu_us = {name: (cpu1[name] - cpu0[name]) / msgs * 1e6 for name in COMPONENTS}
+    machine_us = (cpu1["machine"] - cpu0["machine"]) / msgs * 1e6
+    bench_us = (cpu1["bench"] - cpu0["bench"]) / msgs * 1e6  # the load driver and these checks
     lake_files, lake_rows = lake.written_between(t_start, t_end)
     stage = {
         "offered": rate, "seconds": args.stage_seconds, "devices": len(devices),
@@ -316,6 +330,8 @@ def run_stage(args, settings, rate, driver, probe, cass, lake, devices) -> dict:
         "probe_points": len(probe_seqs), "probe_visible": len(lat), "probe_errors": probe.errors,
         "p50_ms": percentile(lat, 50), "p99_ms": percentile(lat, 99), "max_ms": lat[-1] if lat else None,
         "cpu_us_per_msg": cpu_us, "cpu_us_per_msg_total": sum(cpu_us.values()),
+        "machine_cpu_us_per_msg": machine_us, "bench_cpu_us_per_msg": bench_us,
+        "other_cpu_us_per_msg": machine_us - sum(cpu_us.values()) - bench_us, "driver": args.driver,
         "cpu_window_s": t_end - t_start, "pids": pids,
         "lake_files": lake_files, "lake_rows": lake_rows,
         "lake_rows_per_s": lake_rows / (t_end - t_start) if t_end > t_start else 0.0,
@@ -335,11 +351,12 @@ def fmt(v, spec: str = ",.0f", width: int = 8) -> str:
 
 
 def print_table(run_id: str, stages: list[dict], args, out=sys.stdout) -> None:
-    out.write(f"\nEnd-to-end benchmark {run_id}: {args.devices} devices (C driver) + 1 probe device at 2/s, "
+    out.write(f"\nEnd-to-end benchmark {run_id}: {args.devices} devices ({args.driver} driver) + 1 probe device at 2/s, "
               f"{args.stage_seconds:.0f} s stages, drain <= {args.drain_seconds:.0f} s, {os.cpu_count()} cores\n")
     hdr = (f"{'offered/s':>9} {'pub/s':>7} {'achvd/s':>8} {'cass miss':>9} {'lake miss':>9} {'cass+s':>6} "
            f"{'lake+s':>6} {'p50 ms':>7} {'p99 ms':>7} | {'bridge':>6} {'flinkTM':>7} {'cass':>6} {'kafka':>6} "
-           f"{'mosq':>6} {'total':>6} us/msg | {'lake rows/s':>11} {'files':>5}  sustained")
+           f"{'mosq':>6} {'api':>5} {'total':>6} | {'bench':>5} {'other':>5} {'machine':>7} us/msg | "
+           f"{'lake rows/s':>11} {'files':>5}  sustained")
     out.write(hdr + "\n" + "-" * len(hdr) + "\n")
     for s in stages:
         c = s["cpu_us_per_msg"]
@@ -348,7 +365,9 @@ def print_table(run_id: str, stages: list[dict], args, out=sys.stdout) -> None:
             f"{s['lake_missing']:>9,} {fmt(s['cassandra_complete_after_s'], '.0f', 6)} "
             f"{fmt(s['lake_complete_after_s'], '.0f', 6)} {fmt(s['p50_ms'], ',.0f', 7)} {fmt(s['p99_ms'], ',.0f', 7)} | "
             f"{c['bridge']:>6.0f} {c['flink-tm']:>7.0f} {c['cassandra']:>6.0f} {c['kafka']:>6.0f} "
-            f"{c['mosquitto']:>6.0f} {s['cpu_us_per_msg_total']:>6.0f}        | {s['lake_rows_per_s']:>11,.0f} "
+            f"{c['mosquitto']:>6.0f} {c['api']:>5.0f} {s['cpu_us_per_msg_total']:>6.0f} | "
+            f"{s['bench_cpu_us_per_msg']:>5.0f} {s['other_cpu_us_per_msg']:>5.0f} {s['machine_cpu_us_per_msg']:>7.0f}        | "
+            f"{s['lake_rows_per_s']:>11,.0f} "
             f"{s['lake_files']:>5}  {'yes' if s['sustained'] else 'NO'}  load {s['load_avg_1m_start']:.1f}"
             + ("" if s["telemetry_job_running"] else "  (telemetry job not RUNNING throughout)") + "\n")
     best = max((s["achieved"] for s in stages if s["sustained"]), default=0.0)
@@ -357,7 +376,8 @@ def print_table(run_id: str, stages: list[dict], args, out=sys.stdout) -> None:
               f"(sustained: zero loss, achvd >= 95% of pub/s, both <= {args.max_catchup_s:.0f} s). "
               f"load: 1-min load average at stage start. "
               f"CPU: from stage start until both sinks were complete (includes the bench's own checks and "
-              f"anything else on the machine), per message in Cassandra.\n"
+              f"anything else on the machine), per message in Cassandra; total = the platform's processes, "
+              f"bench = this process (load driver and checks), machine = all cores' busy time.\n"
               f"Max sustained end to end with zero loss: {best:,.0f} msg/s\n")
 
 
@@ -367,6 +387,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--stage-seconds", type=float, default=20.0)
     ap.add_argument("--drain-seconds", type=float, default=90.0, help="max wait after a stage for stragglers")
     ap.add_argument("--devices", type=int, default=50)
+    ap.add_argument("--driver", choices=("async", "c"), default="async",
+                    help="load generator: one asyncio process (bench/mqtt_driver.py) or mosquitto_pub per device")
     ap.add_argument("--max-catchup-s", type=float, default=10.0,
                     help="a stage is 'sustained' only if both sinks were complete this soon after publishing ended "
                          "(no backlog; the lake commits on 5 s checkpoints)")
@@ -403,7 +425,7 @@ def main(argv: list[str] | None = None) -> int:
     cass = CassandraCheck(settings)
     _, api_key = ApiKeyStore(cass.session).create(f"e2e-bench-{run_id}", Role.viewer, None)
     lake = LakeCheck(settings, set(devices))
-    driver = CDriver(settings, identities)
+    driver = AsyncDriver(settings, identities) if args.driver == "async" else CDriver(settings, identities)
     probe = Probe(settings, probe_identity, api_url, api_key, args.poll_ms)
     time.sleep(settings.registry_cache_ttl_s + 1)  # let the bridge's registry cache see the new devices
     stages: list[dict] = []
