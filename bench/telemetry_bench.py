@@ -128,7 +128,7 @@ def main() -> None:
                    help="use the stack's Flink cluster (its slots may be taken by the running jobs); by "
                         "default a private cluster is started on --rest-port and stopped afterwards")
     p.add_argument("--rest-port", type=int, default=28081)
-    p.add_argument("--cassandra-batch", type=int, default=16, help="rows per UNLOGGED batch (1 = none)")
+    p.add_argument("--cassandra-batch", type=int, default=64, help="rows per UNLOGGED batch (1 = none)")
     p.add_argument("--core", default="java",
                    help="telemetry-core implementation(s), comma-separated: java (the job's default), python")
     a = p.parse_args()

@@ -99,8 +99,10 @@ class JobOptions:
     # The lake sink's parallelism: 1 writes one file per partition and checkpoint.
     lake_parallelism: int = 1
     cassandra_max_in_flight: int = 512
-    # Rows per UNLOGGED batch request (1 = one request per row; see CassandraUpsertSink).
-    cassandra_batch: int = 16
+    # Rows per UNLOGGED batch request, at most (also kept under ~24 KiB; a partition's rows go
+    # together; 1 = one request per row; see CassandraUpsertSink). 64 measured ~35% less Cassandra
+    # CPU per row than 16.
+    cassandra_batch: int = 64
     cassandra_dc: str = "datacenter1"
     # "payload": event time from the envelope's ts (device time); "kafka": the record timestamp.
     event_time: str = "payload"
