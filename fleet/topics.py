@@ -15,7 +15,8 @@ DEVICE_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 
 
 def is_valid_device_id(device_id: str) -> bool:
-    return bool(DEVICE_ID_PATTERN.match(device_id))
+    # fullmatch: with match, '$' would also accept one trailing newline ("d-1\n").
+    return bool(DEVICE_ID_PATTERN.fullmatch(device_id))
 
 
 class Kafka:

@@ -36,6 +36,7 @@ def test_bad_topics_are_refused_with_a_reason(topic, reason):
 @pytest.mark.parametrize("device_id, ok", [
     ("d1", True), ("A-b_9", True), ("x" * 64, True), ("x" * 65, False),
     ("", False), ("_x", False), ("a/b", False), ("a+", False), ("a#", False), ("é", False),
+    ("d-1\n", False), ("d-1\r", False),
 ])
 def test_device_id_rule(device_id, ok):
     assert is_valid_device_id(device_id) is ok

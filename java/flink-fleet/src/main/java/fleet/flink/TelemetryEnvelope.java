@@ -44,12 +44,8 @@ final class TelemetryEnvelope {
     static final int MAX_METRICS = 256;
     static final double MAX_ABS_METRIC = 1e300;
 
-    /**
-     * fleet.topics.DEVICE_ID_PATTERN, applied as Python's re.match: anchored at the start only by
-     * the pattern, and {@code $} matching at the end or before one final "\n" (so "d-1\n" passes,
-     * exactly as is_valid_device_id lets it).
-     */
-    static final Pattern DEVICE_ID = Pattern.compile("^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$", Pattern.UNIX_LINES);
+    /** fleet.topics.DEVICE_ID_PATTERN, matched against the whole id (as is_valid_device_id's fullmatch). */
+    static final Pattern DEVICE_ID = Pattern.compile("[A-Za-z0-9][A-Za-z0-9_-]{0,63}");
 
     private static final BigInteger U64_MAX = BigInteger.ONE.shiftLeft(64).subtract(BigInteger.ONE);
 
@@ -140,7 +136,7 @@ final class TelemetryEnvelope {
         JsonNode idNode = env.get("device_id");
         JsonNode topicNode = env.get("mqtt_topic");
         String topic = topicNode != null && topicNode.isTextual() ? topicNode.textValue() : "";
-        if (idNode == null || !idNode.isTextual() || !DEVICE_ID.matcher(idNode.textValue()).lookingAt()) {
+        if (idNode == null || !idNode.isTextual() || !DEVICE_ID.matcher(idNode.textValue()).matches()) {
             return new Rejected(INVALID_ENVELOPE, cut("$.device_id: not a valid device id: " + repr(idNode)), null, topic,
                     null);
         }
