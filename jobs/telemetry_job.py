@@ -167,6 +167,8 @@ class TelemetryCore(KeyedProcessFunction):
     def process_element(self, raw: str, ctx: KeyedProcessFunction.Context) -> Iterable:
         counts = self.counts
         point = dom.parse_envelope(raw, self.rules)
+        if not isinstance(point, dom.Rejected):
+            point = dom.check_key(point, ctx.get_current_key()) or point
         if isinstance(point, dom.Rejected):
             counts["invalid"] += 1
             yield DEAD_LETTERS, dom.dumps(dom.dead_letter(point, raw, _now_ms()))

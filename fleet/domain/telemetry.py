@@ -51,6 +51,7 @@ INVALID_JSON = "invalid_json"
 INVALID_ENVELOPE = "invalid_envelope"
 TS_IN_FUTURE = "ts_in_future"
 LATE = "late"
+KEY_MISMATCH = "key_mismatch"
 
 # Bounds from schemas/mqtt/telemetry.schema.json.
 MIN_TS, MAX_TS = 946684800000, 4102444800000
@@ -159,6 +160,15 @@ def parse_envelope(raw: str | bytes, rules: TelemetryRules = TelemetryRules()) -
     else:
         return reject("$.payload.attrs: must be an object")
     return Point(device_id, ts, seq, ingest_ts, clean, attrs_json, topic)
+
+
+def check_key(point: Point, key: str) -> Rejected | None:
+    """A record must be keyed by its own device: its per-device state lives under the Kafka key,
+    so a record filed under another device's key would corrupt that device's dedup and gaps."""
+    if point.device_id == key:
+        return None
+    return Rejected(KEY_MISMATCH, f"$.device_id: {point.device_id!r} but the record key is {key!r}"[:300],
+                    point.device_id, point.mqtt_topic, point.ingest_ts)
 
 
 def dead_letter(rejected: Rejected, raw: str | bytes, now_ms: int) -> dict[str, Any]:

@@ -208,3 +208,13 @@ def test_state_round_trips_through_flink_values():
 
 def test_empty_state_decodes_to_a_new_device():
     assert dom.decode_state(None, None) == dom.DeviceState()
+
+
+def test_a_point_must_be_keyed_by_its_own_device():
+    point = dom.parse_envelope(json.dumps({
+        "device_id": "d-1", "type": "telemetry", "ingest_ts": 1_704_067_200_000, "mqtt_topic": "devices/d-1/telemetry",
+        "payload": {"ts": 1_704_067_200_000, "seq": 1, "metrics": {}}}))
+    assert dom.check_key(point, "d-1") is None
+    rejected = dom.check_key(point, "d-2")
+    assert (rejected.reason, rejected.device_id) == (dom.KEY_MISMATCH, "d-1")
+    assert "record key is 'd-2'" in rejected.detail

@@ -121,6 +121,13 @@ public class TelemetryCore extends KeyedProcessFunction<Row, Row, String> implem
     public void processElement(Row in, Context ctx, Collector<String> out) throws Exception {
         String raw = (String) in.getField(1);
         Object parsed = TelemetryEnvelope.parse(raw, rules.maxFutureSkewMs);
+        if (parsed instanceof Point && !((Point) parsed).deviceId.equals(in.getField(0))) {
+            // Per-device state lives under the record's key: never file a record under another device.
+            Point p = (Point) parsed;
+            String detail = "$.device_id: '" + p.deviceId + "' but the record key is '" + in.getField(0) + "'";
+            parsed = new Rejected(TelemetryEnvelope.KEY_MISMATCH, detail.length() > 300 ? detail.substring(0, 300) : detail,
+                    p.deviceId, p.mqttTopic, p.ingestTs);
+        }
         if (parsed instanceof Rejected) {
             invalid.inc();
             ctx.output(DEAD_LETTERS, TelemetryEnvelope.deadLetter((Rejected) parsed, raw, System.currentTimeMillis()));

@@ -36,6 +36,7 @@ final class TelemetryEnvelope {
     static final String INVALID_ENVELOPE = "invalid_envelope";
     static final String TS_IN_FUTURE = "ts_in_future";
     static final String LATE = "late";
+    static final String KEY_MISMATCH = "key_mismatch";
 
     // Bounds from schemas/mqtt/telemetry.schema.json (as fleet.domain.telemetry).
     static final long MIN_TS = 946684800000L;
