@@ -8,6 +8,7 @@
     fleet init                       on an existing cluster: PKI (if none), topics, migrations
     fleet admin bootstrap            create the first admin API key (printed once)
     fleet admin sync-crl             rebuild the CRLs from the registry and reload the broker
+    fleet lake compact [--dry-run]   merge the lake's small Parquet files, per finished hour
 """
 
 from __future__ import annotations
@@ -118,6 +119,35 @@ def _admin_sync_crl(settings: Settings, args) -> int:
     return 0
 
 
+def _lake_compact(settings: Settings, args) -> int:
+    """Hourly from cron / a CronJob: see fleet/lake_compaction.py for the guarantees."""
+    from fleet import lake_compaction
+    from fleet.logs import configure_logging
+
+    configure_logging("lake-compaction", settings.log_level)
+    return lake_compaction.run(settings.lake_path, min_age=args.min_age,
+                               target_bytes=int(args.target_mb * 1024 * 1024), dry_run=args.dry_run)
+
+
+def _duration(text: str):
+    from fleet.lake_compaction import parse_duration
+
+    try:
+        return parse_duration(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _positive_mb(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not value > 0 or value != value or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number of MiB, got {text!r}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fleet", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -146,6 +176,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_admin_bootstrap)
     p = admin.add_parser("sync-crl", help="rebuild the CRLs from the registry (the source of truth)")
     p.set_defaults(func=_admin_sync_crl)
+
+    lake = sub.add_parser("lake", help="the Parquet lake").add_subparsers(dest="action", required=True)
+    p = lake.add_parser("compact", help="merge each finished hour partition's small files into one file")
+    p.add_argument("--min-age", type=_duration, default="2h",
+                   help="only hours that ended at least this long ago (2h, 90m, 1d; bare number = hours; "
+                        "default 2h)")
+    p.add_argument("--target-mb", type=_positive_mb, default=256.0,
+                   help="largest output file, in MiB of source files (default 256)")
+    p.add_argument("--dry-run", action="store_true", help="print the plan, change nothing")
+    p.set_defaults(func=_lake_compact)
 
     p = sub.add_parser("init", help="PKI, Kafka topics and Cassandra migrations on an existing cluster")
     p.add_argument("--broker-host", action="append", default=[],

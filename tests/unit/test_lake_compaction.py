@@ -1,0 +1,445 @@
+"""fleet.lake_compaction: the plan (pure), the merge on a tmp lake of sink-like files, crash
+recovery, --dry-run, the CLI, and reads through pyarrow.dataset, DuckDB and TelemetryStore."""
+
+from __future__ import annotations
+
+import collections
+import datetime as dt
+import io
+import json
+import os
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.dataset as ds
+import pyarrow.parquet as pq
+import pytest
+
+from fleet import lake_compaction as lc
+from fleet.lake_compaction import FileInfo, Partition, plan
+
+UTC = dt.timezone.utc
+NOW = dt.datetime(2024, 1, 2, 0, 0, tzinfo=UTC)
+H0 = 1_704_067_200_000  # 2024-01-01T00:00:00Z
+
+
+def _sink_schema() -> pa.Schema:
+    """The Arrow schema pyarrow reads from the sink's files (schemas/parquet/telemetry.md): the
+    same Parquet schema as TelemetryLakeSink.SCHEMA, read back, plus its "fleet.table" key."""
+    written = pa.schema([
+        pa.field("device_id", pa.string(), nullable=False),
+        pa.field("ts", pa.timestamp("ms", tz="UTC"), nullable=False),
+        pa.field("seq", pa.int64(), nullable=False),
+        pa.field("ingest_ts", pa.int64(), nullable=False),
+        pa.field("metrics", pa.map_(pa.field("key", pa.string(), nullable=False),
+                                    pa.field("value", pa.float64(), nullable=False))),
+        pa.field("attrs", pa.string()),
+    ])
+    buf = io.BytesIO()
+    pq.write_table(written.empty_table(), buf, store_schema=False)
+    buf.seek(0)
+    parquet_schema = str(pq.ParquetFile(buf).schema)
+    assert "repeated group field_id=-1 key_value" in parquet_schema and "required double field_id=-1 value" in parquet_schema
+    buf.seek(0)
+    return pq.read_schema(buf).with_metadata({"fleet.table": "telemetry"})
+
+
+SCHEMA = _sink_schema()
+
+
+def write_part(hour_dir: Path, name: str, rows: list[tuple[str, int, int]]) -> Path:
+    """rows: (device_id, seq, ts_ms). Snappy, like the sink."""
+    hour_dir.mkdir(parents=True, exist_ok=True)
+    table = pa.table({
+        "device_id": [d for d, _, _ in rows],
+        "ts": pa.array([t for _, _, t in rows], pa.timestamp("ms", tz="UTC")),
+        "seq": [s for _, s, _ in rows],
+        "ingest_ts": [t + 7 for _, _, t in rows],
+        "metrics": pa.array([[("temp", s / 10), ("n", float(s))] for _, s, _ in rows], SCHEMA.field("metrics").type),
+        "attrs": ['{"fw":"2.0"}' if s % 2 else None for _, s, _ in rows],
+    }, schema=SCHEMA)
+    path = hour_dir / name
+    pq.write_table(table, path, compression="snappy")
+    return path
+
+
+def build_lake(root: Path, *, hours=(0, 1), devices=3, files_per_hour=6, per_file=5) -> Path:
+    """``root/telemetry/date=2024-01-01/hour=HH/part-<uuid>-<n>.parquet``: each (device, seq)
+    once; files hold interleaved devices and out-of-order ts, as the sink's do."""
+    table_dir = root / "telemetry"
+    seq = collections.Counter()
+    for hour in hours:
+        hour_dir = table_dir / f"date=2024-01-01/hour={hour:02d}"
+        for n in range(files_per_hour):
+            rows = []
+            for i in range(per_file):
+                d = f"dev-{(n + i) % devices:05d}"
+                seq[d] += 1
+                rows.append((d, seq[d], H0 + hour * 3_600_000 + ((n * 7 + i * 13) % 3_600) * 1000))
+            write_part(hour_dir, f"part-5f1c0a2e-{n}.parquet", rows)
+    return table_dir
+
+
+def keys(table_dir: Path) -> list[tuple[str, int]]:
+    t = ds.dataset(table_dir, format="parquet", partitioning="hive").to_table(columns=["device_id", "seq"])
+    return sorted(zip(t["device_id"].to_pylist(), t["seq"].to_pylist()))
+
+
+def visible(hour_dir: Path) -> list[str]:
+    return sorted(p.name for p in hour_dir.glob("*.parquet") if not p.name.startswith("."))
+
+
+def snapshot(root: Path) -> dict:
+    return {str(p.relative_to(root)): (p.stat().st_size, p.stat().st_mtime_ns)
+            for p in root.rglob("*") if p.is_file() and p.name != lc.LOCK_NAME}
+
+
+def run(lake: Path, **kw) -> tuple[int, str]:
+    out = io.StringIO()
+    kw.setdefault("now", NOW)
+    code = lc.run(lake, out=out, **kw)
+    return code, out.getvalue()
+
+
+def f(name: str, size: int = 1000) -> FileInfo:
+    return FileInfo(name, size)
+
+
+# -- plan --------------------------------------------------------------------------------------
+def test_plan_waits_min_age_after_the_end_of_the_hour():
+    parts = [Partition(f"date=2024-01-01/hour={h:02d}", (f("part-a-0.parquet"), f("part-a-1.parquet")))
+             for h in range(24)]
+    now = dt.datetime(2024, 1, 1, 5, 0, tzinfo=UTC)
+    planned = [p.path for p in plan(parts, now=now, min_age=dt.timedelta(hours=2))]
+    # hour 02 ended at 03:00, exactly 2 h ago; hour 03 ended 1 h ago
+    assert planned == ["date=2024-01-01/hour=00", "date=2024-01-01/hour=01", "date=2024-01-01/hour=02"]
+    assert [p.path for p in plan(parts, now=now, min_age=dt.timedelta(0))][-1] == "date=2024-01-01/hour=04"  # ended just now
+    assert plan(parts, now=now - dt.timedelta(seconds=1), min_age=dt.timedelta(hours=2))[-1].path.endswith("01")
+
+
+def test_plan_skips_single_file_partitions_and_ignores_hidden_and_foreign_files():
+    parts = [
+        Partition("date=2024-01-01/hour=00", (f("part-a-0.parquet"),)),
+        Partition("date=2024-01-01/hour=01", (f("part-a-0.parquet"), f(".part-a-1.parquet.inprogress.5d1e"),
+                                              f(".compacted-x.parquet.tmp"), f(".compaction-x.json"),
+                                              f("_SUCCESS"), f("_tmp.parquet"), f(".hidden.parquet"),
+                                              f("notes.txt"))),
+        Partition("date=2024-01-01/hour=02", (f("part-a-0.parquet"), f("part-a-1.parquet"),
+                                              f(".part-a-2.parquet.inprogress.77"))),
+        Partition("date=2024-01-01", (f("part-a-0.parquet"), f("part-a-1.parquet"))),
+        Partition("date=2024-13-01/hour=00", (f("part-a-0.parquet"), f("part-a-1.parquet"))),
+        Partition("date=2024-01-01/hour=24", (f("part-a-0.parquet"), f("part-a-1.parquet"))),
+    ]
+    plans = plan(parts, now=NOW)
+    assert [p.path for p in plans] == ["date=2024-01-01/hour=02"]
+    assert [x.name for x in plans[0].groups[0].files] == ["part-a-0.parquet", "part-a-1.parquet"]
+
+
+def test_plan_packs_files_up_to_the_target_and_leaves_big_files_alone():
+    part = Partition("date=2024-01-01/hour=00", (
+        f("compacted-big.parquet", 100), f("part-a-0.parquet", 30), f("part-a-1.parquet", 30),
+        f("part-a-2.parquet", 30), f("part-a-3.parquet", 30), f("part-a-4.parquet", 95)))
+    (p,) = plan([part], now=NOW, target_bytes=100)
+    assert [[x.name for x in g.files] for g in p.groups] == [
+        ["part-a-0.parquet", "part-a-1.parquet", "part-a-2.parquet"]]  # a-3 + a-4 > 100: a-4 alone, skipped
+    (p,) = plan([part], now=NOW, target_bytes=1000)
+    assert [len(g.files) for g in p.groups] == [6] and p.size == 315 and p.files == 6
+    # an already compacted partition plans nothing
+    assert plan([Partition("date=2024-01-01/hour=00", (f("compacted-x.parquet", 50),))], now=NOW) == []
+    assert plan([Partition("date=2024-01-01/hour=00", (f("compacted-x.parquet", 100), f("compacted-y.parquet", 100)))],
+                now=NOW, target_bytes=100) == []
+
+
+def test_plan_rejects_a_naive_clock_and_bad_targets():
+    with pytest.raises(ValueError):
+        plan([], now=dt.datetime(2024, 1, 1))
+    with pytest.raises(ValueError):
+        plan([], now=NOW, target_bytes=0)
+
+
+def test_parse_duration():
+    assert lc.parse_duration("2h") == dt.timedelta(hours=2)
+    assert lc.parse_duration("90m") == dt.timedelta(minutes=90)
+    assert lc.parse_duration("3600s") == dt.timedelta(hours=1)
+    assert lc.parse_duration("1d") == dt.timedelta(days=1)
+    assert lc.parse_duration("1.5") == dt.timedelta(hours=1.5)
+    for bad in ("", "-1h", "2 hours", "h"):
+        with pytest.raises(ValueError):
+            lc.parse_duration(bad)
+
+
+# -- execution ---------------------------------------------------------------------------------
+def test_compaction_keeps_every_row_once_with_the_same_schema(tmp_path):
+    table_dir = build_lake(tmp_path)
+    before = keys(table_dir)
+    assert all(pq.read_schema(p).equals(SCHEMA, check_metadata=True) for p in table_dir.rglob("*.parquet"))
+
+    code, out = run(tmp_path)
+
+    assert code == 0, out
+    assert "date=2024-01-01/hour=00: 6 files, " in out and " -> 1 file, " in out and out.splitlines()[-1].startswith("total: 2 partition(s), 12 files")
+    assert keys(table_dir) == before and len(before) == len(set(before)) == 60
+    for hour in ("00", "01"):
+        hour_dir = table_dir / f"date=2024-01-01/hour={hour}"
+        (name,) = visible(hour_dir)
+        assert name.startswith("compacted-") and name.endswith(".parquet")
+        assert sorted(os.listdir(hour_dir)) == [name]  # no manifest or temp file left
+        pf = pq.ParquetFile(hour_dir / name)
+        assert pf.schema_arrow.equals(SCHEMA, check_metadata=True)
+        assert pf.metadata.row_group(0).column(0).compression == "SNAPPY"
+        assert "key_value" in str(pf.schema)  # the sink's Parquet layout for the map
+        t = pf.read()
+        order = list(zip(t["device_id"].to_pylist(), t["ts"].to_pylist(), t["seq"].to_pylist()))
+        assert order == sorted(order)
+    table = ds.dataset(table_dir, format="parquet", partitioning="hive").to_table()
+    assert table.num_rows == 60 and set(table["hour"].to_pylist()) == {0, 1}
+    row = table.filter((ds.field("device_id") == "dev-00001") & (ds.field("seq") == 3)).to_pylist()[0]
+    assert row["metrics"] == [("temp", 0.3), ("n", 3.0)] and row["attrs"] == '{"fw":"2.0"}'
+
+
+def test_rows_are_sorted_across_row_groups(tmp_path, monkeypatch):
+    monkeypatch.setattr(lc, "ROW_GROUP_ROWS", 7)
+    table_dir = build_lake(tmp_path, hours=(0,))
+    assert run(tmp_path)[0] == 0
+    (path,) = (table_dir / "date=2024-01-01/hour=00").glob("compacted-*.parquet")
+    pf = pq.ParquetFile(path)
+    assert pf.metadata.num_row_groups == 5 and pf.metadata.num_rows == 30
+    t = pf.read()
+    order = list(zip(t["device_id"].to_pylist(), t["ts"].to_pylist(), t["seq"].to_pylist()))
+    assert order == sorted(order)
+
+
+def test_a_second_run_changes_nothing(tmp_path):
+    table_dir = build_lake(tmp_path)
+    assert run(tmp_path)[0] == 0
+    before = snapshot(tmp_path)
+    code, out = run(tmp_path)
+    assert code == 0 and snapshot(tmp_path) == before
+    assert out.splitlines()[-1].startswith("total: 0 partition(s), 0 files")
+
+
+def test_duckdb_reads_the_compacted_lake(tmp_path):
+    duckdb = pytest.importorskip("duckdb")
+    table_dir = build_lake(tmp_path)
+    run(tmp_path)
+    # leftovers of a run that was killed must not be read either (DuckDB's glob matches dot files)
+    hour_dir = table_dir / "date=2024-01-01/hour=00"
+    (hour_dir / ".compacted-20240101T000000Z-0badc0de.parquet.tmp").write_bytes(b"half a file")
+    con = duckdb.connect()
+    rows = con.execute(
+        f"SELECT device_id, seq, hour, date FROM read_parquet('{table_dir}/*/*/*.parquet', hive_partitioning = true)"
+    ).fetchall()
+    assert sorted((d, s) for d, s, _, _ in rows) == keys(table_dir)
+    assert {(str(date), int(hour)) for _, _, hour, date in rows} == {("2024-01-01", 0), ("2024-01-01", 1)}
+    ts_type = con.execute(f"DESCRIBE SELECT ts FROM read_parquet('{table_dir}/*/*/*.parquet')").fetchall()[0][1]
+    assert ts_type == "TIMESTAMP WITH TIME ZONE"
+
+
+def test_files_appearing_after_planning_are_left_for_the_next_run(tmp_path):
+    table_dir = build_lake(tmp_path, hours=(0,))
+    before = keys(table_dir)
+    plans = lc.plan(lc.list_partitions(table_dir), now=NOW)
+    hour_dir = table_dir / "date=2024-01-01/hour=00"
+    write_part(hour_dir, "part-9e7d1b3a-0.parquet", [("dev-00009", 1, H0 + 5)])  # a late record
+
+    results = lc.execute(table_dir, plans)
+
+    assert [len(r.groups) for r in results] == [1] and results[0].groups[0].sources == 6
+    names = visible(hour_dir)
+    assert len(names) == 2 and "part-9e7d1b3a-0.parquet" in names
+    assert keys(table_dir) == sorted(before + [("dev-00009", 1)])
+    assert run(tmp_path)[0] == 0  # the next run merges it in
+    assert len(visible(hour_dir)) == 1 and keys(table_dir) == sorted(before + [("dev-00009", 1)])
+
+
+def test_recent_hours_are_not_touched(tmp_path):
+    table_dir = build_lake(tmp_path, hours=(0, 22, 23))
+    before = snapshot(table_dir / "date=2024-01-01/hour=22"), snapshot(table_dir / "date=2024-01-01/hour=23")
+    code, _ = run(tmp_path, now=dt.datetime(2024, 1, 2, 0, 30, tzinfo=UTC))  # hour 22 ended 1.5 h ago
+    assert code == 0
+    assert len(visible(table_dir / "date=2024-01-01/hour=00")) == 1
+    assert (snapshot(table_dir / "date=2024-01-01/hour=22"), snapshot(table_dir / "date=2024-01-01/hour=23")) == before
+
+
+def test_target_size_splits_a_partition_into_several_files(tmp_path):
+    table_dir = build_lake(tmp_path, hours=(0,), files_per_hour=8)
+    before = keys(table_dir)
+    sizes = [p.stat().st_size for p in table_dir.rglob("*.parquet")]
+    target = 3 * max(sizes)  # 3 files per group at most
+    code, out = run(tmp_path, target_bytes=target)
+    assert code == 0, out
+    assert len(visible(table_dir / "date=2024-01-01/hour=00")) >= 3
+    assert keys(table_dir) == before
+
+
+def test_dry_run_changes_nothing(tmp_path):
+    table_dir = build_lake(tmp_path)
+    hour_dir = table_dir / "date=2024-01-01/hour=00"
+    (hour_dir / ".compacted-20240101T000000Z-0badc0de.parquet.tmp").write_bytes(b"orphan")
+    before = snapshot(tmp_path)
+    code, out = run(tmp_path, dry_run=True)
+    assert code == 0
+    assert snapshot(tmp_path) == before and not (table_dir / lc.LOCK_NAME).exists()
+    assert "date=2024-01-01/hour=00: 6 files, " in out and "-> 1 file (planned)" in out
+    assert "would remove orphan" in out and "nothing changed" in out
+
+
+def test_a_partition_with_mixed_schemas_is_skipped(tmp_path):
+    table_dir = build_lake(tmp_path, hours=(0,))
+    hour_dir = table_dir / "date=2024-01-01/hour=00"
+    pq.write_table(pa.table({"device_id": ["dev-x"], "seq": pa.array([1], pa.int64())}), hour_dir / "part-other-0.parquet")
+    before = snapshot(tmp_path)
+    code, out = run(tmp_path)
+    assert code == 0 and "skipped 1 group(s)" in out and "different schema" in out
+    assert snapshot(tmp_path) == before
+
+
+def test_a_second_concurrent_run_is_refused(tmp_path):
+    build_lake(tmp_path, hours=(0,))
+    with lc._Lock(tmp_path / "telemetry"):
+        before = snapshot(tmp_path)
+        assert run(tmp_path)[0] == 1
+        assert snapshot(tmp_path) == before
+    assert run(tmp_path)[0] == 0
+
+
+# -- crash recovery ----------------------------------------------------------------------------
+def _crash_after_rename(monkeypatch, table_dir: Path, deleted_before_crash: int) -> Path:
+    """Run one compaction and 'kill' it after the rename, once some sources are deleted."""
+    hour_dir = table_dir / "date=2024-01-01/hour=00"
+    real_unlink, calls = lc._unlink, []
+
+    def dying_unlink(path: Path) -> bool:
+        if path.name.startswith("part-"):
+            if len(calls) == deleted_before_crash:
+                raise KeyboardInterrupt("killed")
+            calls.append(path)
+        return real_unlink(path)
+
+    monkeypatch.setattr(lc, "_unlink", dying_unlink)
+    (p,) = lc.plan(lc.list_partitions(table_dir), now=NOW)
+    with pytest.raises(KeyboardInterrupt):
+        lc.compact_group(hour_dir, p.groups[0])
+    monkeypatch.setattr(lc, "_unlink", real_unlink)
+    return hour_dir
+
+
+@pytest.mark.parametrize("deleted_before_crash", [0, 4])
+def test_a_run_killed_after_the_rename_is_finished_by_the_next_run(tmp_path, monkeypatch, deleted_before_crash):
+    table_dir = build_lake(tmp_path, hours=(0,))
+    before = keys(table_dir)
+    hour_dir = _crash_after_rename(monkeypatch, table_dir, deleted_before_crash)
+    (manifest,) = hour_dir.glob(".compaction-*.json")
+    doc = json.loads(manifest.read_text())
+    assert (hour_dir / doc["output"]).exists() and len(doc["sources"]) == 6 and doc["rows"] == 30
+    assert len(keys(table_dir)) == 30 + 30 - deleted_before_crash * 5  # the double-visibility window
+
+    code, out = run(tmp_path)
+
+    assert code == 0, out
+    assert "leftover compaction finished" in out
+    assert keys(table_dir) == before
+    assert sorted(os.listdir(hour_dir)) == [doc["output"]]
+
+
+def test_a_run_killed_before_the_rename_is_rolled_back(tmp_path):
+    table_dir = build_lake(tmp_path, hours=(0,))
+    before = keys(table_dir)
+    hour_dir = table_dir / "date=2024-01-01/hour=00"
+    sources = visible(hour_dir)
+    m = lc.Manifest("20240101T020000Z-0badc0de", tuple(sources), 30)
+    m.write(hour_dir)
+    (hour_dir / m.temp).write_bytes(b"PAR1 half written")
+    (hour_dir / ".compaction-20240101T020500Z-12345678.json.tmp").write_text("{")  # killed while writing a manifest
+    (hour_dir / ".compacted-20240101T010000Z-87654321.parquet.tmp").write_bytes(b"orphan")  # no manifest
+
+    code, out = run(tmp_path)
+
+    assert code == 0, out
+    assert "leftover compaction rolled back" in out and out.count("leftover compaction removed orphan") == 2
+    assert keys(table_dir) == before
+    (name,) = os.listdir(hour_dir)
+    assert name.startswith("compacted-") and name != m.output
+
+
+def test_an_output_that_does_not_match_its_manifest_is_left_for_a_human(tmp_path):
+    table_dir = build_lake(tmp_path, hours=(0, 1))
+    hour_dir = table_dir / "date=2024-01-01/hour=00"
+    sources = visible(hour_dir)
+    m = lc.Manifest("20240101T020000Z-0badc0de", tuple(sources), 999)
+    m.write(hour_dir)
+    write_part(hour_dir, m.output, [("dev-00000", 1000, H0)])
+    before = snapshot(hour_dir)
+
+    code, out = run(tmp_path)
+
+    assert code == 1 and "does not match" in out
+    assert snapshot(hour_dir) == before  # sources kept, partition not compacted
+    assert len(visible(table_dir / "date=2024-01-01/hour=01")) == 1  # the others are
+
+
+# -- CLI ---------------------------------------------------------------------------------------
+@pytest.fixture
+def cli_lake(tmp_path, monkeypatch):
+    monkeypatch.setenv("FLEET_LAKE_DIR", str(tmp_path))
+    monkeypatch.delenv("FLEET_CONFIG_FILE", raising=False)
+    monkeypatch.setattr("fleet.logs.configure_logging", lambda *a, **k: None)
+    return build_lake(tmp_path)
+
+
+def test_cli_dry_run_and_compact(cli_lake, capsys):
+    from fleet.cli import main
+
+    before = snapshot(cli_lake)
+    assert main(["lake", "compact", "--dry-run"]) == 0
+    assert "(planned)" in capsys.readouterr().out and snapshot(cli_lake) == before
+    assert main(["lake", "compact", "--min-age", "90m", "--target-mb", "64"]) == 0
+    assert "total: 2 partition(s)" in capsys.readouterr().out
+    assert all(len(visible(d)) == 1 for d in cli_lake.glob("date=*/hour=*"))
+
+
+@pytest.mark.parametrize("args", [["--min-age", "soon"], ["--min-age", "-2h"], ["--target-mb", "0"],
+                                  ["--target-mb", "lots"], ["--bogus"]])
+def test_cli_bad_arguments_exit_2(cli_lake, args):
+    from fleet.cli import main
+
+    before = snapshot(cli_lake)
+    with pytest.raises(SystemExit) as exc:
+        main(["lake", "compact", *args])
+    assert exc.value.code == 2 and snapshot(cli_lake) == before
+
+
+# -- the API's cold reads ----------------------------------------------------------------------
+class _NoCassandra:
+    def prepare(self, cql):
+        return cql
+
+    def execute(self, *a, **k):  # pragma: no cover - cold days never touch Cassandra
+        raise AssertionError("Cassandra was queried")
+
+
+def test_telemetry_store_reads_the_same_points_after_compaction(tmp_path):
+    from fleet.domain.telemetry_query import TimeRange
+    from fleet.telemetry_store import TelemetryStore
+
+    build_lake(tmp_path)
+    store = TelemetryStore(_NoCassandra(), tmp_path, raw_ttl_days=30, rollup_ttl_days=30)
+    rng = TimeRange(H0, H0 + 2 * 3_600_000)
+    now_ms = H0 + 90 * 86_400_000  # the whole day is beyond the TTLs: read from the lake
+
+    def read():
+        pages = {d: store.points(d, rng, limit=1000, cursor=None, metrics=None, now_ms=now_ms)
+                 for d in ("dev-00000", "dev-00001", "dev-00002")}
+        minutes = store.minute_buckets("dev-00001", "temp", rng, now_ms=now_ms)
+        return pages, minutes
+
+    before = read()
+    assert sum(len(points) for points, _ in before[0].values()) == 60
+    assert run(tmp_path)[0] == 0
+    # a leftover of a killed run is not read either
+    (tmp_path / "telemetry/date=2024-01-01/hour=00/.compacted-20240101T000000Z-0badc0de.parquet.tmp").write_bytes(b"x")
+    pages, minutes = read()
+    assert pages == before[0]
+    # the same buckets; sums may differ in the last bit (rows are added up in another order)
+    assert [(b.start_ms, b.min, b.max, b.count) for b in minutes] == [(b.start_ms, b.min, b.max, b.count) for b in before[1]]
+    assert [b.sum for b in minutes] == pytest.approx([b.sum for b in before[1]])
