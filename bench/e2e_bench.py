@@ -385,6 +385,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--rates", default="1000,3000,5000", help="offered msg/s per stage")
     ap.add_argument("--stage-seconds", type=float, default=20.0)
+    ap.add_argument("--warmup-seconds", type=float, default=20.0, help="unreported load at the first rate first")
     ap.add_argument("--drain-seconds", type=float, default=90.0, help="max wait after a stage for stragglers")
     ap.add_argument("--devices", type=int, default=50)
     ap.add_argument("--driver", choices=("async", "c"), default="async",
@@ -432,6 +433,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         driver.start()
         probe.start()
+        if args.warmup_seconds > 0:
+            # A freshly started TaskManager or Cassandra runs interpreted for a while (JIT): warm
+            # the whole path at the first rate, unreported, then let the backlog drain.
+            print(f"warm-up: {args.warmup_seconds:.0f} s at {rates[0]:,.0f} msg/s (not reported) ...", file=sys.stderr)
+            driver.run(rates[0], args.warmup_seconds)
+            time.sleep(10)
         for rate in rates:
             print(f"stage {rate:,.0f} msg/s ...", file=sys.stderr)
             stage = run_stage(args, settings, rate, driver, probe, cass, lake, devices)
