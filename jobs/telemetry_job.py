@@ -98,7 +98,10 @@ class JobOptions:
     lake_part_mb: int = 128
     # The lake sink's parallelism: 1 writes one file per partition and checkpoint.
     lake_parallelism: int = 1
-    cassandra_max_in_flight: int = 512
+    # Requests (batches of up to 64 rows) in flight per Cassandra sink subtask. Each checkpoint
+    # waits for all of them, so the queue should not be deeper than Cassandra clears in well under
+    # a second (512 x 64 rows could take it seconds); 32-512 measured alike within this machine's noise.
+    cassandra_max_in_flight: int = 128
     # Rows per UNLOGGED batch request, at most (also kept under ~24 KiB; a partition's rows go
     # together; 1 = one request per row; see CassandraUpsertSink). 64 measured ~35% less Cassandra
     # CPU per row than 16.
