@@ -65,3 +65,26 @@ class Collector:
         for path in sorted(self.directory.glob(f"{name}-*.jsonl")):
             records += [json.loads(line) for line in path.read_text().splitlines() if line]
         return records
+
+
+class CollectingSinks:
+    """The telemetry job's sinks (jobs.telemetry_job.TelemetrySinks), each stream collected under
+    its own name: "points", "rollups", "gaps", "stats", "dead_letters"."""
+
+    def __init__(self, collector: Collector):
+        self.collector = collector
+
+    def points(self, stream: DataStream) -> None:
+        self.collector.sink(stream, "points")
+
+    def rollups(self, stream: DataStream) -> None:
+        self.collector.sink(stream, "rollups")
+
+    def gaps(self, stream: DataStream) -> None:
+        self.collector.sink(stream, "gaps")
+
+    def stats(self, stream: DataStream) -> None:
+        self.collector.sink(stream, "stats")
+
+    def dead_letters(self, stream: DataStream) -> None:
+        self.collector.sink(stream, "dead_letters")

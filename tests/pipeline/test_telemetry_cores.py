@@ -87,7 +87,7 @@ def outputs(tmp_path_factory):
     from fleet.domain.telemetry import TelemetryRules
     from fleet.settings import Settings
     from jobs.telemetry_job import JobOptions, build, envelopes
-    from tests.pipeline.collect import Collector
+    from tests.pipeline.collect import CollectingSinks, Collector
 
     def run(core: str) -> dict[str, list]:
         collector = Collector(tmp_path_factory.mktemp(f"cores-{core}"))
@@ -104,24 +104,8 @@ def outputs(tmp_path_factory):
         options = JobOptions(out_of_orderness_ms=24 * 3600 * 1000, core=core, rules=TelemetryRules(max_open_gaps=3))
         raw = env.from_collection(RECORDS, type_info=Types.STRING()).name("records")
 
-        class Sinks:
-            def points(self, ds):
-                collector.sink(ds, "points")
-
-            def rollups(self, ds):
-                collector.sink(ds, "rollups")
-
-            def gaps(self, ds):
-                collector.sink(ds, "gaps")
-
-            def stats(self, ds):
-                collector.sink(ds, "stats")
-
-            def dead_letters(self, ds):
-                collector.sink(ds, "dead_letters")
-
         settings = Settings.from_env({"FLEET_VAR_DIR": str(collector.directory)})
-        build(env, settings, envelopes(raw, options), Sinks(), options)
+        build(env, settings, envelopes(raw, options), CollectingSinks(collector), options)
         env.execute(f"telemetry-cores-{core}")
         return {name: [json.loads(text) for text in collector.read(name)]
                 for name in ("points", "rollups", "gaps", "stats", "dead_letters")}

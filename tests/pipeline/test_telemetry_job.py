@@ -108,7 +108,7 @@ def run_job(tmp_path_factory):
 
     from fleet.settings import Settings
     from jobs.telemetry_job import JobOptions, build, envelopes
-    from tests.pipeline.collect import Collector
+    from tests.pipeline.collect import CollectingSinks, Collector
 
     def run(core: str, parallelism: int) -> Collector:
         collector = Collector(tmp_path_factory.mktemp(f"telemetry-{core}-p{parallelism}"))
@@ -129,24 +129,8 @@ def run_job(tmp_path_factory):
         raw = env.from_collection(RECORDS, type_info=Types.STRING()).name("records")
         source = envelopes(raw, options)
 
-        class Sinks:
-            def points(self, ds):
-                collector.sink(ds, "points")
-
-            def rollups(self, ds):
-                collector.sink(ds, "rollups")
-
-            def gaps(self, ds):
-                collector.sink(ds, "gaps")
-
-            def stats(self, ds):
-                collector.sink(ds, "stats")
-
-            def dead_letters(self, ds):
-                collector.sink(ds, "dead_letters")
-
         settings = Settings.from_env({"FLEET_VAR_DIR": str(collector.directory)})
-        build(env, settings, source, Sinks(), options)
+        build(env, settings, source, CollectingSinks(collector), options)
         env.execute(f"telemetry-test-{core}-p{parallelism}")
         return collector
 

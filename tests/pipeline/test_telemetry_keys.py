@@ -31,7 +31,7 @@ def test_a_record_keyed_under_another_device_is_dead_lettered(tmp_path, core):
 
     from fleet.settings import Settings
     from jobs.telemetry_job import ENVELOPE_TYPE, JobOptions, build
-    from tests.pipeline.collect import Collector
+    from tests.pipeline.collect import CollectingSinks, Collector
 
     collector = Collector(tmp_path)
     config = Configuration()
@@ -47,23 +47,7 @@ def test_a_record_keyed_under_another_device_is_dead_lettered(tmp_path, core):
     timed = DataStream(rows._j_data_stream.assignTimestampsAndWatermarks(
         j.payloadTimeWatermarks(options.out_of_orderness_ms, options.idleness_ms)))
 
-    class Sinks:
-        def points(self, ds):
-            collector.sink(ds, "points")
-
-        def rollups(self, ds):
-            collector.sink(ds, "rollups")
-
-        def gaps(self, ds):
-            collector.sink(ds, "gaps")
-
-        def stats(self, ds):
-            collector.sink(ds, "stats")
-
-        def dead_letters(self, ds):
-            collector.sink(ds, "dead_letters")
-
-    build(env, Settings.from_env({"FLEET_VAR_DIR": str(tmp_path)}), timed, Sinks(), options)
+    build(env, Settings.from_env({"FLEET_VAR_DIR": str(tmp_path)}), timed, CollectingSinks(collector), options)
     env.execute(f"telemetry-keys-{core}")
 
     points = [json.loads(p) for p in collector.read("points")]
