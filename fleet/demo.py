@@ -26,7 +26,8 @@ def discover_jobs() -> list[Path]:
     return sorted(JOBS_DIR.glob("*_job.py"))
 
 
-def submit_jobs(settings: Settings, out=sys.stderr) -> None:
+def submit_jobs(settings: Settings, out=None) -> None:
+    out = out or sys.stderr
     from fleet.stack import flink
 
     running = {job["name"] for job in flink.list_jobs(settings) if job.get("state") in ("RUNNING", "CREATED",
@@ -63,7 +64,8 @@ def run_fleet(settings: Settings, devices: int, rate: float, duration: float) ->
     return subprocess.run(argv, env=settings_env(settings), cwd=PROJECT_ROOT).returncode
 
 
-def report(settings: Settings, before: dict[str, int], after: dict[str, int], out=sys.stdout) -> None:
+def report(settings: Settings, before: dict[str, int], after: dict[str, int], out=None) -> None:
+    out = out or sys.stdout
     out.write("\nWhat flowed (records added per Kafka topic):\n")
     for name in Kafka.ALL:
         delta = after.get(name, 0) - before.get(name, 0)
@@ -95,7 +97,8 @@ def demo_key(settings: Settings) -> str:
     return secret
 
 
-def print_try_it(settings: Settings, out=sys.stdout) -> None:
+def print_try_it(settings: Settings, out=None) -> None:
+    out = out or sys.stdout
     key = demo_key(settings)
     base = f"http://{settings.api_host}:{settings.api_port}"
     out.write(f"\nTry the API (a read-only key made for this demo; admin keys: 'fleet admin bootstrap'):\n"

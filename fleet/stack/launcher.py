@@ -59,9 +59,12 @@ def available_memory_mib() -> int:
 class Progress:
     """One line per step; on a terminal, a live elapsed-seconds counter."""
 
-    out: TextIO = sys.stderr
+    # Resolved when a Progress is made, not when this module is imported: sys.stderr may be
+    # swapped in between (pytest's capture, a redirected CLI), and an old one may be closed.
+    out: TextIO | None = None
 
     def __post_init__(self):
+        self.out = self.out or sys.stderr
         self.tty = self.out.isatty()
         self._last_print = 0.0
 
@@ -184,7 +187,8 @@ def log_files(settings: Settings, name: str | None) -> list[Path]:
     return [f for f in files if f.exists()]
 
 
-def print_endpoints(components, out: TextIO = sys.stdout) -> None:
+def print_endpoints(components, out: TextIO | None = None) -> None:
+    out = out or sys.stdout
     for c in components:
         for label, where in c.endpoints().items():
             out.write(f"  {c.name:<10} {label:<18} {where}\n")
@@ -192,7 +196,8 @@ def print_endpoints(components, out: TextIO = sys.stdout) -> None:
             out.write(f"  {c.name:<10} {'log':<18} {log}\n")
 
 
-def print_log_tails(settings: Settings, names: list[str], lines: int = 20, out: TextIO = sys.stderr) -> None:
+def print_log_tails(settings: Settings, names: list[str], lines: int = 20, out: TextIO | None = None) -> None:
+    out = out or sys.stderr
     for path in log_files(settings, None):
         if any(path.name.startswith(n) for n in names):
             out.write(f"--- {path} ---\n{tail(path, lines)}\n")
