@@ -132,7 +132,7 @@ def get_aggregate(device_id: str, principal: Viewer, onboarding: OnboardingDep, 
         check_bucket_count(rng, bucket_ms)
     except QueryError as exc:
         _bad_request(exc)
-    merged = rebucket(store.minute_buckets(device_id, metric, rng, now_ms=now), bucket_ms)
+    merged = rebucket(store.rollup_buckets(device_id, metric, rng, now_ms=now, bucket_ms=bucket_ms), bucket_ms)
     return Aggregate(device_id=device_id, metric=metric, bucket=bucket, functions=list(functions),
                      buckets=[BucketOut(start=b.start_ms, values={f: b.value(f) for f in functions})
                               for b in merged])

@@ -142,6 +142,35 @@ def test_aggregate_rebuckets_rollups_hand_computed(client, cassandra, keys, devi
     ]
 
 
+def test_coarse_buckets_are_grouped_by_cassandra_hand_computed(client, cassandra, keys, device):
+    # Hourly and daily buckets are pre-aggregated per day partition by Cassandra (GROUP BY floor);
+    # a range starting mid-hour counts only the minutes inside it, across a day boundary.
+    day0 = int(dt.datetime.combine(_dt(NOW).date() - dt.timedelta(days=1), dt.time(0, 0), UTC).timestamp() * 1000)
+    stmt = cassandra.prepare("INSERT INTO telemetry_rollup_1m (device_id, day, metric, bucket_start, min, max, avg, "
+                             "sum, count) VALUES (?, ?, 't', ?, ?, ?, ?, ?, ?)")
+    for offset, (mn, mx, sm, n) in {-2: (100.0, 100.0, 100.0, 1), -1: (1.0, 3.0, 4.0, 2), 0: (0.5, 2.0, 2.5, 2),
+                                    1: (5.0, 5.0, 5.0, 1), 90: (7.0, 9.0, 16.0, 2)}.items():
+        start = day0 + offset * MIN
+        cassandra.execute(stmt, (device, _dt(start).date(), _dt(start), mn, mx, sm / n, sm, n))
+
+    def buckets(bucket):
+        r = client.get(f"/v1/devices/{device}/telemetry/aggregate", headers=keys.viewer,
+                       params={"metric": "t", "from": day0 - MIN, "to": day0 + 2 * 3_600_000, "bucket": bucket,
+                               "fn": "sum,min,max,count"})
+        assert r.status_code == 200, r.text
+        return r.json()["buckets"]
+
+    assert buckets("1h") == [
+        {"start": day0 - 3_600_000, "values": {"sum": 4.0, "min": 1.0, "max": 3.0, "count": 2}},
+        {"start": day0, "values": {"sum": 7.5, "min": 0.5, "max": 5.0, "count": 3}},
+        {"start": day0 + 3_600_000, "values": {"sum": 16.0, "min": 7.0, "max": 9.0, "count": 2}},
+    ]
+    assert buckets("1d") == [
+        {"start": day0 - 86_400_000, "values": {"sum": 4.0, "min": 1.0, "max": 3.0, "count": 2}},
+        {"start": day0, "values": {"sum": 23.5, "min": 0.5, "max": 9.0, "count": 5}},
+    ]
+
+
 def test_gap_report(client, cassandra, keys, device):
     cassandra.execute("INSERT INTO telemetry_gaps (device_id, first_seq, last_seq, missing, after_ts, before_ts, status) "
                       "VALUES (%s, 5, 7, 3, %s, %s, 'lost')", (device, _dt(NOW - MIN), _dt(NOW)))

@@ -430,7 +430,7 @@ def test_telemetry_store_reads_the_same_points_after_compaction(tmp_path):
     def read():
         pages = {d: store.points(d, rng, limit=1000, cursor=None, metrics=None, now_ms=now_ms)
                  for d in ("dev-00000", "dev-00001", "dev-00002")}
-        minutes = store.minute_buckets("dev-00001", "temp", rng, now_ms=now_ms)
+        minutes = store.rollup_buckets("dev-00001", "temp", rng, now_ms=now_ms)
         return pages, minutes
 
     before = read()
