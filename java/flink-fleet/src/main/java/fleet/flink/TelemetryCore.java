@@ -180,60 +180,60 @@ public class TelemetryCore extends KeyedProcessFunction<Row, Row, String> implem
     }
 
     private void emit(String deviceId, DeviceState state, Step step, Context ctx) {
-        try {
-            for (Rollup r : step.rollups) {
-                StringWriter text = new StringWriter(160);
-                try (JsonGenerator g = TelemetryEnvelope.generator(text)) {
-                    g.writeStartObject();
-                    g.writeStringField("device_id", deviceId);
-                    g.writeNumberField("bucket_start", r.bucketStart);
-                    g.writeStringField("metric", r.metric);
-                    number(g, "min", r.min);
-                    number(g, "max", r.max);
-                    number(g, "avg", r.avg());
-                    number(g, "sum", r.sum);
-                    g.writeNumberField("count", r.count);
-                    g.writeEndObject();
-                }
-                ctx.output(ROLLUPS, text.toString());
+        for (Rollup r : step.rollups) {
+            output(ctx, ROLLUPS, deviceId, g -> {
+                g.writeNumberField("bucket_start", r.bucketStart);
+                g.writeStringField("metric", r.metric);
+                number(g, "min", r.min);
+                number(g, "max", r.max);
+                number(g, "avg", r.avg());
+                number(g, "sum", r.sum);
+                g.writeNumberField("count", r.count);
+            });
+        }
+        for (GapReport gap : step.gaps) {
+            if (TelemetryRules.GAP_LOST.equals(gap.status)) {
+                gapsLost.inc();
+                recordsLost.inc(gap.missing);
             }
-            for (GapReport gap : step.gaps) {
-                if (TelemetryRules.GAP_LOST.equals(gap.status)) {
-                    gapsLost.inc();
-                    recordsLost.inc(gap.missing);
-                }
-                StringWriter text = new StringWriter(160);
-                try (JsonGenerator g = TelemetryEnvelope.generator(text)) {
-                    g.writeStartObject();
-                    g.writeStringField("device_id", deviceId);
-                    g.writeNumberField("first_seq", gap.firstSeq);
-                    g.writeNumberField("last_seq", gap.lastSeq);
-                    g.writeNumberField("missing", gap.missing);
-                    g.writeNumberField("after_ts", gap.afterTs);
-                    g.writeNumberField("before_ts", gap.beforeTs);
-                    g.writeStringField("status", gap.status);
-                    g.writeEndObject();
-                }
-                ctx.output(GAPS, text.toString());
-            }
-            if (step.statsChanged) {
-                StringWriter text = new StringWriter(160);
-                try (JsonGenerator g = TelemetryEnvelope.generator(text)) {
-                    g.writeStartObject();
-                    g.writeStringField("device_id", deviceId);
-                    g.writeNumberField("max_seq", state.maxSeq);
-                    g.writeNumberField("last_ts", state.clock);
-                    g.writeNumberField("received", state.received);
-                    g.writeNumberField("duplicates", state.duplicates);
-                    g.writeNumberField("late", state.late);
-                    g.writeNumberField("lost", state.lost);
-                    g.writeEndObject();
-                }
-                ctx.output(STATS, text.toString());
-            }
+            output(ctx, GAPS, deviceId, g -> {
+                g.writeNumberField("first_seq", gap.firstSeq);
+                g.writeNumberField("last_seq", gap.lastSeq);
+                g.writeNumberField("missing", gap.missing);
+                g.writeNumberField("after_ts", gap.afterTs);
+                g.writeNumberField("before_ts", gap.beforeTs);
+                g.writeStringField("status", gap.status);
+            });
+        }
+        if (step.statsChanged) {
+            output(ctx, STATS, deviceId, g -> {
+                g.writeNumberField("max_seq", state.maxSeq);
+                g.writeNumberField("last_ts", state.clock);
+                g.writeNumberField("received", state.received);
+                g.writeNumberField("duplicates", state.duplicates);
+                g.writeNumberField("late", state.late);
+                g.writeNumberField("lost", state.lost);
+            });
+        }
+    }
+
+    /** The fields of one side-output JSON object, after its device_id. */
+    private interface Fields {
+        void write(JsonGenerator g) throws IOException;
+    }
+
+    /** {"device_id": ..., <fields>} as JSON text to a side output. */
+    private static void output(Context ctx, OutputTag<String> tag, String deviceId, Fields fields) {
+        StringWriter text = new StringWriter(160);
+        try (JsonGenerator g = TelemetryEnvelope.generator(text)) {
+            g.writeStartObject();
+            g.writeStringField("device_id", deviceId);
+            fields.write(g);
+            g.writeEndObject();
         } catch (IOException e) {
             throw new UncheckedIOException(e);
         }
+        ctx.output(tag, text.toString());
     }
 
     /** A double as orjson writes one: null when not finite (a sum of huge values can overflow). */
