@@ -88,10 +88,10 @@ class AsyncDriver:
 
     async def _connect_all(self) -> None:
         await asyncio.gather(*(self._connect(d) for d in self.devices))
-        refused = [d.identity.device_id for d in self.devices if d.error]
+        refused = [d for d in self.devices if d.error]
         if refused:
-            raise SystemExit(f"{len(refused)} devices could not connect, e.g. {refused[0]}: "
-                             f"{self.devices[0].error if self.devices[0].error else ''}")
+            raise SystemExit(f"{len(refused)} devices could not connect, e.g. {refused[0].identity.device_id}: "
+                             f"{refused[0].error}")
 
     async def _connect(self, d: _Device) -> None:
         s, ident = self.settings, d.identity
