@@ -47,7 +47,6 @@ sys.path.insert(0, str(PROJECT_ROOT))
 sys.path.insert(0, str(PROJECT_ROOT / "bench"))
 
 import httpx  # noqa: E402
-import pyarrow.dataset as pads  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
 
 from bridge_bench import CDriver, broker_pid, cpu_seconds, percentile  # noqa: E402

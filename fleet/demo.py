@@ -73,13 +73,10 @@ def report(settings: Settings, before: dict[str, int], after: dict[str, int], ou
             out.write(f"  {settings.topic(name):<28} {delta:>10,}\n")
     lake = settings.lake_path / "telemetry"
     if lake.exists():
-        files = list(lake.rglob("*.parquet"))
-        rows = 0
-        if files:
-            import pyarrow.dataset as ds
+        from fleet.lake import telemetry_dataset
 
-            rows = ds.dataset(str(lake), format="parquet", partitioning="hive",
-                              ignore_prefixes=[".", "_"]).count_rows()
+        files = list(lake.rglob("*.parquet"))
+        rows = telemetry_dataset(lake).count_rows()
         out.write(f"\nParquet lake: {rows:,} rows in {len(files)} files under {lake}\n")
 
 

@@ -103,12 +103,12 @@ class TelemetryStore:
     def _lake_table(self, device_id: str, day: dt.date, columns: list[str]):
         import pyarrow.dataset as ds
 
+        from fleet.lake import telemetry_dataset
+
         part = self.lake / f"date={day.isoformat()}"
         if not part.exists():
             return None
-        dataset = ds.dataset(str(part), format="parquet", partitioning="hive",
-                             exclude_invalid_files=True, ignore_prefixes=[".", "_"])
-        return dataset.to_table(columns=columns, filter=ds.field("device_id") == device_id)
+        return telemetry_dataset(part).to_table(columns=columns, filter=ds.field("device_id") == device_id)
 
     def _cold_points(self, device_id, day, start_ms, upper, limit) -> list[Point]:
         table = self._lake_table(device_id, day, ["ts", "seq", "ingest_ts", "metrics", "attrs"])

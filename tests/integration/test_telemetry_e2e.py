@@ -19,6 +19,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from device.agent import AgentConfig, DeviceAgent, now_ms
+from fleet.lake import telemetry_dataset
 
 pytestmark = pytest.mark.integration
 
@@ -146,7 +147,7 @@ def test_the_lake_holds_every_device_seq_exactly_once(stack, sent, api, viewer):
         root = stack.lake_path / "telemetry"
         if not root.exists():
             return False, "no lake yet"
-        table = ds.dataset(str(root), format="parquet", partitioning="hive", ignore_prefixes=[".", "_"]) \
+        table = telemetry_dataset(root) \
             .to_table(columns=["device_id", "seq", "ts", "metrics"], filter=ds.field("device_id").isin(list(devices)))
         rows = table.to_pylist()
         return len(rows) >= expected, rows

@@ -16,6 +16,7 @@ import pyarrow.dataset as ds
 import pytest
 
 from device.simulator import GENERATORS, run_worker
+from fleet.lake import telemetry_dataset
 from fleet.stack import flink
 from fleet.stack.apps import BridgeComponent
 
@@ -40,7 +41,7 @@ def lake_keys(settings, devices: set[str]) -> list[tuple[str, int]]:
     root = settings.lake_path / "telemetry"
     if not root.exists():
         return []
-    table = ds.dataset(str(root), format="parquet", partitioning="hive", ignore_prefixes=[".", "_"]) \
+    table = telemetry_dataset(root) \
         .to_table(columns=["device_id", "seq"], filter=ds.field("device_id").isin(sorted(devices)))
     return list(zip(table.column("device_id").to_pylist(), table.column("seq").to_pylist()))
 
