@@ -24,10 +24,19 @@ def running(settings: Settings, names: list[str]) -> Iterator[Settings]:
         launcher.up(settings, names)
     except (StackError, ImportError) as exc:
         # Stop what this attempt did start, so a failed start leaves no stray services behind.
-        launcher.down(settings, [n for n in names if n not in already])
+        _stop(settings, [n for n in names if n not in already])
         if IN_CI:
             pytest.fail(f"{', '.join(names)} did not start under CI: {exc}")
         pytest.skip(f"no local stack ({exc})")
     yield settings
     if os.environ.get("FLEET_TEST_KEEP_STACK") != "1":
-        launcher.down(settings, [n for n in names if n not in already])
+        _stop(settings, [n for n in names if n not in already])
+
+
+def _stop(settings: Settings, names: list[str]) -> None:
+    """Stop exactly ``names``: the launcher reads an empty list as "everything", which would take
+    down a developer's stack that was already running before the tests."""
+    from fleet.stack import launcher
+
+    if names:
+        launcher.down(settings, names)
