@@ -27,6 +27,10 @@ class BridgeMetrics:
         self.acked = Counter("fleet_bridge_acked", "PUBACKs sent to the broker after Kafka confirmed", registry=r)
         self.inflight = Gauge("fleet_bridge_inflight", "Messages received, not yet confirmed by Kafka", registry=r)
         self.mqtt_connected = Gauge("fleet_bridge_mqtt_connected", "1 while connected to the broker", registry=r)
+        self.broker_dropped = Gauge(
+            "fleet_broker_publish_dropped", "Messages the broker dropped since it started because a session's "
+            "queue was full ($SYS/broker/publish/messages/dropped, broker-wide); lost after the device's PUBACK",
+            registry=r)
         self.produce_latency = Histogram(
             "fleet_bridge_produce_latency_seconds", "From producer.send to Kafka's acknowledgement",
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10), registry=r)

@@ -55,6 +55,10 @@ STUCK_AFTER_S = 30.0  # /health turns 503 when records wait longer than this for
 # e.g. the idempotent producer's sequence state broken), the producer is replaced.
 REPLACE_PRODUCER_AFTER_S = 150.0
 WATCHDOG_INTERVAL_S = 5.0
+# Mosquitto's count of messages dropped because a session's queue (max_queued_messages) was full,
+# published every sys_interval (10 s). Such a drop happens after the device had its PUBACK, so it
+# is the one loss the bridge cannot prevent: it can only make it loud (metric + error log).
+BROKER_DROPPED_TOPIC = "$SYS/broker/publish/messages/dropped"
 # While records are in flight the loop wakes at least this often to collect delivery reports.
 DELIVERY_POLL_S = 0.002
 
@@ -120,6 +124,7 @@ class UplinkBridge:
         self._epoch = 0  # bumped whenever the producer is replaced
         self._inflight = 0
         self._acks: list[int] = []  # confirmed in this loop iteration, PUBACKed together
+        self._broker_dropped: int | None = None
         self._last_progress = time.monotonic()
         self._backoff = 0.5
         self._reconnect_timer = None
@@ -145,6 +150,7 @@ class UplinkBridge:
         c.on_disconnect = self._on_disconnect
         c.on_message = self._on_message
         c.on_subscribe = self._on_subscribe
+        c.message_callback_add(BROKER_DROPPED_TOPIC, self._on_broker_dropped)
         self.loop.attach(c)
         return c
 
@@ -216,7 +222,8 @@ class UplinkBridge:
             client.unsubscribe(shared_filters(self.settings.bridge_share_group))
         else:
             opts = SubscribeOptions(qos=1)
-            client.subscribe([(f, opts) for f in shared_filters(self.settings.bridge_share_group)])
+            client.subscribe([(f, opts) for f in shared_filters(self.settings.bridge_share_group)]
+                             + [(BROKER_DROPPED_TOPIC, SubscribeOptions(qos=0))])
         log.info("connected to MQTT", extra=log_fields(session_present=flags.session_present, generation=self._gen))
 
     def _on_subscribe(self, client, userdata, mid, reason_codes, properties) -> None:
@@ -231,6 +238,19 @@ class UplinkBridge:
         if not self._stopping:
             log.warning("MQTT connection lost", extra=log_fields(reason=str(reason_code)))
             self._schedule_reconnect()
+
+    def _on_broker_dropped(self, client, userdata, msg: mqtt.MQTTMessage) -> None:
+        try:
+            total = int(msg.payload)
+        except ValueError:
+            return
+        previous, self._broker_dropped = self._broker_dropped, total
+        self.metrics.broker_dropped.set(total)
+        if total > (previous if previous is not None else 0):
+            log.error("the broker dropped messages after acknowledging them to devices: a session queue was full "
+                      "(raise max_queued_messages / FLEET_MQTT_MAX_QUEUED, or add bridge capacity)",
+                      extra=log_fields(dropped=total - (previous or 0), broker_total=total,
+                                       since="broker start" if previous is None else "last report"))
 
     # -- the hot path (loop thread) ---------------------------------------------------------
     def _on_message(self, client, userdata, msg: mqtt.MQTTMessage) -> None:
@@ -351,7 +371,9 @@ class UplinkBridge:
         kafka_ok = self._kafka_reachable() and not stuck
         ok = mqtt_ok and kafka_ok and self._accepting
         return ok, {"status": "ok" if ok else "unavailable", "client_id": self.client_id, "mqtt_connected": mqtt_ok,
-                    "kafka_reachable": kafka_ok, "inflight": inflight, "accepting": self._accepting}
+                    "kafka_reachable": kafka_ok, "inflight": inflight, "accepting": self._accepting,
+                    # None until the broker's first $SYS report (every 10 s); see BROKER_DROPPED_TOPIC.
+                    "broker_dropped": self._broker_dropped}
 
     # -- shutdown ---------------------------------------------------------------------------
     def retire_when_idle(self, idle: float = 3.0, timeout: float = 300.0) -> bool:

@@ -236,3 +236,20 @@ def test_a_device_the_registry_does_not_list_is_dead_lettered(stack: Settings, t
     leaked = read_json(stack, stack.topic(Kafka.TELEMETRY), starts[Kafka.TELEMETRY],
                        keep=lambda v: v["device_id"] == device_id, until=lambda recs: False, timeout=3)
     assert leaked == []
+
+
+def test_the_bridge_watches_the_brokers_drop_counter(stack: Settings):
+    """Mosquitto drops a message for a full session queue after the device had its PUBACK: the
+    bridge reads the broker's count ($SYS, every 10 s; the services ACL must allow it) so the loss
+    is visible in its /health and /metrics."""
+    base = f"http://127.0.0.1:{stack.bridge_metrics_port}"
+    deadline = time.monotonic() + 25
+    dropped = None
+    while dropped is None and time.monotonic() < deadline:
+        with urllib.request.urlopen(f"{base}/health", timeout=2) as r:
+            dropped = json.load(r).get("broker_dropped")
+        time.sleep(0.5)
+    assert isinstance(dropped, int) and dropped >= 0, "no $SYS report reached the bridge in 25 s"
+    with urllib.request.urlopen(f"{base}/metrics", timeout=2) as r:
+        metrics = r.read().decode()
+    assert f"fleet_broker_publish_dropped {float(dropped)}" in metrics
