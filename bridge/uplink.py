@@ -56,8 +56,9 @@ STUCK_AFTER_S = 30.0  # /health turns 503 when records wait longer than this for
 REPLACE_PRODUCER_AFTER_S = 150.0
 WATCHDOG_INTERVAL_S = 5.0
 # Mosquitto's count of messages dropped because a session's queue (max_queued_messages) was full,
-# published every sys_interval (10 s). Such a drop happens after the device had its PUBACK, so it
-# is the one loss the bridge cannot prevent: it can only make it loud (metric + error log).
+# published (retained) at most every sys_interval (10 s), and only once it is non-zero. Such a drop
+# happens after the device had its PUBACK, so it is the one loss the bridge cannot prevent: it can
+# only make it loud (metric + error log).
 BROKER_DROPPED_TOPIC = "$SYS/broker/publish/messages/dropped"
 # While records are in flight the loop wakes at least this often to collect delivery reports.
 DELIVERY_POLL_S = 0.002
@@ -124,7 +125,7 @@ class UplinkBridge:
         self._epoch = 0  # bumped whenever the producer is replaced
         self._inflight = 0
         self._acks: list[int] = []  # confirmed in this loop iteration, PUBACKed together
-        self._broker_dropped: int | None = None
+        self._broker_dropped: int | None = None  # None: no report yet (the broker dropped nothing)
         self._last_progress = time.monotonic()
         self._backoff = 0.5
         self._reconnect_timer = None
@@ -246,11 +247,15 @@ class UplinkBridge:
             return
         previous, self._broker_dropped = self._broker_dropped, total
         self.metrics.broker_dropped.set(total)
-        if total > (previous if previous is not None else 0):
+        if previous is None and total:
+            # The first report is the retained value: drops since the broker started, or a stale
+            # count kept in the broker's store across a restart.
+            log.warning("the broker reports messages it dropped because a session queue was full",
+                        extra=log_fields(broker_total=total))
+        elif previous is not None and total > previous:
             log.error("the broker dropped messages after acknowledging them to devices: a session queue was full "
                       "(raise max_queued_messages / FLEET_MQTT_MAX_QUEUED, or add bridge capacity)",
-                      extra=log_fields(dropped=total - (previous or 0), broker_total=total,
-                                       since="broker start" if previous is None else "last report"))
+                      extra=log_fields(dropped=total - previous, broker_total=total))
 
     # -- the hot path (loop thread) ---------------------------------------------------------
     def _on_message(self, client, userdata, msg: mqtt.MQTTMessage) -> None:
@@ -372,8 +377,8 @@ class UplinkBridge:
         ok = mqtt_ok and kafka_ok and self._accepting
         return ok, {"status": "ok" if ok else "unavailable", "client_id": self.client_id, "mqtt_connected": mqtt_ok,
                     "kafka_reachable": kafka_ok, "inflight": inflight, "accepting": self._accepting,
-                    # None until the broker's first $SYS report (every 10 s); see BROKER_DROPPED_TOPIC.
-                    "broker_dropped": self._broker_dropped}
+                    # The broker reports only a non-zero count; see BROKER_DROPPED_TOPIC.
+                    "broker_dropped": self._broker_dropped or 0}
 
     # -- shutdown ---------------------------------------------------------------------------
     def retire_when_idle(self, idle: float = 3.0, timeout: float = 300.0) -> bool:

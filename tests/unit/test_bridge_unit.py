@@ -195,3 +195,18 @@ def test_inactive_devices_are_dead_lettered_and_an_unanswerable_check_is_not_ack
     bridge.active_check = unreachable
     on_loop(bridge, bridge._on_message, None, None, message(52))
     assert len(bridge._producer.sent) == 1 and bridge.client.disconnects == 1 and bridge.client.acks == []
+
+
+def test_the_brokers_drop_count_is_exported_and_a_rise_is_an_error(bridge, caplog):
+    def report(payload: bytes):
+        bridge._on_broker_dropped(None, None, SimpleNamespace(topic=uplink.BROKER_DROPPED_TOPIC, payload=payload))
+
+    assert bridge.health()[1]["broker_dropped"] == 0  # the broker reports only a non-zero count
+    with caplog.at_level("WARNING", logger="bridge"):
+        report(b"7")  # the retained value: before this bridge connected
+        report(b"7")
+        report(b"not a number")
+        report(b"19")
+    assert [(r.levelname, r.fields.get("dropped")) for r in caplog.records] == [("WARNING", None), ("ERROR", 12)]
+    assert bridge.health()[1]["broker_dropped"] == 19
+    assert bridge.metrics.value("fleet_broker_publish_dropped") == 19
