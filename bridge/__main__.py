@@ -11,10 +11,38 @@ import logging
 import signal
 import sys
 import threading
+from typing import Callable
 
 from bridge.uplink import UplinkBridge
 from fleet.logs import configure_logging, log_fields
 from fleet.settings import Settings
+
+
+def start_active_check(settings: Settings, stop: threading.Event) -> Callable[[str], bool]:
+    """The registry check (fleet.active_devices): the blocked set re-read every
+    ``registry_cache_ttl_s`` on its own thread, per-device lookups refreshed on a worker thread,
+    so the MQTT loop waits on the registry only for a device it has never seen."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from fleet.active_devices import ActiveDeviceCheck, BlockedDevices
+    from fleet.db import CassandraSessions
+
+    session = CassandraSessions(settings).get()
+    refresher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="registry-refresh")
+    check = ActiveDeviceCheck(session, ttl_s=settings.registry_known_ttl_s, background=refresher.submit,
+                              blocked=BlockedDevices(session))
+    check.refresh_blocked()  # before the first message; an unreachable registry fails the start
+
+    def keep_current() -> None:
+        while not stop.wait(settings.registry_cache_ttl_s):
+            try:
+                check.refresh_blocked()
+            except Exception as exc:  # noqa: BLE001 - keep the last set; the broker cuts devices off anyway
+                logging.getLogger("bridge").warning("could not re-read the blocked devices",
+                                                    extra=log_fields(error=str(exc)))
+
+    threading.Thread(target=keep_current, name="registry-blocked", daemon=True).start()
+    return check.is_active
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -44,15 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         active_check = None
         if settings.bridge_require_active if args.require_active is None else args.require_active:
-            from concurrent.futures import ThreadPoolExecutor
-
-            from fleet.db import CassandraSessions
-            from fleet.registry import ActiveDeviceCheck
-
-            # Refreshes of known devices run on a worker thread, off the MQTT loop.
-            refresher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="registry-refresh")
-            active_check = ActiveDeviceCheck(CassandraSessions(settings).get(), ttl_s=settings.registry_cache_ttl_s,
-                                             background=refresher.submit).is_active
+            active_check = start_active_check(settings, stop)
         bridge = UplinkBridge(settings, instance=args.instance, retire=args.retire, active_check=active_check)
         bridge.start()
     except Exception as exc:

@@ -110,7 +110,7 @@ class UplinkBridge:
         self.client_id = f"{settings.bridge_client_id}-{instance}"
         self.metrics = BridgeMetrics()
         self.validators = validators or default_validators()
-        # Registry check (fleet.registry.ActiveDeviceCheck.is_active): inactive -> dead letter.
+        # Registry check (fleet.active_devices.ActiveDeviceCheck.is_active): inactive -> dead letter.
         self.active_check = active_check
         self.loop = MqttLoop(name="bridge-mqtt")
         self.http_host = http_host

@@ -1,5 +1,6 @@
 """The device registry in Cassandra (tables in schemas/cql/001_registry.cql): the source of truth
-for who may talk to the platform, plus the bridge's cached "is this device active?" check.
+for who may talk to the platform. The bridge's "is this device active?" check is in
+fleet.active_devices.
 
 ``devices`` holds one row per device; ``devices_by_status`` and ``devices_by_group`` are kept in
 step in the same logged batch, so a list by status or group reads one partition.
@@ -8,10 +9,6 @@ step in the same logged batch, so a list by status or group reads one partition.
 from __future__ import annotations
 
 import datetime as dt
-import logging
-import threading
-import time
-from typing import Callable
 
 from cassandra.query import BatchStatement, BatchType
 
@@ -23,7 +20,6 @@ _COLUMNS = ("device_id, status, device_type, cert_fingerprint, cert_serial, meta
 _SCAN_CHUNK = 200
 _MAX_SCANNED = 20000
 
-log = logging.getLogger(__name__)
 
 
 def _utc(value: dt.datetime | None) -> dt.datetime | None:
@@ -162,84 +158,3 @@ class DeviceRegistry:
         else:
             rows = self.session.execute(self._scan_after, (after, _SCAN_CHUNK))
         return [(r.device_id, _device(r)) for r in rows]
-
-
-class ActiveDeviceCheck:
-    """``is_active(device_id)``: may this device's messages enter the pipeline?
-
-    For the bridge: answers from a per-device cache for ``ttl_s`` seconds, so a busy device costs
-    one registry read per TTL and a disabled device is dropped about ``ttl_s`` after the change
-    (the broker has cut it off within milliseconds already; this is defence in depth).
-    Unknown devices count as not active. Thread-safe.
-
-    With ``background`` (a function that runs a task elsewhere, e.g. an executor's ``submit``),
-    an expired answer is served once more while a refresh runs off the caller's thread: the
-    bridge's MQTT loop then blocks on the registry only for a device it has never seen, instead
-    of once per device and TTL.
-    """
-
-    def __init__(self, session=None, ttl_s: float = 2.0, *, lookup: Callable[[str], str | None] | None = None,
-                 clock: Callable[[], float] = time.monotonic, max_entries: int = 200_000,
-                 background: Callable[[Callable[[], None]], object] | None = None):
-        if lookup is None:
-            if session is None:
-                raise ValueError("ActiveDeviceCheck needs a Cassandra session or a lookup function")
-            statement = session.prepare("SELECT status FROM devices WHERE device_id = ?")
-
-            def lookup(device_id: str) -> str | None:
-                row = session.execute(statement, (device_id,)).one()
-                return row.status if row else None
-
-        self._lookup = lookup
-        self.ttl_s = ttl_s
-        self._clock = clock
-        self._max = max_entries
-        self._cache: dict[str, tuple[bool, float]] = {}
-        self._lock = threading.Lock()
-        self._background = background
-        self._refreshing: set[str] = set()
-
-    def is_active(self, device_id: str) -> bool:
-        """Raises what the lookup raises (e.g. Cassandra unavailable) only without a previous answer."""
-        now = self._clock()
-        hit = self._cache.get(device_id)
-        if hit is not None and hit[1] > now:
-            return hit[0]
-        if hit is not None and self._background is not None:
-            with self._lock:
-                start = device_id not in self._refreshing
-                self._refreshing.add(device_id)
-            if start:
-                self._background(lambda: self._refresh(device_id))
-            return hit[0]
-        try:
-            return self._fetch(device_id, now)
-        except Exception:
-            if hit is None:
-                raise
-            # The registry is briefly unreachable: the last answer beats stopping the pipeline.
-            return hit[0]
-
-    def _fetch(self, device_id: str, now: float) -> bool:
-        active = self._lookup(device_id) == DeviceStatus.active.value
-        with self._lock:
-            if len(self._cache) >= self._max:
-                self._cache.clear()  # crude bound; a miss only costs one read
-            self._cache[device_id] = (active, now + self.ttl_s)
-        return active
-
-    def _refresh(self, device_id: str) -> None:
-        try:
-            self._fetch(device_id, self._clock())
-        except Exception:  # noqa: BLE001 - unreachable registry: keep serving the last answer
-            log.warning("registry lookup failed; keeping the last answer", extra={"device_id": device_id})
-        finally:
-            with self._lock:
-                self._refreshing.discard(device_id)
-
-    def invalidate(self, device_id: str | None = None) -> None:
-        with self._lock:
-            if device_id is None:
-                self._cache.clear()
-            else:
-                self._cache.pop(device_id, None)

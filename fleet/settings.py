@@ -74,8 +74,11 @@ class Settings:
     provisioning_webhook_timeout_s: int = 5
     # How often the API revokes rotated certificates whose grace period is over (0 = never).
     revocation_interval_s: int = 5
-    # How long the bridge may trust a cached "device is active" answer.
+    # How often the bridge re-reads the devices that are not active (a status change reaches it
+    # within this), and how long it trusts that the registry lists a device (catches deletions;
+    # the broker has cut a deleted device off already). See fleet/active_devices.py.
     registry_cache_ttl_s: int = 2
+    registry_known_ttl_s: int = 300
 
     # Flink
     flink_rest_port: int = 8081

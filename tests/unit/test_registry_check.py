@@ -1,8 +1,8 @@
-"""The bridge's 'is this device active?' check: cached per device for a short TTL."""
+"""The bridge's 'is this device active?' check: cached per device, plus the blocked set."""
 
 import pytest
 
-from fleet.registry import ActiveDeviceCheck
+from fleet.active_devices import BLOCKED_STATUSES, ActiveDeviceCheck, BlockedDevices
 
 
 class Clock:
@@ -100,3 +100,49 @@ def test_a_failed_background_refresh_keeps_the_last_answer_and_tries_again(world
     assert check.is_active("on")
     tasks.pop()()                          # fails quietly
     assert check.is_active("on") and len(tasks) == 1  # still stale, so a new refresh is queued
+
+
+@pytest.fixture
+def gated(world):
+    """The bridge's set-up: a long per-device TTL, status changes through the blocked set."""
+    statuses, calls, clock, _ = world
+    blocked = BlockedDevices(list_blocked=lambda: {d for d, s in statuses.items() if s != "active"})
+    check = ActiveDeviceCheck(lookup=lambda d: (calls.append(d), statuses.get(d))[1], ttl_s=300.0, clock=clock,
+                              blocked=blocked)
+    check.refresh_blocked()
+    return statuses, calls, clock, check
+
+
+def test_blocked_devices_are_refused_without_a_lookup(gated):
+    statuses, calls, clock, check = gated
+    assert not check.is_active("off") and not check.is_active("gone")
+    assert calls == []
+    assert BLOCKED_STATUSES == ("disabled", "revoked")
+
+
+def test_a_status_change_is_seen_at_the_next_blocked_refresh_not_at_the_ttl(gated):
+    statuses, calls, clock, check = gated
+    assert check.is_active("on") and calls == ["on"]
+    statuses["on"] = "disabled"
+    assert check.is_active("on")            # until the set is re-read
+    check.refresh_blocked()
+    assert not check.is_active("on")
+    statuses["on"] = "active"               # re-enabled: it leaves the set, so it is looked up again
+    check.refresh_blocked()
+    assert check.is_active("on") and calls == ["on", "on"]
+    clock.t += 299
+    assert check.is_active("on") and calls == ["on", "on"]  # no per-device reads within the long TTL
+
+
+def test_a_deleted_device_is_refused_once_its_long_ttl_is_over(gated):
+    statuses, calls, clock, check = gated
+    assert check.is_active("on")
+    del statuses["on"]
+    check.refresh_blocked()
+    clock.t += 301
+    assert not check.is_active("on")
+
+
+def test_blocked_devices_need_a_source():
+    with pytest.raises(ValueError, match="needs a Cassandra session or a list"):
+        BlockedDevices()
