@@ -61,7 +61,9 @@ CassandraSession = Annotated[object, Depends(get_cassandra)]
 _store_lock = threading.Lock()
 
 
-def _cached(request: Request, key, make: Callable[[], T]) -> T:
+def cached(request: Request, key: type, make: Callable[[], T]) -> T:
+    """The app's one ``key`` object, made on first use. ``key`` is the class: a key made per
+    request (a lambda) would build, and keep, a new object on every request."""
     stores: dict = request.app.state.stores
     if key not in stores:
         with _store_lock:
@@ -72,7 +74,7 @@ def _cached(request: Request, key, make: Callable[[], T]) -> T:
 
 def app_store(request: Request, factory: Callable[[object], T], session=None) -> T:
     """One repository object per app and class (they prepare statements once)."""
-    return _cached(request, factory,
+    return cached(request, factory,
                    lambda: factory(session if session is not None else get_cassandra(request)))
 
 
@@ -133,7 +135,7 @@ def get_audit(request: Request) -> AuditLog:
 
 
 def get_onboarding(request: Request) -> Onboarding:
-    return _cached(request, Onboarding, lambda: Onboarding(request.app.state.settings, get_cassandra(request),
+    return cached(request, Onboarding, lambda: Onboarding(request.app.state.settings, get_cassandra(request),
                                                            pki=request.app.state.pki))
 
 

@@ -12,7 +12,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, HTTPException, Query, Request, status
 from pydantic import BaseModel, Field
 
-from api.deps import CassandraSession, OnboardingDep, SettingsDep, Viewer, app_store
+from api.deps import CassandraSession, OnboardingDep, SettingsDep, Viewer, cached
 from api.routes.devices import _visible as visible_device
 from fleet.domain.telemetry_query import (
     MAX_AGG_RANGE_DAYS, MAX_LIMIT, MAX_RAW_RANGE_DAYS, Cursor, QueryError, TimeRange, check_bucket_count,
@@ -77,9 +77,9 @@ class GapReport(BaseModel):
 
 
 def get_store(request: Request, session: CassandraSession, settings: SettingsDep) -> TelemetryStore:
-    return app_store(request, lambda s: TelemetryStore(
-        s, settings.lake_path, raw_ttl_days=settings.telemetry_raw_ttl_days,
-        rollup_ttl_days=settings.telemetry_rollup_ttl_days), session)
+    return cached(request, TelemetryStore, lambda: TelemetryStore(
+        session, settings.lake_path, raw_ttl_days=settings.telemetry_raw_ttl_days,
+        rollup_ttl_days=settings.telemetry_rollup_ttl_days))
 
 
 Store = Annotated[TelemetryStore, Depends(get_store)]

@@ -92,6 +92,19 @@ def test_points_are_newest_first_and_paginate_across_days(client, cassandra, key
     assert seen[0]["attrs"] == {"fw": "1.0"} and seen[0]["ingest_ts"] == NOW - MIN + 5
 
 
+def test_requests_share_one_store(client, keys, device):
+    """The telemetry store (and its prepared statements) is made once per app, not per request:
+    a per-request cache key once made every GET prepare five statements and grow app state."""
+    for _ in range(3):
+        assert client.get(f"/v1/devices/{device}/telemetry", headers=keys.viewer).status_code == 200
+    stores = client.app.state.stores
+    before = len(stores)
+    for _ in range(5):
+        assert client.get(f"/v1/devices/{device}/telemetry/gaps", headers=keys.viewer).status_code == 200
+        assert client.get(f"/v1/devices/{device}/telemetry", headers=keys.viewer).status_code == 200
+    assert len(stores) == before
+
+
 def test_range_bounds_select_points(client, cassandra, keys, device):
     insert_points(cassandra, device, [(NOW - 10 * MIN, 1, {"t": 1.0}), (NOW - 5 * MIN, 2, {"t": 2.0})])
     r = client.get(f"/v1/devices/{device}/telemetry", params={"from": NOW - 6 * MIN, "to": NOW - 5 * MIN},
