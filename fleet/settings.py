@@ -82,6 +82,9 @@ class Settings:
 
     # Flink
     flink_rest_port: int = 8081
+    # Prometheus metrics of the JobManager and TaskManagers: each takes the first free port of
+    # flink_metrics_port .. flink_metrics_port + 9 (the JobManager, started first, the first).
+    flink_metrics_port: int = 9249
     flink_parallelism: int = 2
 
     # Bridge

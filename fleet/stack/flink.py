@@ -112,6 +112,7 @@ def runtime_overrides(settings: Settings, layout: FlinkLayout) -> dict[str, Any]
         "rest.address": "127.0.0.1",
         "rest.bind-address": "127.0.0.1",
         "rest.port": rest_port,
+        "metrics.reporter.prom.port": f"{settings.flink_metrics_port}-{settings.flink_metrics_port + 9}",
         "parallelism.default": settings.flink_parallelism,
         "execution.checkpointing.dir": layout.checkpoint_dir.as_uri(),
         "execution.checkpointing.savepoint-dir": layout.savepoint_dir.as_uri(),
@@ -239,7 +240,9 @@ class FlinkComponent:
         return self.jobmanager.is_running() or self.taskmanager.is_running()
 
     def endpoints(self) -> dict[str, str]:
+        p = self.settings.flink_metrics_port
         return {"web UI / REST": self.layout.rest_url,
+                "metrics (Prometheus)": f"http://127.0.0.1:{p}-{p + 9}/metrics",
                 "checkpoints": str(self.layout.checkpoint_dir),
                 "savepoints": str(self.layout.savepoint_dir)}
 

@@ -161,6 +161,33 @@ def test_the_lake_holds_every_device_seq_exactly_once(stack, sent, api, viewer):
     assert dict(by_device) == sent
 
 
+def test_the_job_reports_its_counts_to_prometheus(stack, sent):
+    """Flink's processes expose Prometheus metrics (one port each in flink_metrics_port..+9); the
+    TaskManager's include the telemetry core's own counters, e.g. records accepted."""
+    import re
+    import urllib.request
+
+    def scrape() -> str:
+        bodies = []
+        for port in range(stack.flink_metrics_port, stack.flink_metrics_port + 10):
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as r:
+                    bodies.append(r.read().decode())
+            except OSError:
+                continue
+        return "\n".join(bodies)
+
+    def check():
+        text = scrape()
+        accepted = [float(v) for v in re.findall(r"^flink_taskmanager_job_task_operator_telemetry_accepted\{[^}]*\} (\S+)$",
+                                                text, re.M)]
+        return bool(accepted) and sum(accepted) >= sum(len(p) for p in sent.values()), \
+            accepted or text[:500]
+
+    wait_for("the telemetry counters on the TaskManager's /metrics", check, timeout=60)
+    assert "flink_jobmanager_numRunningJobs" in scrape()
+
+
 def test_gap_report_says_nothing_went_missing(api, viewer, sent):
     for device_id in sent:
         def check():
