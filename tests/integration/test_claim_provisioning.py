@@ -66,15 +66,12 @@ def provision(s, claim_id, cert, key, serial, device_id, *, device_key=None, tim
     c, client_id = claim_client(s, claim_id, cert, key)
     try:
         base = f"provisioning/{claim_id}/{client_id}"
-        c.client.subscribe(f"{base}/response", qos=1)
-        time.sleep(0.3)
+        c.subscribe(f"{base}/response")
         c.client.publish(f"{base}/request", json.dumps({"serial": serial, "csr": csr_pem(device_id, device_key)}),
                          qos=1).wait_for_publish(5)
-        deadline = time.monotonic() + timeout
-        while not c.messages and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert c.messages, "no provisioning response"
-        topic, payload = c.messages[0]
+        messages = c.wait_messages(1, timeout)
+        assert messages, "no provisioning response"
+        topic, payload = messages[0]
         assert topic == f"{base}/response"
         return json.loads(payload)
     finally:
@@ -187,8 +184,9 @@ def test_a_revoked_claim_is_cut_off(api, keys, api_settings, provisioning, claim
     c, client_id = claim_client(api_settings, claim_id, cert, key)
     gone = []
     c.client.on_disconnect = lambda *a: gone.append(time.monotonic())
+    c.subscribe(f"provisioning/{claim_id}/{client_id}/response")
     c.client.publish(f"provisioning/{claim_id}/{client_id}/request", b"{}", qos=1).wait_for_publish(5)
-    time.sleep(0.5)  # the service has seen this client id too
+    assert c.wait_messages(1), "the provisioning service did not answer"  # so it has seen this client id
     r = api.post(f"/v1/provisioning/claims/{claim_id}/revoke", headers=keys.admin)
     assert r.status_code == 200 and r.json()["claim"]["status"] == "revoked", r.text
     assert client_id in r.json()["cutoff"]["disconnected"]
@@ -211,13 +209,10 @@ def test_a_device_rotates_its_certificate_over_mqtt(api, keys, api_settings, pro
                 cert, key, client_id=device)
     fresh = new_key()
     try:
-        c.client.subscribe(f"devices/{device}/certificate/response", qos=1)
-        time.sleep(0.3)
+        c.subscribe(f"devices/{device}/certificate/response")
         c.client.publish(f"devices/{device}/certificate/request", json.dumps({"csr": csr_pem(device, fresh)}),
                          qos=1).wait_for_publish(5)
-        deadline = time.monotonic() + 10
-        while not c.messages and time.monotonic() < deadline:
-            time.sleep(0.05)
+        c.wait_messages(1)
     finally:
         c.stop()
     answer = json.loads(c.messages[0][1])

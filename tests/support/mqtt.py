@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ssl
 import threading
+import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,9 +27,32 @@ class MqttTestClient:
     suback: list = field(default_factory=list)
     puback: dict = field(default_factory=dict)
 
+    def subscribe(self, topic: str, qos: int = 1, timeout: float = 5.0) -> list:
+        """Subscribe and wait for the SUBACK: a fixed sleep races the broker on a busy machine,
+        and a response published before the subscription is in force is simply missed."""
+        before = len(self.suback)
+        self.client.subscribe(topic, qos=qos)
+        if not _wait(lambda: len(self.suback) > before, timeout):
+            raise TimeoutError(f"no SUBACK for {topic} in {timeout} s")
+        return self.suback[before:]
+
+    def wait_messages(self, count: int = 1, timeout: float = 10.0) -> list:
+        """The messages received so far, once there are ``count`` of them (or the timeout)."""
+        _wait(lambda: len(self.messages) >= count, timeout)
+        return list(self.messages)
+
     def stop(self) -> None:
         self.client.disconnect()
         self.client.loop_stop()
+
+
+def _wait(condition, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.01)
+    return True
 
 
 def connect(host: str, port: int, ca: Path, cert: Path | None, key: Path | None,
