@@ -417,6 +417,9 @@ def on_time(state: DeviceState, now: int, rules: TelemetryRules) -> Step:
         if bucket.dirty:
             step.rollups.extend(_rollups(bucket, final=False))
             bucket.dirty = False
+            # Its records are counted too: without this a device that went quiet would show
+            # delivery stats without its last minute until it sends again.
+            step.stats_changed = True
     for gap in state.gaps:
         if not gap.reported and gap.before_ts + lateness <= now:
             gap.reported = True

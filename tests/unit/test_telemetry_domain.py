@@ -189,6 +189,17 @@ def test_on_time_publishes_provisional_values_then_corrections():
     assert final.rollups == [dom.Rollup(T0, "t", 1.0, 3.0, 6.0, 3, True)]
 
 
+def test_a_quiet_devices_stats_go_out_with_its_provisional_rollups():
+    """A device that stopped sending: its delivery stats include its last minute once the fleet's
+    event time moves past it, not only when the device sends again."""
+    state, steps = run([point(0, 0, {"t": 1}), point(1, 10, {"t": 3})])
+    assert not any(s.stats_changed for s in steps)  # nothing final yet
+    assert not dom.on_time(state, T0 + 60_000, RULES).stats_changed
+    due = dom.on_time(state, T0 + 120_000, RULES)
+    assert due.rollups and due.stats_changed and state.received == 2
+    assert not dom.on_time(state, T0 + 180_000, RULES).stats_changed  # nothing new since
+
+
 def test_filling_the_middle_of_a_published_gap_rewrites_both_pieces():
     state, _ = run([point(0, 0), point(4, 4)])
     dom.on_time(state, T0 + 64_000, RULES)

@@ -418,6 +418,9 @@ final class TelemetryRules implements Serializable {
             if (bucket.dirty) {
                 rollups(bucket, step);
                 bucket.dirty = false;
+                // Its records are counted too: without this a device that went quiet would show
+                // delivery stats without its last minute until it sends again.
+                step.statsChanged = true;
             }
         }
         for (Gap gap : state.gaps) {
