@@ -44,3 +44,24 @@ def test_acls():
     rules = [l for l in ACL_PROVISIONING.splitlines() if l and not l.startswith("#")]
     assert rules == ["pattern write provisioning/%u/%c/request", "pattern read provisioning/%u/%c/response"]
     assert "devices/" not in ACL_PROVISIONING
+
+
+def _global_options(conf: str) -> dict[str, str]:
+    """The options before the first listener (the broker-wide ones)."""
+    head = re.split(r"\n(?=listener )", conf)[0]
+    return dict(line.split(" ", 1) for line in head.splitlines() if line and not line.startswith("#"))
+
+
+def test_local_and_compose_brokers_both_persist_and_autosave(tmp_path):
+    from pathlib import Path
+
+    settings = Settings.from_env({"FLEET_VAR_DIR": str(tmp_path)})
+    local = _global_options(MosquittoComponent(settings).render_config())
+    compose = _global_options((Path(__file__).parents[2] / "docker/mosquitto/mosquitto.conf").read_text())
+    for options in (local, compose):
+        # The queued bridge messages survive a broker restart only up to the last save (30 s).
+        assert options["persistence"] == "true"
+        assert options["autosave_interval"] == "30"
+        assert options["persistence_location"]
+    for key in ("max_queued_messages", "max_packet_size", "per_listener_settings"):
+        assert local[key] == compose[key], key
