@@ -36,7 +36,7 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from bridge.metrics import BridgeMetrics, HttpEndpoint
-from fleet.envelope import DeadLetter, Routed, handle_uplink
+from fleet.envelope import INVALID_ENVELOPE, DeadLetter, RegistryUnavailable, Routed, dead_letter, handle_uplink
 from fleet.logs import log_fields
 from fleet.mqtt_loop import MqttLoop
 from fleet.paho_speedups import ack_many
@@ -274,11 +274,13 @@ class UplinkBridge:
         try:
             out = handle_uplink(topic, msg.payload, now_ms, self.settings.max_payload_bytes, self.validators,
                                 self.active_check)
-        except Exception as exc:  # the registry can't answer: leave it unacknowledged, get it again
+        except RegistryUnavailable as exc:  # transient: leave it unacknowledged, get it again
             if self.client.is_connected():
                 log.error("registry check failed; reconnecting for redelivery", extra=log_fields(error=str(exc)))
                 self.client.disconnect()
             return
+        except Exception as exc:  # noqa: BLE001 - anything else is poison for this one message
+            out = dead_letter(topic, msg.payload, now_ms, INVALID_ENVELOPE, f"{type(exc).__name__}: {exc}"[:300])
         self._n_received += 1
         if type(out) is DeadLetter:
             self.metrics.rejected.labels(out.reason).inc()

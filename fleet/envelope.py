@@ -45,6 +45,13 @@ INVALID_DEVICE_ID = "invalid_device_id"
 UNKNOWN_TOPIC = "unknown_topic"
 DEVICE_NOT_ACTIVE = "device_not_active"
 
+INVALID_ENVELOPE = "invalid_envelope"
+
+
+class RegistryUnavailable(Exception):
+    """The active-device check could not answer: a transient fault, the message is redelivered."""
+
+
 _TYPE_NAME = {kind: kind.name.lower() for kind in Uplink}
 
 
@@ -123,7 +130,12 @@ def handle_uplink(
     parsed = _parse_topic_cached(topic)
     if isinstance(parsed, TopicError):
         return dead_letter(topic, raw, now_ms, parsed.reason, str(parsed))
-    if is_active is not None and not is_active(parsed.device_id):
+    if is_active is not None:
+        try:
+            active = is_active(parsed.device_id)
+        except Exception as exc:  # only this may cause redelivery; everything else is per-message
+            raise RegistryUnavailable(str(exc)) from exc
+    if is_active is not None and not active:
         return dead_letter(topic, raw, now_ms, DEVICE_NOT_ACTIVE,
                            f"device {parsed.device_id!r} is not active in the registry")
     if len(raw) > max_bytes:
@@ -147,4 +159,8 @@ def handle_uplink(
     if parsed.command_id is not None:
         envelope["command_id"] = parsed.command_id
     envelope["payload"] = payload
-    return Routed(parsed.kind.kafka_topic, parsed.device_id.encode(), _dumps(envelope), parsed.kind)
+    try:
+        value = _dumps(envelope)
+    except (TypeError, ValueError) as err:  # e.g. orjson's recursion limit: poison for this message only
+        return dead_letter(topic, raw, now_ms, INVALID_ENVELOPE, f"envelope not serialisable: {err}")
+    return Routed(parsed.kind.kafka_topic, parsed.device_id.encode(), value, parsed.kind)

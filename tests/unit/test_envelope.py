@@ -144,3 +144,27 @@ def test_registry_check(active, expected):
 def test_registry_is_not_asked_about_malformed_topics():
     out = handle_uplink("devices/bad id/telemetry", raw(TELEMETRY), NOW, MAX, is_active=lambda d: 1 / 0)
     assert out.reason == "invalid_device_id"
+
+
+def test_deeply_nested_attrs_dead_letter_instead_of_raising():
+    from fleet.envelope import INVALID_ENVELOPE, DeadLetter, handle_uplink
+    attrs: dict = {}
+    node = attrs
+    for _ in range(300):
+        node["a"] = {}
+        node = node["a"]
+    import json
+    raw = json.dumps({"ts": 1, "seq": 1, "metrics": {"t": 1.0}, "attrs": attrs}).encode()
+    out = handle_uplink("devices/dev-1/telemetry", raw, 1000, 1 << 20)
+    assert type(out) is DeadLetter and out.reason == INVALID_ENVELOPE
+
+
+def test_registry_errors_are_the_only_redelivery_signal():
+    import pytest
+    from fleet.envelope import RegistryUnavailable, handle_uplink
+
+    def down(_device_id):
+        raise ConnectionError("cassandra down")
+
+    with pytest.raises(RegistryUnavailable):
+        handle_uplink("devices/dev-1/telemetry", b'{"ts":1,"seq":1,"metrics":{}}', 1000, 1 << 20, None, down)
