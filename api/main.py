@@ -42,6 +42,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         description="Register devices, read shadows and telemetry, send commands, roll out firmware. "
                     "Every /v1 route needs an API key ('X-API-Key' or 'Authorization: Bearer').",
         lifespan=lifespan,
+        responses=errors.ERROR_RESPONSES,
     )
     app.state.settings = settings
     # Connected lazily on the first request that needs it (see api/deps.py).
@@ -50,7 +51,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.lifespans = 0
     app.state.pki = LocalPKI(settings.pki_dir, validity_days=settings.cert_validity_days)
     audit.install(app)
-    errors.install(app)
+    errors.install(app, settings.api_max_body_bytes)
     app.include_router(health.router)
     for module in (devices, telemetry, certificates, keys, auth, audit_routes, templates, claims, ca):
         app.include_router(module.router)

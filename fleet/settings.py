@@ -106,6 +106,8 @@ class Settings:
     api_tls: bool = False
     api_token_ttl_s: int = 3600
     api_token_max_ttl_s: int = 86400
+    # Largest request body the API reads; a bigger one is a 413 before any parsing.
+    api_max_body_bytes: int = 1 << 20
 
     # Parquet lake
     lake_dir: Path | None = None

@@ -1,0 +1,63 @@
+"""Invalid request bodies are 4xx with a short message, never a 500 (no Cassandra: stores are faked)."""
+
+import pytest
+from fastapi.testclient import TestClient
+
+from api.deps import get_onboarding, get_principal, get_api_keys
+from api.main import create_app
+from fleet.auth import Principal, Role
+from fleet.db import StoreUnavailable
+from fleet.settings import Settings
+
+
+class NoStore:
+    def get(self):
+        raise StoreUnavailable("no store in unit tests")
+
+    def shutdown(self):
+        pass
+
+
+@pytest.fixture(scope="module")
+def client():
+    app = create_app(Settings.from_env({}).replace(api_max_body_bytes=1 << 20))
+    app.state.cassandra = NoStore()
+    app.dependency_overrides[get_principal] = lambda: Principal("k1", "admin", Role.admin, None)
+    app.dependency_overrides[get_onboarding] = lambda: object()
+    app.dependency_overrides[get_api_keys] = lambda: object()
+    with TestClient(app, raise_server_exceptions=False) as c:
+        yield c
+
+
+ROUTES = [("POST", "/v1/devices"), ("POST", "/v1/keys"), ("PATCH", "/v1/devices/d1")]
+BAD = b'{"device_id": "\xc3\x28"}'
+
+
+@pytest.mark.parametrize("method, path", ROUTES)
+@pytest.mark.parametrize("ctype", ["text/plain", "application/octet-stream", None, "application/json"])
+def test_non_utf8_body_is_a_client_error(client, method, path, ctype):
+    headers = {"Content-Type": ctype} if ctype else {}
+    r = client.request(method, path, content=BAD, headers=headers)
+    assert 400 <= r.status_code < 500, r.text
+    assert r.json()["detail"]
+
+
+@pytest.mark.parametrize("method, path", ROUTES)
+def test_lone_surrogate_is_422(client, method, path):
+    r = client.request(method, path, content=b'{"name": "\\ud800", "metadata": {"k": "\\ud800"}}',
+                       headers={"Content-Type": "application/json"})
+    assert r.status_code == 422
+
+
+@pytest.mark.parametrize("ctype", ["text/plain", "application/json"])
+def test_big_invalid_body_is_not_echoed(client, ctype):
+    body = b'"' + b"\xff" * 600_000 + b'"'
+    r = client.post("/v1/devices", content=body, headers={"Content-Type": ctype})
+    assert 400 <= r.status_code < 500
+    assert len(r.content) < 4096
+
+
+def test_oversize_body_is_413(client):
+    r = client.post("/v1/devices", content=b"x" * ((1 << 20) + 1), headers={"Content-Type": "application/json"})
+    assert r.status_code == 413
+    assert "1048576" in r.json()["detail"]
