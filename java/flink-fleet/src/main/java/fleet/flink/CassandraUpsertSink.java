@@ -17,6 +17,12 @@ import java.util.Arrays;
  * Cassandra. After a failure the job replays from that checkpoint; replayed upserts write the
  * same primary keys and values again, hence exactly-once results from at-least-once writes.
  *
+ * <p>Versions of one row (a provisional then a final rollup, successive stats) must replace each
+ * other whole: each write carries its own write timestamp, strictly increasing per writer and fixed
+ * before the first attempt (so a retried older version loses to a newer one), and a batch holds at
+ * most one version of a row (a waiting row is replaced by its newer version). Upstream the rows of
+ * one key come from one keyed subtask, so one writer orders all versions of a row.
+ *
  * <p>With {@code batchSize > 1} rows are buffered for up to {@code lingerMs} (or until a checkpoint,
  * or until {@code 16 * batchSize} rows wait) and go out as UNLOGGED batches of at most
  * {@code batchSize} statements and about {@code batchBytes} bytes, with the rows of one partition

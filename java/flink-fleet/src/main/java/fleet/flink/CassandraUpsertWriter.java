@@ -12,6 +12,8 @@ import com.datastax.oss.driver.api.core.cql.DefaultBatchType;
 import com.datastax.oss.driver.api.core.cql.ColumnDefinitions;
 import com.datastax.oss.driver.api.core.cql.PreparedStatement;
 import com.datastax.oss.driver.api.core.cql.Statement;
+import com.datastax.oss.driver.api.core.metadata.schema.ColumnMetadata;
+import com.datastax.oss.driver.api.core.metadata.schema.TableMetadata;
 import com.datastax.oss.driver.api.core.type.DataType;
 import com.datastax.oss.driver.api.core.type.DataTypes;
 import com.datastax.oss.driver.api.core.type.codec.registry.CodecRegistry;
@@ -52,9 +54,15 @@ final class CassandraUpsertWriter implements SinkWriter<Row> {
     private final ScheduledExecutorService retries;
     private final Counter written;
     private final Counter retried;
-    // Rows waiting for a batch, grouped by partition key (insertion order kept: the oldest go first).
-    private final Map<List<Object>, List<BoundStatement>> pending = new LinkedHashMap<>();
+    private final Counter collapsed;
+    // Rows waiting for a batch, grouped by partition key (insertion order kept: the oldest go first),
+    // then by the rest of the primary key: a newer version of a row replaces the waiting one.
+    private final Map<List<Object>, Map<List<Object>, BoundStatement>> pending = new LinkedHashMap<>();
     private final int[] partitionKeyMarkers;
+    // Markers of the clustering columns (the rest of the primary key); null when the table's
+    // metadata is unknown, then every row is kept and only the write timestamps order versions.
+    private final int[] clusteringMarkers;
+    private final WriteClock clock = new WriteClock();
     private int pendingRows;
     private final ProcessingTimeService timers;
     private boolean lingerScheduled;
@@ -97,6 +105,7 @@ final class CassandraUpsertWriter implements SinkWriter<Row> {
         }
         this.codecs = session.getContext().getCodecRegistry();
         this.partitionKeyMarkers = statement.getPartitionKeyIndices().stream().mapToInt(Integer::intValue).toArray();
+        this.clusteringMarkers = clusteringMarkers(session, vars);
         this.permits = new Semaphore(config.maxInFlight);
         this.retries = Executors.newSingleThreadScheduledExecutor(r -> {
             Thread t = new Thread(r, "cassandra-sink-retry");
@@ -105,6 +114,7 @@ final class CassandraUpsertWriter implements SinkWriter<Row> {
         });
         this.written = metrics.counter("cassandraWrites");
         this.retried = metrics.counter("cassandraRetries");
+        this.collapsed = metrics.counter("cassandraVersionsCollapsed");
     }
 
     @Override
@@ -113,11 +123,16 @@ final class CassandraUpsertWriter implements SinkWriter<Row> {
         BoundStatement bound = bind(row);
         if (config.batchSize <= 1) {
             permits.acquire();
-            send(bound, 0);
+            send(stamped(bound), 0);
             return;
         }
-        pending.computeIfAbsent(partitionKey(row), k -> new ArrayList<>()).add(bound);
-        pendingRows++;
+        Map<List<Object>, BoundStatement> partition = pending.computeIfAbsent(partitionKey(row), k -> new LinkedHashMap<>());
+        List<Object> rowKey = clusteringMarkers == null ? List.of(pendingRows) : key(row, clusteringMarkers);
+        if (partition.put(rowKey, bound) == null) {
+            pendingRows++;
+        } else {
+            collapsed.inc();
+        }
         if (pendingRows >= 16 * config.batchSize) {
             sendPending();
         } else if (!lingerScheduled) {
@@ -132,12 +147,37 @@ final class CassandraUpsertWriter implements SinkWriter<Row> {
     }
 
     private List<Object> partitionKey(Row row) {
-        Object[] key = new Object[partitionKeyMarkers.length];
+        return key(row, partitionKeyMarkers);
+    }
+
+    private List<Object> key(Row row, int[] markers) {
+        Object[] key = new Object[markers.length];
         for (int i = 0; i < key.length; i++) {
-            int marker = partitionKeyMarkers[i];
+            int marker = markers[i];
             key[i] = convert(row.getField(config.fields[marker]), types[marker]);
         }
         return Arrays.asList(key);
+    }
+
+    /** The markers that bind the table's clustering columns, or null if its metadata is unknown. */
+    private static int[] clusteringMarkers(CqlSession session, ColumnDefinitions vars) {
+        if (vars.size() == 0) {
+            return null;
+        }
+        TableMetadata table = session.getMetadata().getKeyspace(vars.get(0).getKeyspace())
+                .flatMap(k -> k.getTable(vars.get(0).getTable())).orElse(null);
+        if (table == null) {
+            return null;
+        }
+        List<Integer> markers = new ArrayList<>();
+        for (ColumnMetadata column : table.getClusteringColumns().keySet()) {
+            for (int i = 0; i < vars.size(); i++) {
+                if (vars.get(i).getName().equals(column.getName())) {
+                    markers.add(i);
+                }
+            }
+        }
+        return markers.stream().mapToInt(Integer::intValue).toArray();
     }
 
     /**
@@ -151,8 +191,8 @@ final class CassandraUpsertWriter implements SinkWriter<Row> {
         }
         List<BatchableStatement<?>> batch = new ArrayList<>(config.batchSize);
         int bytes = 0;
-        for (List<BoundStatement> partition : pending.values()) {
-            for (BoundStatement row : partition) {
+        for (Map<List<Object>, BoundStatement> partition : pending.values()) {
+            for (BoundStatement row : partition.values()) {
                 int size = row.computeSizeInBytes(session.getContext());
                 if (!batch.isEmpty() && (batch.size() >= config.batchSize || bytes + size > config.batchBytes)) {
                     sendBatch(batch);
@@ -172,7 +212,19 @@ final class CassandraUpsertWriter implements SinkWriter<Row> {
         Statement<?> statement = rows.size() == 1 ? rows.get(0)
                 : BatchStatement.newInstance(DefaultBatchType.UNLOGGED, rows).setIdempotent(true);
         permits.acquire();
-        send(statement, 0);
+        send(stamped(statement), 0);
+    }
+
+    /**
+     * Every write carries its own timestamp, strictly greater than every earlier one of this
+     * writer, fixed before the first attempt: a later version of a row always wins, also over a
+     * retried earlier one. Cassandra settles two writes of one row with the same timestamp cell by
+     * cell (the greater value wins), which would merge two versions into a row neither had; every
+     * statement of a batch shares the batch's timestamp, so a batch never holds two versions of a
+     * row (write() keeps only the newest).
+     */
+    private Statement<?> stamped(Statement<?> statement) {
+        return statement.setQueryTimestamp(clock.next());
     }
 
     private BoundStatement bind(Row row) throws IOException {
