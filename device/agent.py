@@ -79,10 +79,25 @@ class AgentStats:
     sent: int = 0          # telemetry messages handed to MQTT (incl. buffered)
     acked: int = 0         # PUBACKs received for telemetry
     dropped: int = 0       # rejected because the offline buffer was full
+    too_large: int = 0     # refused locally: larger than the broker's Maximum Packet Size
     connects: int = 0
     connect_failures: int = 0
     disconnects: int = 0
     last_acked_seq: int = -1
+
+
+class PacketTooLarge(ValueError):
+    """The message would exceed the broker's Maximum Packet Size (from its CONNACK). The broker
+    would disconnect the device for it, and resending would only repeat that: it is refused here,
+    before it takes a seq or a buffer slot, and never sent."""
+
+
+def publish_packet_size(topic: str, payload_len: int) -> int:
+    """Bytes of an MQTT 5 QoS 1 PUBLISH without properties: fixed header (1 byte + variable-length
+    remaining length), topic (2 + UTF-8 length), packet id (2), properties length (1), payload."""
+    remaining = 2 + len(topic.encode()) + 2 + 1 + payload_len
+    length_bytes = 1 if remaining < 128 else 2 if remaining < 16_384 else 3 if remaining < 2_097_152 else 4
+    return 1 + length_bytes + remaining
 
 
 class DeviceAgent:
@@ -104,6 +119,8 @@ class DeviceAgent:
         self._connected = threading.Event()
         self._idle = threading.Condition()
         self._reconnect_timer = None
+        # The broker's Maximum Packet Size from its last CONNACK (None: not told, no limit known).
+        self.max_packet_size: int | None = None
         self.client = self._make_client()
 
     # -- set-up -----------------------------------------------------------------------------
@@ -161,6 +178,7 @@ class DeviceAgent:
             return  # paho then reports a disconnect, which schedules the retry
         self.stats.connects += 1
         self._backoff = self.config.backoff_min
+        self.max_packet_size = getattr(properties, "MaximumPacketSize", None) if properties else None
         self._connected.set()
         self._publish_status(True)
 
@@ -187,7 +205,16 @@ class DeviceAgent:
             self._idle.notify_all()
 
     # -- publishing (loop thread) -----------------------------------------------------------
+    def check_size(self, topic: str, payload: bytes) -> None:
+        """Raise PacketTooLarge if the broker said it takes no packet this large."""
+        limit = self.max_packet_size
+        if limit is not None and publish_packet_size(topic, len(payload)) > limit:
+            self.stats.too_large += 1
+            raise PacketTooLarge(f"{len(payload)}-byte payload on {topic} exceeds the broker's maximum packet "
+                                 f"size of {limit} bytes")
+
     def _publish(self, topic: str, payload: bytes, seq: int, retain: bool = False) -> bool:
+        self.check_size(topic, payload)
         info = self.client.publish(topic, payload, qos=1, retain=retain)
         if info.rc == mqtt.MQTT_ERR_QUEUE_SIZE:
             return False
@@ -203,15 +230,18 @@ class DeviceAgent:
 
     def publish_telemetry(self, metrics: Mapping[str, float], attrs: Mapping[str, Any] | None = None,
                           ts: int | None = None) -> int | None:
-        """Queue one telemetry message (loop thread); returns its seq, or None if the buffer is full."""
+        """Queue one telemetry message (loop thread); returns its seq, or None if the buffer is full.
+        Raises PacketTooLarge (nothing sent, no seq taken) above the broker's packet limit."""
         if len(self._pending) >= self.config.max_buffered:
             self.stats.dropped += 1
             return None
-        seq = self.seq.take()
-        msg: dict[str, Any] = {"ts": now_ms() if ts is None else ts, "seq": seq, "metrics": metrics}
+        msg: dict[str, Any] = {"ts": now_ms() if ts is None else ts, "seq": self.seq.next_value, "metrics": metrics}
         if attrs:
             msg["attrs"] = attrs
-        if not self._publish(self._telemetry_topic, _dumps(msg), seq):
+        payload = _dumps(msg)
+        self.check_size(self._telemetry_topic, payload)
+        seq = self.seq.take()
+        if not self._publish(self._telemetry_topic, payload, seq):
             self.stats.dropped += 1
             return None
         self.stats.sent += 1
@@ -222,8 +252,11 @@ class DeviceAgent:
         self.loop.call_soon(self.publish_telemetry, dict(metrics), dict(attrs) if attrs else None)
 
     def publish_raw(self, suffix: str, payload: bytes, retain: bool = False) -> None:
-        """Thread-safe: any payload on devices/{id}/{suffix} (tests use it for malformed input)."""
-        self.loop.call_soon(self._publish, device_topic(self.device_id, suffix), payload, -1, retain)
+        """Thread-safe: any payload on devices/{id}/{suffix} (tests use it for malformed input).
+        Raises PacketTooLarge here, in the caller's thread, above the broker's packet limit."""
+        topic = device_topic(self.device_id, suffix)
+        self.check_size(topic, payload)
+        self.loop.call_soon(self._publish, topic, payload, -1, retain)
 
     # -- state ------------------------------------------------------------------------------
     @property

@@ -92,3 +92,15 @@ def test_metric_generators_stay_in_bounds_and_move(name):
 def test_device_ids_are_well_formed_and_sorted():
     ids = device_ids(3, "sim")
     assert ids == ["sim-00000", "sim-00001", "sim-00002"]
+
+
+@pytest.mark.parametrize("topic,payload,size", [
+    ("a", 0, 1 + 1 + 2 + 1 + 2 + 1),            # remaining length 6 fits one byte
+    ("a", 121, 1 + 1 + 127),                    # 127: still one byte
+    ("a", 122, 1 + 2 + 128),                    # 128: two bytes
+    ("a", 16_378, 1 + 3 + 16_384),              # 16,384: three bytes
+])
+def test_publish_packet_size_counts_the_variable_length_header(topic, payload, size):
+    from device.agent import publish_packet_size
+
+    assert publish_packet_size(topic, payload) == size
