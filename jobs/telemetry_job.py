@@ -56,6 +56,7 @@ from pyflink.datastream.state import StateTtlConfig, ValueStateDescriptor
 from pyflink.java_gateway import get_gateway
 
 from fleet.domain import telemetry as dom
+from fleet.job_config import REQUIRED_DEFAULTS, JobConfigError, check, missing_defaults
 from fleet.settings import Settings
 
 log = logging.getLogger("telemetry_job")
@@ -511,11 +512,36 @@ def parse_args(argv: list[str]) -> JobOptions:
     return JobOptions(rules=rules, **{name: getattr(a, name) for name in fields})
 
 
+def ensure_exactly_once(env: StreamExecutionEnvironment, settings: Settings, options: JobOptions) -> None:
+    """Set exactly-once checkpointing where the cluster config leaves it unset (a bare cluster's
+    defaults are checkpointing off), then verify the effective config and the lake path."""
+    from pyflink.common import Configuration
+
+    j_conf = env._j_stream_execution_environment.getConfiguration().toMap()
+    missing = missing_defaults({k: j_conf.get(k) for k in REQUIRED_DEFAULTS})
+    if missing:
+        log.info("cluster config leaves %s unset: the job sets them", sorted(missing))
+        conf = Configuration()
+        for k, v in missing.items():
+            conf.set_string(k, v)
+        env.configure(conf)
+    cp = env.get_checkpoint_config()
+    retention = cp.get_externalized_checkpoint_retention() if cp.is_externalized_checkpoints_enabled() else None
+    check(cp.get_checkpoint_interval(), cp.get_checkpointing_mode().name,
+          retention.name if retention is not None else None,
+          str(settings.lake_path) if settings.lake_path else None, options.lake)
+
+
 def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     options = parse_args(sys.argv[1:] if argv is None else argv)
     settings = Settings.from_env()
     env = StreamExecutionEnvironment.get_execution_environment()
+    try:
+        ensure_exactly_once(env, settings, options)
+    except JobConfigError as e:
+        log.error("%s", e)
+        raise SystemExit(2) from None
     build(env, settings, kafka_source(env, settings, options), ProductionSinks(settings, options), options)
     log.info("submitting telemetry job: topic %s -> keyspace %s, lake %s",
              settings.topic("telemetry"), settings.cassandra_keyspace, settings.lake_path)
