@@ -46,6 +46,11 @@ UNKNOWN_TOPIC = "unknown_topic"
 DEVICE_NOT_ACTIVE = "device_not_active"
 
 INVALID_ENVELOPE = "invalid_envelope"
+TOO_DEEP = "too_deep"
+
+# JSON nesting a payload may have (the payload object itself is level 1). JSON Schema cannot bound
+# depth, and a deep payload that passes the schema breaks the serialisers and parsers after it.
+MAX_DEPTH = 8
 
 
 class RegistryUnavailable(Exception):
@@ -116,6 +121,21 @@ def dead_letter(
     return DeadLetter(Kafka.DEAD_LETTER, key, _dumps(value), reason, detail)
 
 
+def nesting_exceeds(value: Any, limit: int) -> bool:
+    """True if ``value`` has containers nested more than ``limit`` levels (iterative: no recursion
+    limit of our own to hit; stops at the first container past the limit)."""
+    stack = [(value, 1)]
+    while stack:
+        node, depth = stack.pop()
+        children = node.values() if isinstance(node, dict) else node if isinstance(node, list) else None
+        if children is None:
+            continue
+        if depth > limit:
+            return True
+        stack.extend((child, depth + 1) for child in children if isinstance(child, (dict, list)))
+    return False
+
+
 def handle_uplink(
     topic: str, raw: bytes, now_ms: int, max_bytes: int,
     validators: UplinkValidators | None = None, is_active: Callable[[str], bool] | None = None,
@@ -144,6 +164,8 @@ def handle_uplink(
         payload = _loads(raw)
     except _JSONError as err:
         return dead_letter(topic, raw, now_ms, INVALID_JSON, f"not valid JSON: {err}")
+    if nesting_exceeds(payload, MAX_DEPTH):
+        return dead_letter(topic, raw, now_ms, TOO_DEEP, f"JSON nested deeper than {MAX_DEPTH} levels")
     schema = (validators or default_validators())[parsed.kind]
     if not schema.is_valid(payload):
         return dead_letter(topic, raw, now_ms, SCHEMA_VIOLATION, f"{schema.name}: {explain(schema.reference, payload)}")

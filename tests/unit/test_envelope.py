@@ -146,17 +146,38 @@ def test_registry_is_not_asked_about_malformed_topics():
     assert out.reason == "invalid_device_id"
 
 
-def test_deeply_nested_attrs_dead_letter_instead_of_raising():
-    from fleet.envelope import INVALID_ENVELOPE, DeadLetter, handle_uplink
+def _nested(levels: int) -> dict:
     attrs: dict = {}
     node = attrs
-    for _ in range(300):
+    for _ in range(levels - 1):
         node["a"] = {}
         node = node["a"]
-    import json
-    raw = json.dumps({"ts": 1, "seq": 1, "metrics": {"t": 1.0}, "attrs": attrs}).encode()
-    out = handle_uplink("devices/dev-1/telemetry", raw, 1000, 1 << 20)
-    assert type(out) is DeadLetter  # TODO: payload currently fails schema first; needs a schema-valid deep payload
+    return attrs
+
+
+@pytest.mark.parametrize("attrs_levels,reason", [(7, None), (8, "too_deep"), (300, "too_deep")])
+def test_nesting_is_bounded(attrs_levels, reason):
+    """The payload is level 1 and attrs level 2: 7 levels of attrs are the most allowed. A 300-level
+    payload passed the schema and then broke the envelope's serialisation, wedging the bridge."""
+    from fleet.envelope import DeadLetter, Routed, handle_uplink
+
+    now = 1_800_000_000_000
+    raw = json.dumps({"ts": now, "seq": 1, "metrics": {"t": 1.0}, "attrs": _nested(attrs_levels)}).encode()
+    out = handle_uplink("devices/dev-1/telemetry", raw, now, 1 << 20)
+    if reason is None:
+        assert type(out) is Routed
+    else:
+        assert type(out) is DeadLetter and out.reason == reason
+
+
+@pytest.mark.parametrize("value,limit,exceeds", [
+    (1, 0, False), ({}, 1, False), ({}, 0, True), ([[[]]], 3, False), ([[[]]], 2, True),
+    ({"a": [1, {"b": 2}]}, 3, False), ({"a": [1, {"b": {}}]}, 3, True),
+])
+def test_nesting_exceeds(value, limit, exceeds):
+    from fleet.envelope import nesting_exceeds
+
+    assert nesting_exceeds(value, limit) is exceeds
 
 
 def test_registry_errors_are_the_only_redelivery_signal():
