@@ -112,6 +112,47 @@ def test_rejected_payloads_land_in_dead_letter_with_reason_and_raw_bytes(stack: 
     assert telemetry == []
 
 
+def test_poison_from_one_device_never_stalls_another(stack: Settings, enrollment, tmp_path):
+    """A payload that passes the schema but nests 300 levels once made the bridge reconnect for
+    redelivery for ever, and no other device's telemetry reached Kafka. Now each poison message is
+    dead-lettered alone, and the good traffic interleaved with it all arrives."""
+    poisoner = start_agent(stack, enrollment, unique("poison"), tmp_path)
+    good = start_agent(stack, enrollment, unique("good"), tmp_path)
+    try:
+        deep: dict = {}
+        node = deep
+        for _ in range(300):
+            node["a"] = {}
+            node = node["a"]
+        now = int(time.time() * 1000)
+        poison = [
+            json.dumps({"ts": now, "seq": 1, "metrics": {"t": 1.0}, "attrs": deep}).encode(),
+            b'{"ts": %d, "seq": 2, "metrics": {}, "attrs": {"s": "\xc3\x28"}}' % now,  # not UTF-8
+            b'{"ts": %d, "seq": 3, "metrics": {}, "attrs": {"n": 1%s}}' % (now, b"0" * 400),  # a 400-digit number
+        ]
+        dead_start = end_offsets(stack, stack.topic(Kafka.DEAD_LETTER))
+        telemetry_start = end_offsets(stack, stack.topic(Kafka.TELEMETRY))
+        for i in range(20):
+            good.send_telemetry({"i": float(i)})
+            if i % 7 == 0:
+                poisoner.publish_raw("telemetry", poison[(i // 7) % len(poison)])
+        assert good.wait_acked(30) and poisoner.wait_acked(30)
+
+        arrived = read_json(stack, stack.topic(Kafka.TELEMETRY), telemetry_start,
+                            keep=lambda v: v["device_id"] == good.device_id, until=lambda recs: len(recs) >= 20,
+                            timeout=60)
+        assert sorted(r["payload"]["seq"] for r in arrived) == list(range(20))
+        letters = read_json(stack, stack.topic(Kafka.DEAD_LETTER), dead_start,
+                            keep=lambda v: v["device_id"] == poisoner.device_id, until=lambda recs: len(recs) >= 3,
+                            timeout=60)
+        assert len(letters) == 3 and "too_deep" in {r["reason"] for r in letters}
+        with urllib.request.urlopen(f"http://127.0.0.1:{stack.bridge_metrics_port}/health", timeout=5) as resp:
+            assert resp.status == 200
+    finally:
+        poisoner.stop()
+        good.stop()
+
+
 # -- kill -9 under load ---------------------------------------------------------------------
 
 
