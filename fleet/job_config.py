@@ -24,6 +24,17 @@ class JobConfigError(ValueError):
     pass
 
 
+def configured_lake_path(environ: Mapping[str, str]) -> str | None:
+    """The lake path as the submitter gave it, before Settings resolves it against the working
+    directory (on a TaskManager that is the extracted archive, and an unset one defaults to the
+    archive's var/): FLEET_LAKE_DIR, else FLEET_VAR_DIR/lake, else None."""
+    if environ.get("FLEET_LAKE_DIR"):
+        return environ["FLEET_LAKE_DIR"]
+    if environ.get("FLEET_VAR_DIR"):
+        return str(PurePath(environ["FLEET_VAR_DIR"]) / "lake")
+    return None
+
+
 def missing_defaults(conf: Mapping[str, str | None]) -> dict[str, str]:
     """The REQUIRED_DEFAULTS keys the effective config does not set."""
     return {k: v for k, v in REQUIRED_DEFAULTS.items() if not conf.get(k)}

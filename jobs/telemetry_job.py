@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -56,7 +57,7 @@ from pyflink.datastream.state import StateTtlConfig, ValueStateDescriptor
 from pyflink.java_gateway import get_gateway
 
 from fleet.domain import telemetry as dom
-from fleet.job_config import REQUIRED_DEFAULTS, JobConfigError, check, missing_defaults
+from fleet.job_config import REQUIRED_DEFAULTS, JobConfigError, check, configured_lake_path, missing_defaults
 from fleet.settings import Settings
 
 log = logging.getLogger("telemetry_job")
@@ -529,7 +530,7 @@ def ensure_exactly_once(env: StreamExecutionEnvironment, settings: Settings, opt
     retention = cp.get_externalized_checkpoint_retention() if cp.is_externalized_checkpoints_enabled() else None
     check(cp.get_checkpoint_interval(), cp.get_checkpointing_mode().name,
           retention.name if retention is not None else None,
-          str(settings.lake_path) if settings.lake_path else None, options.lake)
+          configured_lake_path(os.environ), options.lake)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -47,3 +47,12 @@ def test_missing_defaults_fills_only_unset_keys():
     assert "execution.checkpointing.interval" not in missing
     assert missing["execution.checkpointing.mode"] == "EXACTLY_ONCE"
     assert missing_defaults(REQUIRED_DEFAULTS) == {}
+
+
+def test_the_lake_path_is_taken_as_given_not_as_resolved():
+    from fleet.job_config import configured_lake_path
+    assert configured_lake_path({}) is None
+    assert configured_lake_path({"FLEET_VAR_DIR": "/srv/var"}) == "/srv/var/lake"
+    assert configured_lake_path({"FLEET_VAR_DIR": "/srv/var", "FLEET_LAKE_DIR": "lake"}) == "lake"
+    with pytest.raises(JobConfigError, match="not absolute"):
+        check(**{**GOOD, "lake_path": configured_lake_path({"FLEET_LAKE_DIR": "lake"})})
