@@ -27,12 +27,19 @@ class JobConfigError(ValueError):
 def configured_lake_path(environ: Mapping[str, str]) -> str | None:
     """The lake path as the submitter gave it, before Settings resolves it against the working
     directory (on a TaskManager that is the extracted archive, and an unset one defaults to the
-    archive's var/): FLEET_LAKE_DIR, else FLEET_VAR_DIR/lake, else None."""
-    if environ.get("FLEET_LAKE_DIR"):
-        return environ["FLEET_LAKE_DIR"]
-    if environ.get("FLEET_VAR_DIR"):
-        return str(PurePath(environ["FLEET_VAR_DIR"]) / "lake")
-    return None
+    archive's var/): FLEET_LAKE_DIR, else FLEET_VAR_DIR/lake, each from the environment or else the
+    TOML file named by FLEET_CONFIG_FILE (the environment wins, as in Settings), else None."""
+    given: dict[str, str] = {}
+    if environ.get("FLEET_CONFIG_FILE"):
+        import tomllib
+
+        with open(environ["FLEET_CONFIG_FILE"], "rb") as fh:
+            given = {k: str(v) for k, v in tomllib.load(fh).items() if k in ("lake_dir", "var_dir") and v}
+    lake = environ.get("FLEET_LAKE_DIR") or given.get("lake_dir")
+    if lake:
+        return lake
+    var = environ.get("FLEET_VAR_DIR") or given.get("var_dir")
+    return str(PurePath(var) / "lake") if var else None
 
 
 def missing_defaults(conf: Mapping[str, str | None]) -> dict[str, str]:

@@ -56,3 +56,14 @@ def test_the_lake_path_is_taken_as_given_not_as_resolved():
     assert configured_lake_path({"FLEET_VAR_DIR": "/srv/var", "FLEET_LAKE_DIR": "lake"}) == "lake"
     with pytest.raises(JobConfigError, match="not absolute"):
         check(**{**GOOD, "lake_path": configured_lake_path({"FLEET_LAKE_DIR": "lake"})})
+
+
+def test_the_lake_path_may_come_from_the_config_file(tmp_path):
+    from fleet.job_config import configured_lake_path
+
+    toml = tmp_path / "fleet.toml"
+    toml.write_text('lake_dir = "/data/lake"\n')
+    assert configured_lake_path({"FLEET_CONFIG_FILE": str(toml)}) == "/data/lake"
+    assert configured_lake_path({"FLEET_CONFIG_FILE": str(toml), "FLEET_LAKE_DIR": "/env/lake"}) == "/env/lake"
+    toml.write_text('var_dir = "/srv/fleet"\n')
+    assert configured_lake_path({"FLEET_CONFIG_FILE": str(toml)}) == "/srv/fleet/lake"
