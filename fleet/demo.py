@@ -4,15 +4,19 @@
 2. every job under jobs/ submitted to the Flink cluster (skipped if already running),
 3. the bridge(s) and the API,
 4. a simulated fleet publishing over mutual TLS for ``duration`` seconds,
-5. a report of what flowed: records per Kafka topic, rows in Cassandra, files in the lake.
+5. a report of what flowed: records per Kafka topic, and this run's messages checked exactly once
+   in the lake.
 """
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterable
 
 from fleet.settings import Settings
 from fleet.stack import launcher
@@ -58,26 +62,71 @@ def topic_offsets(settings: Settings) -> dict[str, int]:
         consumer.close()
 
 
-def run_fleet(settings: Settings, devices: int, rate: float, duration: float) -> int:
+def run_fleet(settings: Settings, devices: int, rate: float, duration: float, summary: Path) -> int:
     argv = [sys.executable, "-m", "device.simulator", "--devices", str(devices), "--rate", str(rate),
-            "--duration", str(duration)]
+            "--duration", str(duration), "--json", str(summary)]
     return subprocess.run(argv, env=settings_env(settings), cwd=PROJECT_ROOT).returncode
 
 
-def report(settings: Settings, before: dict[str, int], after: dict[str, int], out=None) -> None:
+@dataclass(frozen=True)
+class Delivery:
+    """This run's messages against what a sink holds of them."""
+
+    sent: int
+    present: int     # distinct (device, seq) of this run found
+    duplicates: int  # rows beyond the first for one (device, seq)
+    missing: int
+
+    @property
+    def exactly_once(self) -> bool:
+        return self.present == self.sent and self.duplicates == 0
+
+
+def delivery(seq_ranges: dict[str, list[int]], rows: Iterable[tuple[str, int]]) -> Delivery:
+    """``seq_ranges``: device -> [first seq sent in this run, next seq after its last]; ``rows``: the
+    sink's (device_id, seq) pairs, any devices and runs (others are ignored)."""
+    seen: dict[tuple[str, int], int] = {}
+    for device_id, seq in rows:
+        span = seq_ranges.get(device_id)
+        if span is not None and span[0] <= seq < span[1]:
+            seen[(device_id, seq)] = seen.get((device_id, seq), 0) + 1
+    sent = sum(end - start for start, end in seq_ranges.values())
+    return Delivery(sent, len(seen), sum(seen.values()) - len(seen), sent - len(seen))
+
+
+def lake_delivery(settings: Settings, seq_ranges: dict[str, list[int]]) -> Delivery:
+    import pyarrow.compute as pc
+
+    from fleet.lake import telemetry_dataset
+
+    table = telemetry_dataset(settings.lake_path / "telemetry").to_table(
+        columns=["device_id", "seq"], filter=pc.field("device_id").isin(sorted(seq_ranges)))
+    return delivery(seq_ranges, zip(table.column("device_id").to_pylist(), table.column("seq").to_pylist()))
+
+
+def wait_for_lake(settings: Settings, seq_ranges: dict[str, list[int]], timeout: float = 60.0) -> Delivery:
+    """The lake commits on checkpoints: poll until it holds the whole run, or the timeout."""
+    deadline = time.monotonic() + timeout
+    while True:
+        found = lake_delivery(settings, seq_ranges)
+        if found.present >= found.sent or time.monotonic() > deadline:
+            return found
+        time.sleep(1.0)
+
+
+def report(settings: Settings, before: dict[str, int], after: dict[str, int], lake: Delivery | None = None,
+           out=None) -> None:
     out = out or sys.stdout
     out.write("\nWhat flowed (records added per Kafka topic):\n")
     for name in Kafka.ALL:
         delta = after.get(name, 0) - before.get(name, 0)
         if delta:
             out.write(f"  {settings.topic(name):<28} {delta:>10,}\n")
-    lake = settings.lake_path / "telemetry"
-    if lake.exists():
-        from fleet.lake import telemetry_dataset
-
-        files = list(lake.rglob("*.parquet"))
-        rows = telemetry_dataset(lake).count_rows()
-        out.write(f"\nParquet lake: {rows:,} rows in {len(files)} files under {lake}\n")
+    if lake is not None:
+        verdict = "exactly once" if lake.exactly_once else "NOT exactly once"
+        out.write(f"\nParquet lake, this run's devices: sent {lake.sent:,}, in the lake {lake.present:,}, "
+                  f"duplicates {lake.duplicates:,}, missing {lake.missing:,} ({verdict}) "
+                  f"under {settings.lake_path / 'telemetry'}\n")
 
 
 def demo_key(settings: Settings) -> str:
@@ -120,9 +169,13 @@ def run(settings: Settings, *, devices: int, rate: float, duration: float, bridg
     launcher.print_endpoints(components + extra_bridges)
     before = topic_offsets(settings)
     print(f"\nSimulating {devices} devices at {rate}/s each for {duration:.0f}s ...", flush=True)
-    rc = run_fleet(settings, devices, rate, duration)
-    time.sleep(10)  # let the bridge and the jobs drain what is in flight (sinks commit on checkpoints)
-    report(settings, before, topic_offsets(settings))
+    summary_file = settings.run_dir / "demo-simulator.json"
+    summary_file.parent.mkdir(parents=True, exist_ok=True)
+    rc = run_fleet(settings, devices, rate, duration, summary_file)
+    seq_ranges = json.loads(summary_file.read_text())["seq_ranges"] if summary_file.exists() else {}
+    print("Waiting for the lake to commit this run (checkpoints) ...", flush=True)
+    lake = wait_for_lake(settings, seq_ranges) if seq_ranges else None
+    report(settings, before, topic_offsets(settings), lake)
     print_try_it(settings)
     if keep_running:
         print("\nThe stack keeps running: 'fleet stack status', 'fleet stack logs NAME', "
