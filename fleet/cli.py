@@ -46,6 +46,9 @@ def _stack_status(settings: Settings, args) -> int:
             print(f"{row['name']:<10} {row['state']}")
             for label, where in row["endpoints"].items():
                 print(f"{'':<10} {label:<18} {where}")
+            for job, state in row.get("jobs", {}).items():
+                hint = "" if state == "RUNNING" else "   (submit: fleet demo, or see docs/deploy.md)"
+                print(f"{'':<10} {'job ' + job:<18} {state}{hint}")
     return 0 if all(r["state"] in ("healthy", "stopped") for r in rows) else 1
 
 

@@ -170,10 +170,36 @@ def status(settings: Settings) -> list[dict]:
             rows.append({"name": name, "state": f"not installed ({exc})", "endpoints": {}, "logs": []})
             continue
         running = component.is_running()
-        state = ("healthy" if _safe_healthy(component) else "starting/unhealthy") if running else "stopped"
-        rows.append({"name": name, "state": state, "endpoints": component.endpoints(),
-                     "logs": [str(p) for p in component.log_files()]})
+        healthy = running and _safe_healthy(component)
+        state = ("healthy" if healthy else "starting/unhealthy") if running else "stopped"
+        row = {"name": name, "state": state, "endpoints": component.endpoints(),
+               "logs": [str(p) for p in component.log_files()]}
+        if name == "flink" and healthy:
+            row["jobs"] = job_states(settings)
+        rows.append(row)
     return rows
+
+
+def expected_jobs() -> list[str]:
+    """The jobs the platform runs: one per jobs/<name>_job.py."""
+    jobs_dir = Path(__file__).resolve().parents[2] / "jobs"
+    return sorted(p.stem.removesuffix("_job") for p in jobs_dir.glob("*_job.py"))
+
+
+def job_states(settings: Settings) -> dict[str, str]:
+    """Each expected job's state on the cluster: RUNNING, another Flink state, or "NOT RUNNING"
+    (a healthy cluster with no job, e.g. after a JobManager crash, is not a healthy platform)."""
+    from fleet.stack import flink
+
+    try:
+        known = flink.list_jobs(settings)
+    except Exception as exc:  # the REST API answered health but not this: say so, don't crash
+        return {name: f"unknown ({exc})" for name in expected_jobs()}
+    states = {}
+    for name in expected_jobs():
+        mine = [j.get("state", "?") for j in known if j.get("name") == name]
+        states[name] = "RUNNING" if "RUNNING" in mine else (mine[-1] if mine else "NOT RUNNING")
+    return states
 
 
 def log_files(settings: Settings, name: str | None) -> list[Path]:
