@@ -52,7 +52,7 @@ from typing import Iterable, Protocol
 from pyflink.common import Types, WatermarkStrategy
 from pyflink.common.time import Time
 from pyflink.datastream import (DataStream, KeyedProcessFunction, KeyedStream, OutputTag, RuntimeContext,
-                                StreamExecutionEnvironment)
+                                StreamExecutionEnvironment, TimeDomain)
 from pyflink.datastream.state import StateTtlConfig, ValueStateDescriptor
 from pyflink.java_gateway import get_gateway
 
@@ -94,6 +94,9 @@ class JobOptions:
     state_ttl_ms: int = 7 * 24 * 3600 * 1000
     # Watermarks (fleet-wide event time) only flush silent devices' rollups and gaps.
     out_of_orderness_ms: int = 5_000
+    # Also by the wall clock (processing-time timers, dom.wall_clock_timer): a quiet device's last
+    # minute appears within the allowed lateness and a few seconds even when no device sends.
+    wall_clock_timers: bool = True
     idleness_ms: int = 30_000
     raw_ttl_s: int = 30 * 24 * 3600
     rollup_ttl_s: int = 400 * 24 * 3600
@@ -194,8 +197,11 @@ class TelemetryCore(KeyedProcessFunction):
         self._store(state)
         if step.timers:
             timers = ctx.timer_service()
+            wall = timers.current_processing_time() if self.options.wall_clock_timers else None
             for t in step.timers:
                 timers.register_event_time_timer(t)
+                if wall is not None:
+                    timers.register_processing_time_timer(dom.wall_clock_timer(t, wall, self.rules))
         if step.rollups or step.gaps or step.stats_changed:
             yield from self._emit(point.device_id, state, step)
         self.pending += 1
@@ -210,7 +216,8 @@ class TelemetryCore(KeyedProcessFunction):
             if stored is None:  # expired or never written
                 return
             state = dom.decode_state(*stored)
-        step = dom.on_time(state, timestamp, self.rules)
+        now = timestamp if ctx.time_domain() == TimeDomain.EVENT_TIME else dom.wall_clock_now(timestamp)
+        step = dom.on_time(state, now, self.rules)
         if step.rollups or step.gaps:
             self._store(state)
         self._flush_counts()
@@ -308,7 +315,8 @@ def java_core(keyed: KeyedStream, options: JobOptions) -> tuple[DataStream, dict
         raise RuntimeError("fleet.flink.TelemetryCore is not on the class path: java/flink-fleet's jar in lib/ "
                            "predates it (rebuild it and restart the cluster), or run with --core python")
     r = options.rules
-    j_core = j(r.allowed_lateness_ms, r.max_future_skew_ms, r.rollup_bucket_ms, r.max_open_gaps, options.state_ttl_ms)
+    j_core = j(r.allowed_lateness_ms, r.max_future_skew_ms, r.rollup_bucket_ms, r.max_open_gaps, options.state_ttl_ms,
+               options.wall_clock_timers)
     # Own uid: its state (a byte[] per device) is not the Python operator's (pickled lists).
     j_points = keyed._j_data_stream.process(j_core).name("telemetry-core").uid("telemetry-core-java")
     j_tags = {ROLLUPS: j.rollupsTag(), GAPS: j.gapsTag(), STATS: j.statsTag(), DEAD_LETTERS: j.deadLettersTag()}
@@ -493,6 +501,8 @@ def parse_args(argv: list[str]) -> JobOptions:
     p.add_argument("--state-ttl-ms", type=int, default=d.state_ttl_ms, help="dedup horizon (per-device state TTL)")
     p.add_argument("--out-of-orderness-ms", type=int, default=d.out_of_orderness_ms)
     p.add_argument("--idleness-ms", type=int, default=d.idleness_ms)
+    p.add_argument("--no-wall-clock-timers", dest="wall_clock_timers", action="store_false",
+                   help="publish quiet devices' rollups and gaps only when fleet-wide event time moves")
     p.add_argument("--raw-ttl-s", type=int, default=d.raw_ttl_s)
     p.add_argument("--rollup-ttl-s", type=int, default=d.rollup_ttl_s)
     p.add_argument("--lake-part-mb", type=int, default=d.lake_part_mb)

@@ -402,6 +402,26 @@ def _close_by_clock(state: DeviceState, rules: TelemetryRules, step: Step) -> No
         step.stats_changed = True
 
 
+# A quiet device's buckets and gaps are published (provisionally) by the wall clock too, so what an
+# operator sees never waits for other devices to move the fleet-wide event time: this long after
+# the wall clock passes the point its event-time timer stands for.
+WALL_CLOCK_SLACK_MS = 2_000
+
+
+def wall_clock_timer(event_timer: int, wall_now: int, rules: TelemetryRules) -> int:
+    """The processing-time timer that backs the event-time timer ``event_timer``, registered at
+    wall-clock ``wall_now``. A live device's clock is the wall clock, so its timer fires when the
+    wall clock gets there; a device uploading an old backlog is given the allowed lateness to move
+    on first. Rounded up to whole seconds, so one device's timers coalesce."""
+    due = max(event_timer, wall_now + rules.allowed_lateness_ms) + WALL_CLOCK_SLACK_MS
+    return -(-due // 1000) * 1000
+
+
+def wall_clock_now(timer: int) -> int:
+    """The event time a processing-time timer from ``wall_clock_timer`` lets ``on_time`` assume."""
+    return timer - WALL_CLOCK_SLACK_MS
+
+
 def on_time(state: DeviceState, now: int, rules: TelemetryRules) -> Step:
     """The fleet-wide event time reached ``now``: publish provisional values for a silent device.
 

@@ -217,3 +217,30 @@ def test_a_seq_gap_is_reported_as_lost(stack, enrollment, telemetry_job, api, vi
     body = wait_for("the lost gap", check)
     assert body["complete"] is False and body["lost"] == 2
     assert [(g["first_seq"], g["last_seq"], g["missing"], g["status"]) for g in body["gaps"]] == [(3, 4, 2, "lost")]
+
+
+def test_a_quiet_devices_last_minute_appears_without_other_traffic(stack, enrollment, telemetry_job, api, viewer,
+                                                                   tmp_path):
+    """Nothing else sends during this test, so fleet-wide event time stands still (idle partitions):
+    the minute must become visible by the wall clock, within the allowed lateness (60 s) and a few
+    seconds, not when some other device next sends."""
+    identity = enrollment.enroll(f"e2e-quiet-{uuid.uuid4().hex[:6]}", tmp_path / "quiet")
+    agent = DeviceAgent(identity, AgentConfig.from_settings(stack)).start()
+    assert agent.wait_connected(15)
+    start = now_ms() - 70_000
+    start -= start % MIN  # a minute that has ended by the wall clock
+    values = [3.0, 1.0, 2.0]
+    for i, v in enumerate(values):
+        publish(agent, {"q": v}, start + 1000 * (i + 1))
+    assert agent.wait_acked(30)
+    agent.stop()
+    sent_at = time.monotonic()
+    params = {"metric": "q", "from": start, "to": start + MIN, "bucket": "1m", "fn": "min,max,count,avg"}
+    want = [{"start": start, "values": {"min": 1.0, "max": 3.0, "count": 3, "avg": 2.0}}]
+
+    def check():
+        r = api.get(f"/v1/devices/{identity.device_id}/telemetry/aggregate", params=params, headers=viewer)
+        return r.status_code == 200 and r.json()["buckets"] == want, r.json()
+
+    wait_for("a quiet device's last minute", check, timeout=60 + 30, interval=1.0)
+    assert time.monotonic() - sent_at < 60 + 30

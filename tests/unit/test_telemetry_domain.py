@@ -229,3 +229,29 @@ def test_a_point_must_be_keyed_by_its_own_device():
     rejected = dom.check_key(point, "d-2")
     assert (rejected.reason, rejected.device_id) == (dom.KEY_MISMATCH, "d-1")
     assert "record key is 'd-2'" in rejected.detail
+
+
+# --- wall-clock timers: a quiet device's minute does not wait for the rest of the fleet ---------
+
+@pytest.mark.parametrize("event_timer,wall_now,due", [
+    # A live device (its clock is the wall clock): when the wall clock reaches the event timer.
+    (1_000_120_000, 1_000_030_000, 1_000_122_000),
+    # Rounded up to a whole second, so one device's timers coalesce.
+    (1_000_120_001, 1_000_030_000, 1_000_123_000),
+    # A backlog (old timestamps): the allowed lateness after now, for the upload to move on.
+    (1_000_000_000, 2_000_000_000, 2_000_062_000),
+])
+def test_wall_clock_timer(event_timer, wall_now, due):
+    rules = dom.TelemetryRules()
+    assert dom.wall_clock_timer(event_timer, wall_now, rules) == due
+    assert dom.wall_clock_now(due) >= event_timer  # on_time then publishes what that timer stood for
+
+
+def test_a_wall_clock_timer_publishes_a_quiet_devices_minute():
+    rules = dom.TelemetryRules()
+    state = dom.DeviceState()
+    start = 1_800_000_000_000
+    step = dom.observe(state, dom.Point("d-1", start + 5_000, 0, start + 5_000, {"t": 1.0}, "{}", "t"), rules)
+    [bucket_timer] = step.timers
+    out = dom.on_time(state, dom.wall_clock_now(dom.wall_clock_timer(bucket_timer, start + 5_000, rules)), rules)
+    assert [(r.bucket_start, r.count) for r in out.rollups] == [(start, 1)]

@@ -13,6 +13,7 @@ import org.apache.flink.core.memory.DataOutputSerializer;
 import org.apache.flink.metrics.Counter;
 import org.apache.flink.metrics.MetricGroup;
 import org.apache.flink.shaded.jackson2.com.fasterxml.jackson.core.JsonGenerator;
+import org.apache.flink.streaming.api.TimeDomain;
 import org.apache.flink.streaming.api.functions.KeyedProcessFunction;
 import org.apache.flink.types.Row;
 import org.apache.flink.util.Collector;
@@ -75,6 +76,7 @@ public class TelemetryCore extends KeyedProcessFunction<Row, Row, String> implem
 
     private final TelemetryRules rules;
     private final long stateTtlMs;
+    private final boolean wallClockTimers;
 
     private transient ValueState<byte[]> device;
     private transient DataOutputSerializer encodeBuffer;
@@ -90,8 +92,15 @@ public class TelemetryCore extends KeyedProcessFunction<Row, Row, String> implem
     /** The job's TelemetryRules and state TTL (all long: py4j hands Python ints over as they come). */
     public TelemetryCore(long allowedLatenessMs, long maxFutureSkewMs, long rollupBucketMs, long maxOpenGaps,
                          long stateTtlMs) {
+        this(allowedLatenessMs, maxFutureSkewMs, rollupBucketMs, maxOpenGaps, stateTtlMs, true);
+    }
+
+    /** @param wallClockTimers also publish a quiet device's buckets and gaps by the wall clock. */
+    public TelemetryCore(long allowedLatenessMs, long maxFutureSkewMs, long rollupBucketMs, long maxOpenGaps,
+                         long stateTtlMs, boolean wallClockTimers) {
         this.rules = new TelemetryRules(allowedLatenessMs, maxFutureSkewMs, rollupBucketMs, Math.toIntExact(maxOpenGaps));
         this.stateTtlMs = stateTtlMs;
+        this.wallClockTimers = wallClockTimers;
     }
 
     @Override
@@ -154,8 +163,12 @@ public class TelemetryCore extends KeyedProcessFunction<Row, Row, String> implem
                 ctx.output(DEAD_LETTERS, TelemetryEnvelope.deadLetter(rejected, raw, System.currentTimeMillis()));
         }
         device.update(state.encode(encodeBuffer));
+        long wallNow = step.timerCount > 0 && wallClockTimers ? ctx.timerService().currentProcessingTime() : 0;
         for (int i = 0; i < step.timerCount; i++) {
             ctx.timerService().registerEventTimeTimer(step.timers[i]);
+            if (wallClockTimers) {
+                ctx.timerService().registerProcessingTimeTimer(rules.wallClockTimer(step.timers[i], wallNow));
+            }
         }
         if (step.emits()) {
             emit(point.deviceId, state, step, ctx);
@@ -170,7 +183,8 @@ public class TelemetryCore extends KeyedProcessFunction<Row, Row, String> implem
         }
         DeviceState state = DeviceState.decode(stored, decodeBuffer);
         Step step = this.step.reset();
-        rules.onTime(state, timestamp, step);
+        long now = ctx.timeDomain() == TimeDomain.EVENT_TIME ? timestamp : TelemetryRules.wallClockNow(timestamp);
+        rules.onTime(state, now, step);
         if (!step.rollups.isEmpty() || !step.gaps.isEmpty()) {
             device.update(state.encode(encodeBuffer));
         }

@@ -409,6 +409,19 @@ final class TelemetryRules implements Serializable {
         }
     }
 
+    /** See fleet.domain.telemetry.WALL_CLOCK_SLACK_MS: the same rule, the same numbers. */
+    static final long WALL_CLOCK_SLACK_MS = 2_000;
+
+    /** The processing-time timer backing event-time timer {@code eventTimer} (fleet.domain.telemetry.wall_clock_timer). */
+    long wallClockTimer(long eventTimer, long wallNow) {
+        long due = Math.max(eventTimer, wallNow + allowedLatenessMs) + WALL_CLOCK_SLACK_MS;
+        return Math.floorDiv(due + 999, 1000L) * 1000L;
+    }
+
+    static long wallClockNow(long timer) {
+        return timer - WALL_CLOCK_SLACK_MS;
+    }
+
     /** Fleet-wide event time reached {@code now}: provisional values for a silent device. */
     void onTime(DeviceState state, long now, Step step) {
         for (Bucket bucket : state.buckets.values()) {
