@@ -142,8 +142,8 @@ def get_aggregate(device_id: str, principal: Viewer, onboarding: OnboardingDep, 
             description="Gaps in the device's `seq` (open: may still arrive; lost: past the allowed lateness; "
                         "filled) and its delivery counts. The counts are written when one of the device's minutes "
                         "closes: when its own clock is 60 s past that minute, or, for a device that went quiet, "
-                        "when the fleet's event time is. So they trail the device by a minute or two, and while "
-                        "the whole fleet is silent its last minute is not counted yet.")
+                        "when the wall clock is (about 62 s after the minute ends, whatever other devices do). "
+                        "So they trail the device by a minute or two.")
 def get_gaps(device_id: str, principal: Viewer, onboarding: OnboardingDep, store: Store,
              limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = 100) -> GapReport:
     visible_device(onboarding, principal, device_id)

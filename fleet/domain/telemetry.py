@@ -9,8 +9,9 @@ behind the newest ``ts`` seen from the same device (its ``clock``), not behind a
 watermark: one device with a fast clock cannot make the rest of the fleet late, and a device
 uploading a backlog after an outage is not late as long as it uploads in order. Buckets and gaps
 become *final* when the device's clock has moved far enough that any record still belonging to
-them would be late. For devices that fall silent, a fleet-wide event-time timer (``on_time``)
-publishes provisional values, which a later record may still correct.
+them would be late. For devices that fall silent, timers (``on_time``) publish provisional values,
+which a later record may still correct: by fleet-wide event time, and by the wall clock
+(``wall_clock_timer``), so a quiet device's last minute shows even while no other device sends.
 
 Dedup and gap detection share one structure: a record is a duplicate exactly when its ``seq`` is
 at most the highest seen and not inside a known gap, so the state is the highest ``seq`` plus the
