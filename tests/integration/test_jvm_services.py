@@ -1,47 +1,31 @@
 """Kafka and Cassandra as the launcher leaves them: topics created, keyspace migrated.
 
-Assumes both are already up (``fleet stack up`` or .ci/run). Skips when they are not reachable,
-except under CI=true, where an absent service is a failure.
+Stands alone: the session's ``stack`` fixture starts what is not running (a skip on a developer
+machine where it cannot start, a failure under CI=true).
 """
 
 from __future__ import annotations
 
-import os
 import uuid
 
 import pytest
 
 from fleet.settings import Settings
-from fleet.stack.kafka import bootstrap_host_port, create_topics
-from fleet.stack.process import port_open
+from fleet.stack.kafka import create_topics
 from fleet.topics import Kafka
 
 pytestmark = pytest.mark.integration
 
-IN_CI = os.environ.get("CI", "").lower() == "true"
-
-
-def _require(host: str, port: int, what: str) -> None:
-    if port_open(host, port):
-        return
-    message = f"{what} is not reachable at {host}:{port}"
-    if IN_CI:
-        pytest.fail(message + " (under CI the stack must be started before the tests)")
-    pytest.skip(message)
+@pytest.fixture(scope="module")
+def kafka_settings(stack: Settings) -> Settings:
+    return stack
 
 
 @pytest.fixture(scope="module")
-def kafka_settings(settings: Settings) -> Settings:
-    _require(*bootstrap_host_port(settings), "Kafka")
-    return settings
-
-
-@pytest.fixture(scope="module")
-def cql(settings: Settings):
-    _require(settings.cassandra_contact_points[0], settings.cassandra_port, "Cassandra")
+def cql(stack: Settings):
     from fleet.stack.cassandra import open_session
 
-    session = open_session(settings)
+    session = open_session(stack)
     yield session
     session.cluster.shutdown()
 
