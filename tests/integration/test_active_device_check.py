@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 import pytest
 
 from fleet.active_devices import ActiveDeviceCheck, BlockedDevices
@@ -14,13 +12,15 @@ pytestmark = pytest.mark.integration
 def test_active_check_follows_the_registry(api, keys, cassandra, uid):
     device = uid("chk")
     api.post("/v1/devices", headers=keys.operator, json={"device_id": device}).raise_for_status()
-    check = ActiveDeviceCheck(cassandra, ttl_s=0.5)
+    now = [0.0]  # injected clock: the TTL expires when the test says so, not after a sleep
+    check = ActiveDeviceCheck(cassandra, ttl_s=0.5, clock=lambda: now[0])
     assert check.is_active(device) and not check.is_active(uid("never-registered"))
     api.patch(f"/v1/devices/{device}", headers=keys.operator, json={"status": "disabled"}).raise_for_status()
-    time.sleep(0.6)
+    assert check.is_active(device)  # the cached answer stands until the TTL has passed
+    now[0] += 0.6
     assert not check.is_active(device)
     api.patch(f"/v1/devices/{device}", headers=keys.operator, json={"status": "active"}).raise_for_status()
-    time.sleep(0.6)
+    now[0] += 0.6
     assert check.is_active(device)
     api.delete(f"/v1/devices/{device}", headers=keys.operator).raise_for_status()
     check.invalidate(device)

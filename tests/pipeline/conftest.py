@@ -6,12 +6,14 @@ import os
 
 import pytest
 
+from tests.support import require
+
 
 @pytest.fixture(scope="session", autouse=True)
 def _embedded_python_path():
     # The local cluster's JVM (started by the first StreamExecutionEnvironment) inherits these.
     # Thread mode embeds the base interpreter, which does not see the virtualenv by itself.
-    pytest.importorskip("pyflink")
+    require.module("pyflink", "pipeline tests need the [flink] extra")
     from fleet.settings import Settings
     from fleet.stack.flink import PROJECT_ROOT, prepare_lib, pyflink_home, python_path
 

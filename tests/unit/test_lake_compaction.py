@@ -17,6 +17,7 @@ import pytest
 
 from fleet import lake_compaction as lc
 from fleet.lake_compaction import FileInfo, Partition, plan
+from tests.support import require
 
 UTC = dt.timezone.utc
 NOW = dt.datetime(2024, 1, 2, 0, 0, tzinfo=UTC)
@@ -219,7 +220,7 @@ def test_a_second_run_changes_nothing(tmp_path):
 
 
 def test_duckdb_reads_the_compacted_lake(tmp_path):
-    duckdb = pytest.importorskip("duckdb")
+    duckdb = require.module("duckdb", "the [dev] extra")
     table_dir = build_lake(tmp_path)
     run(tmp_path)
     # leftovers of a run that was killed must not be read either (DuckDB's glob matches dot files)

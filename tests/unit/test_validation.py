@@ -9,6 +9,7 @@ import pytest
 
 from fleet.topics import Uplink
 from fleet.validation import DEFAULT_SCHEMA_DIR, SchemaViolation, UplinkValidators, compile_schema, fastjsonschema, load_schema
+from tests.support import require
 
 TS = 1_700_000_000_000
 
@@ -81,7 +82,7 @@ def reference():
 @pytest.fixture(scope="module")
 def fast():
     if fastjsonschema is None:
-        pytest.skip("fastjsonschema not installed")
+        require.missing("fastjsonschema is not installed")
     return UplinkValidators(engine="fast")
 
 
