@@ -278,7 +278,13 @@ class Rollup:
 
     @property
     def avg(self) -> float:
-        return self.sum / self.count
+        return clamped_mean(self.sum, self.count, self.min, self.max)
+
+
+def clamped_mean(total: float, count: int, low: float, high: float) -> float:
+    """``total / count`` kept inside [low, high]: a rounded float sum can put the mean of equal
+    values an ulp outside (0.7 + 0.7 + 0.7 = 2.0999999999999996, / 3 < 0.7)."""
+    return min(max(total / count, low), high)
 
 
 @dataclass(slots=True)

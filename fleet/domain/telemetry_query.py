@@ -11,6 +11,8 @@ import math
 from dataclasses import dataclass
 from typing import Iterable, Iterator, Sequence
 
+from fleet.domain.telemetry import clamped_mean
+
 UTC = dt.timezone.utc
 MINUTE_MS = 60_000
 DAY_MS = 86_400_000
@@ -148,7 +150,7 @@ class Bucket:
 
     @property
     def avg(self) -> float:
-        return self.sum / self.count if self.count else math.nan
+        return clamped_mean(self.sum, self.count, self.min, self.max) if self.count else math.nan
 
     def value(self, fn: str) -> float | int:
         return {"avg": self.avg, "min": self.min, "max": self.max, "count": self.count, "sum": self.sum}[fn]

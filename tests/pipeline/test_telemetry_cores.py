@@ -66,7 +66,7 @@ def generate(seed: int = 11, n: int = 1500) -> list[str]:
             next_seq[d] += 1
         clock[d] += rng.choice([500, 1000, 2000] if slow[d] else [1000, 5000, 20_000, 70_000, 0, 200_000])
         ts = clock[d] + rng.choice([0] * 8 + [-30_000, -90_000, -61_000, 5_000, -59_999, -60_000])
-        metrics = {rng.choice(["temp", "hum", "Z", "a b", "é"]): rng.choice([1, 2.5, -3, 1e300, 0.1, 7])
+        metrics = {rng.choice(["temp", "hum", "Z", "a b", "é"]): rng.choice([1, 2.5, -3, 1e300, 0.1, 7, 0.7])
                    for _ in range(rng.randrange(0, 4))}
         env = {"device_id": d, "type": "telemetry", "ts": ts, "ingest_ts": ts + rng.randrange(-1000, 1000),
                "mqtt_topic": f"devices/{d}/telemetry", "payload": {"ts": ts, "seq": seq, "metrics": metrics}}
@@ -131,6 +131,13 @@ def test_gap_statuses_are_exercised(outputs):
     # "filled" needs a provisional report mid-stream, i.e. timing-dependent watermarks; the
     # domain's unit tests cover it.
     assert {g["status"] for g in outputs["python"]["gaps"]} == {"open", "lost"}
+
+
+def test_rounded_averages_are_kept_inside_min_max(outputs):
+    # Equal values whose float sum rounds (0.7 * 3): both cores must clamp the same way.
+    clamped = [r for r in outputs["java"]["rollups"] if not r["min"] <= r["sum"] / r["count"] <= r["max"]]
+    assert clamped, "the generated input no longer exercises a rounded average"
+    assert all(r["min"] <= r["avg"] <= r["max"] for core in outputs.values() for r in core["rollups"])
 
 
 def test_same_dead_letters(outputs):

@@ -255,3 +255,10 @@ def test_a_wall_clock_timer_publishes_a_quiet_devices_minute():
     [bucket_timer] = step.timers
     out = dom.on_time(state, dom.wall_clock_now(dom.wall_clock_timer(bucket_timer, start + 5_000, rules)), rules)
     assert [(r.bucket_start, r.count) for r in out.rollups] == [(start, 1)]
+
+
+def test_an_average_stays_inside_min_and_max_when_the_sum_rounds():
+    # 0.7 + 0.7 + 0.7 == 2.0999999999999996 in floating point: / 3 is below 0.7.
+    rollup = dom.Rollup(0, "t", 0.7, 0.7, 0.7 + 0.7 + 0.7, 3, True)
+    assert rollup.avg == 0.7
+    assert dom.Rollup(0, "t", 1.0, 3.0, 4.0, 2, True).avg == 2.0

@@ -114,3 +114,9 @@ def test_buckets_from_points():
 
 def test_day_of_is_utc():
     assert day_of(T0) == dt.date(2023, 11, 14)
+
+
+def test_a_merged_average_stays_inside_min_and_max():
+    merged = rebucket([Bucket(0, 0.7, 0.7, 0.7, 1), Bucket(60_000, 0.7, 0.7, 0.7, 1), Bucket(120_000, 0.7, 0.7, 0.7, 1)],
+                      300_000)
+    assert merged[0].sum != 2.1 and merged[0].value("avg") == 0.7

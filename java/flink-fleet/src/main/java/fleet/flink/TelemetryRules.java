@@ -233,8 +233,9 @@ final class TelemetryRules implements Serializable {
             this.count = a.count;
         }
 
+        /** sum / count kept inside [min, max]: a rounded float sum can put it an ulp outside. */
         double avg() {
-            return sum / count;
+            return Math.min(Math.max(sum / count, min), max);
         }
     }
 
