@@ -1,5 +1,5 @@
 """End to end on the real stack: device agent --mTLS--> Mosquitto --> bridge --> Kafka --> the
-telemetry job on Flink --> Cassandra and the Parquet lake --> the API.
+telemetry job on Flink --> Cassandra and the Parquet lake --> the API process (over HTTP).
 
 Each device sends points with timestamps the test chooses (a few minutes in the past, spread
 over three whole minutes), then one closing point 61 s after the last minute, which makes the
@@ -14,9 +14,9 @@ import time
 import uuid
 from collections import defaultdict
 
+import httpx
 import pyarrow.dataset as ds
 import pytest
-from fastapi.testclient import TestClient
 
 from device.agent import AgentConfig, DeviceAgent, now_ms
 from fleet.lake import telemetry_dataset
@@ -30,9 +30,9 @@ DEVICES = 3
 
 @pytest.fixture(scope="module")
 def api(stack):
-    from api.main import create_app
-
-    with TestClient(create_app(stack.replace(provisioning_service=False))) as client:
+    """The API process the launcher started, over real HTTP: what an operator's client talks to."""
+    with httpx.Client(base_url=f"http://{stack.api_host}:{stack.api_port}", timeout=30) as client:
+        assert client.get("/health").status_code == 200
         yield client
 
 
