@@ -120,7 +120,7 @@ def percentile(values: list[float], q: float) -> float | None:
     if not values:
         return None
     ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(q / 100 * (len(ordered) - 1))))]
+    return float(ordered[min(len(ordered) - 1, int(q / 100 * len(ordered)))])
 
 
 # -- raw broker -----------------------------------------------------------------------------

@@ -26,7 +26,15 @@ files (var/lake/telemetry/date=*/hour=*/*.parquet, read with pyarrow), and repor
   API's, this process's (the load driver and the checks) and the whole machine's (/proc/stat);
 * lake write rate: rows and files committed during the stage window.
 
-Prints a table; appends one JSON line per stage to var/bench/e2e.jsonl.
+Before any load it measures the same-run baseline (bench/baseline.py: a CPU calibration and raw
+Mosquitto QoS 1 pub->sub over mTLS) and prints the key figures also as ratios to it: achieved
+msg/s / raw broker msg/s, CPU us/msg / calibration us/op. Then a warm-up at the first rate in
+short windows (``--warmup-window-s``; each window's figure = its points / (time from its start
+until Cassandra held all of them)) until two consecutive windows agree within 10 % (capped at
+``--warmup-max-s``), printing each window and how long it took.
+
+Prints a table; appends one JSON line per stage (with the baseline, the ratios and the warm-up)
+to var/bench/e2e.jsonl. Figures, method and a run on the 2-core box: bench/README.md.
 """
 
 from __future__ import annotations
@@ -49,7 +57,9 @@ sys.path.insert(0, str(PROJECT_ROOT / "bench"))
 import httpx  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
 
-from bridge_bench import CDriver, broker_pid, cpu_seconds, percentile  # noqa: E402
+import baseline  # noqa: E402
+from baseline import broker_pid, cpu_seconds, percentile  # noqa: E402
+from bridge_bench import CDriver  # noqa: E402
 from mqtt_driver import AsyncDriver  # noqa: E402
 from fleet.enrollment import RegistryEnrollment  # noqa: E402
 from fleet.settings import Settings  # noqa: E402
@@ -244,6 +254,49 @@ class Probe:
         self.client.close()
 
 
+# -- warm-up and ratios ---------------------------------------------------------------------
+
+
+def warmup_window(args, rate: float, driver, cass: CassandraCheck, devices: list[str]) -> float | None:
+    """Publish one window at ``rate``; its points / (time until Cassandra held them all), or None."""
+    t0_ms, t0 = now_ms(), time.monotonic()  # every point of this window has ts >= t0_ms
+    ranges = driver.run(rate, args.warmup_window_s)
+    t1_ms = now_ms()
+    expected = {dev: nxt - first for dev, (first, nxt) in ranges.items()}
+    deadline = time.monotonic() + args.drain_seconds
+    while time.monotonic() < deadline:
+        counts = cass.counts(devices, t0_ms, t1_ms + 1)
+        if all(counts[d] >= expected[d] for d in devices):
+            return sum(expected.values()) / (time.monotonic() - t0)
+        time.sleep(0.5)
+    return None
+
+
+def stage_ratios(stage: dict, base: dict) -> dict:
+    """The stage's key figures divided by the same-run baseline's."""
+    broker, cpu = base.get("broker") or {}, base["cpu"]["us_per_op_best"]
+    return {"achieved_vs_raw_broker": baseline.ratio(stage["achieved"], broker.get("rate")),
+            "platform_us_per_msg_vs_calibration": baseline.ratio(stage["cpu_us_per_msg_total"], cpu),
+            "bridge_us_per_msg_vs_calibration": baseline.ratio(stage["cpu_us_per_msg"]["bridge"], cpu),
+            "machine_us_per_msg_vs_calibration": baseline.ratio(stage["machine_cpu_us_per_msg"], cpu),
+            "p50_vs_raw_broker_p50": baseline.ratio(stage["p50_ms"], broker.get("p50_ms"))}
+
+
+def print_ratios(stages: list[dict], base: dict, warm: dict | None, out=sys.stdout) -> None:
+    broker, cpu = base.get("broker") or {}, base["cpu"]["us_per_op_best"]
+    out.write("As ratios to the same-run baseline (raw broker msg/s and p50; CPU calibration us/op):\n")
+    for s in stages:
+        out.write(f"  {s['offered']:>7,.0f}/s: achieved {baseline.with_ratio(s['achieved'], broker.get('rate'), unit=' msg/s')}"
+                  f"; platform {baseline.with_ratio(s['cpu_us_per_msg_total'], cpu, unit=' us/msg')}"
+                  f"; bridge {baseline.with_ratio(s['cpu_us_per_msg']['bridge'], cpu, unit=' us/msg')}"
+                  f"; machine {baseline.with_ratio(s['machine_cpu_us_per_msg'], cpu, unit=' us/msg')}"
+                  f"; p50 {baseline.with_ratio(s['p50_ms'], broker.get('p50_ms'), unit=' ms')}\n")
+    if warm:
+        out.write(f"Warm-up: {'stable' if warm['stable'] else 'NOT stable'} after {warm['seconds']:.0f} s of load "
+                  f"({len(warm['windows'])} windows of {warm['window_s']:.0f} s, consecutive within "
+                  f"{warm['tolerance']:.0%}); {warm['since_process_start_s']:.0f} s after this bench process started\n")
+
+
 # -- the run --------------------------------------------------------------------------------
 
 
@@ -391,7 +444,11 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--rates", default="1000,3000,5000", help="offered msg/s per stage")
     ap.add_argument("--stage-seconds", type=float, default=20.0)
-    ap.add_argument("--warmup-seconds", type=float, default=20.0, help="unreported load at the first rate first")
+    ap.add_argument("--warmup-window-s", type=float, default=5.0, help="length of one warm-up window")
+    ap.add_argument("--warmup-max-s", type=float, default=120.0,
+                    help="warm up at the first rate until two consecutive windows agree within 10%%, at most this "
+                         "long (0: no warm-up)")
+    ap.add_argument("--baseline-messages", type=int, default=20_000, help="raw broker baseline size (0: CPU only)")
     ap.add_argument("--drain-seconds", type=float, default=90.0, help="max wait after a stage for stragglers")
     ap.add_argument("--devices", type=int, default=50)
     ap.add_argument("--driver", choices=("async", "c"), default="async",
@@ -416,6 +473,8 @@ def main(argv: list[str] | None = None) -> int:
     jsonl.parent.mkdir(parents=True, exist_ok=True)
     api_url = args.api_url or f"http://{settings.api_host}:{settings.api_port}"
 
+    # Same run, same machine state, before anything of the bench loads the machine.
+    base = baseline.measure(settings, broker=args.baseline_messages > 0, broker_messages=args.baseline_messages)
     job_id = ensure_telemetry_job(settings)
     print(f"run {run_id}: telemetry job {job_id}, pids {component_pids(settings)}", file=sys.stderr)
 
@@ -436,19 +495,24 @@ def main(argv: list[str] | None = None) -> int:
     probe = Probe(settings, probe_identity, api_url, api_key, args.poll_ms)
     time.sleep(settings.registry_cache_ttl_s + 1)  # let the bridge's registry cache see the new devices
     stages: list[dict] = []
+    warm = None
     try:
         driver.start()
         probe.start()
-        if args.warmup_seconds > 0:
-            # A freshly started TaskManager or Cassandra runs interpreted for a while (JIT): warm
-            # the whole path at the first rate, unreported, then let the backlog drain.
-            print(f"warm-up: {args.warmup_seconds:.0f} s at {rates[0]:,.0f} msg/s (not reported) ...", file=sys.stderr)
-            driver.run(rates[0], args.warmup_seconds)
-            time.sleep(10)
+        if args.warmup_max_s > 0:
+            # A freshly started TaskManager or Cassandra runs interpreted for a while (JIT), and
+            # this process's first connections and queries are slow: warm the whole path at the
+            # first rate, unreported as a stage, until consecutive windows agree.
+            print(f"warm-up at {rates[0]:,.0f} msg/s in {args.warmup_window_s:.0f} s windows "
+                  f"(<= {args.warmup_max_s:.0f} s):", file=sys.stderr)
+            warm = baseline.warm_up(lambda: warmup_window(args, rates[0], driver, cass, devices),
+                                    max_seconds=args.warmup_max_s, label="msg/s into Cassandra")
+            warm["window_s"] = args.warmup_window_s
         for rate in rates:
             print(f"stage {rate:,.0f} msg/s ...", file=sys.stderr)
             stage = run_stage(args, settings, rate, driver, probe, cass, lake, devices)
-            stage.update(run=run_id, at=dt.datetime.now(dt.timezone.utc).isoformat(), cores=os.cpu_count())
+            stage.update(run=run_id, at=dt.datetime.now(dt.timezone.utc).isoformat(), cores=os.cpu_count(),
+                         ratios=stage_ratios(stage, base), baseline=base, warmup=warm)
             stages.append(stage)
             with open(jsonl, "a") as fh:
                 fh.write(json.dumps(stage, default=str) + "\n")
@@ -460,6 +524,7 @@ def main(argv: list[str] | None = None) -> int:
         probe.stop()
         cass.close()
     print_table(run_id, stages, args)
+    print_ratios(stages, base, warm)
     print(f"results appended to {jsonl}")
     return 0
 
