@@ -31,6 +31,11 @@ class BridgeMetrics:
             "fleet_broker_publish_dropped", "Messages the broker dropped since it started because a session's "
             "queue was full ($SYS/broker/publish/messages/dropped, broker-wide); lost after the device's PUBACK",
             registry=r)
+        self.broker_disconnects = Counter(
+            "fleet_broker_disconnects", "Clients the broker threw out, by reason, from its own log "
+            "($SYS/broker/log/N): packet_too_large means a device sent a packet above max_packet_size, which the "
+            "broker discarded (never dead-lettered). Every bridge replica counts every broker event.",
+            ["reason"], registry=r)
         self.produce_latency = Histogram(
             "fleet_bridge_produce_latency_seconds", "From producer.send to Kafka's acknowledgement",
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10), registry=r)

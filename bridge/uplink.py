@@ -36,6 +36,7 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from bridge.metrics import BridgeMetrics, HttpEndpoint
+from fleet.broker_log import BROKER_NOTICE_LOG_TOPIC, parse_disconnect
 from fleet.envelope import INVALID_ENVELOPE, DeadLetter, RegistryUnavailable, Routed, dead_letter, handle_uplink
 from fleet.logs import log_fields
 from fleet.mqtt_loop import MqttLoop
@@ -156,6 +157,7 @@ class UplinkBridge:
         c.on_message = self._on_message
         c.on_subscribe = self._on_subscribe
         c.message_callback_add(BROKER_DROPPED_TOPIC, self._on_broker_dropped)
+        c.message_callback_add(BROKER_NOTICE_LOG_TOPIC, self._on_broker_log)
         self.loop.attach(c)
         return c
 
@@ -228,7 +230,8 @@ class UplinkBridge:
         else:
             opts = SubscribeOptions(qos=1)
             client.subscribe([(f, opts) for f in shared_filters(self.settings.bridge_share_group)]
-                             + [(BROKER_DROPPED_TOPIC, SubscribeOptions(qos=0))])
+                             + [(BROKER_DROPPED_TOPIC, SubscribeOptions(qos=0)),
+                                (BROKER_NOTICE_LOG_TOPIC, SubscribeOptions(qos=0))])
         log.info("connected to MQTT", extra=log_fields(session_present=flags.session_present, generation=self._gen))
 
     def _on_subscribe(self, client, userdata, mid, reason_codes, properties) -> None:
@@ -260,6 +263,19 @@ class UplinkBridge:
             log.error("the broker dropped messages after acknowledging them to devices: a session queue was full "
                       "(raise max_queued_messages / FLEET_MQTT_MAX_QUEUED, or add bridge capacity)",
                       extra=log_fields(dropped=total - previous, broker_total=total))
+
+    def _on_broker_log(self, client, userdata, msg: mqtt.MQTTMessage) -> None:
+        event = parse_disconnect(msg.payload)
+        if event is None:
+            return
+        self.metrics.broker_disconnects.labels(event.reason).inc()
+        if event.reason == "packet_too_large":
+            log.warning("the broker disconnected a client for a packet above its max_packet_size and discarded it "
+                        "(a device that resends it will loop; see the device contract's limits)",
+                        extra=log_fields(client_id=event.client_id, reason=event.reason))
+        else:
+            log.info("the broker disconnected a client", extra=log_fields(client_id=event.client_id,
+                                                                          reason=event.reason))
 
     # -- the hot path (loop thread) ---------------------------------------------------------
     def _on_message(self, client, userdata, msg: mqtt.MQTTMessage) -> None:

@@ -52,6 +52,11 @@ pattern read provisioning/%u/%c/response
 """
 
 
+def max_packet_size(settings: Settings) -> int:
+    """The broker's limit (sent to clients in CONNACK as Maximum Packet Size)."""
+    return max(4 * settings.max_payload_bytes, 262144)
+
+
 def mosquitto_binary() -> str:
     found = shutil.which("mosquitto") or next(
         (p for p in ("/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto") if Path(p).exists()), None)
@@ -116,6 +121,8 @@ class MosquittoComponent:
             + "".join(f"{k} {v}\n" for k, v in PERSISTENCE_SETTINGS)
             + f"persistence_location {conf}/\n"
             "log_dest stdout\n"
+            # Also on $SYS/broker/log/<level>: the bridge counts the clients the broker threw out.
+            "log_dest topic\n"
             "log_type error\nlog_type warning\nlog_type notice\nlog_type information\n"
             "connection_messages true\n"
             "log_timestamp_format %Y-%m-%dT%H:%M:%S\n"
@@ -123,7 +130,7 @@ class MosquittoComponent:
             f"max_queued_messages {s.mqtt_max_queued}\n"
             # Larger than the bridge's limit, so oversized payloads reach the bridge and are
             # dead-lettered with a reason instead of vanishing at the broker.
-            f"max_packet_size {max(4 * s.max_payload_bytes, 262144)}\n"
+            f"max_packet_size {max_packet_size(s)}\n"
             "\n# Devices (platform CA)\n"
             + listener(s.mqtt_device_port, pki.ca_chain_path, pki.crl_path, "acl-devices",
                        clientid_is_username=True)
