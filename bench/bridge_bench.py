@@ -3,8 +3,9 @@
     .venv/bin/python bench/bridge_bench.py [--rates 1000,2500,5000,7500,10000] [--bridges 1]
 
 What it does, in one run on one machine:
-1. raw broker: Mosquitto QoS 1 publish -> subscribe throughput with C clients (mosquitto_pub /
-   mosquitto_sub over the same mTLS listeners), the ceiling the bridge is compared with;
+1. the same-run baseline (bench/baseline.py): a CPU calibration and raw Mosquitto QoS 1
+   publish -> subscribe (C clients over the mTLS services listener), the ceiling the bridge is
+   compared with; the key figures are printed also as ratios to it;
 2. starts ``--bridges`` bridge processes on throwaway topics (``bench-<run>.*``, telemetry with
    LogAppendTime so Kafka stamps when each record landed) and a throwaway share group;
 3. for each rate: a simulated fleet publishes telemetry (QoS 1, mTLS, ts = publish time) for
@@ -12,8 +13,12 @@ What it does, in one run on one machine:
    zero loss, p50/p99 publish-to-Kafka latency (append time - ts), achieved throughput
    (records / (last append - first publish)), and CPU per message of the bridge processes and
    of Mosquitto (from /proc);
-4. prints a table, writes JSON under var/bench/, ends the bridges' broker sessions and deletes
-   the throwaway topics.
+   before the first stage, a warm-up at the first rate in ``--warmup-window-s`` windows until
+   two consecutive windows' achieved msg/s agree within 10 % (the bridges are freshly started,
+   i.e. cold), each window printed;
+4. prints a table, writes JSON under var/bench/ (and one line to var/bench/bridge.jsonl) with the
+   baseline, the ratios and the warm-up, ends the bridges' broker sessions and deletes the
+   throwaway topics. Figures and method: bench/README.md.
 
 Load drivers: ``--driver c`` (default) feeds one ``mosquitto_pub -l`` per device with paced,
 timestamped lines, so the load generator costs ~15 us/message and leaves the 2 cores to the
@@ -35,7 +40,6 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 import urllib.request
 import uuid
@@ -52,36 +56,15 @@ from kafka.admin import KafkaAdminClient, NewTopic  # noqa: E402
 from device.identity import DeviceIdentity  # noqa: E402
 from fleet.enrollment import RegistryEnrollment  # noqa: E402
 from device.seqstore import SeqStore  # noqa: E402
-from fleet.pki import LocalPKI  # noqa: E402
 from fleet.settings import Settings  # noqa: E402
 from fleet.topics import Kafka  # noqa: E402
 
-CLK_TCK = os.sysconf("SC_CLK_TCK")
+sys.path.insert(0, str(PROJECT_ROOT / "bench"))
+import baseline  # noqa: E402
+from baseline import broker_pid, cpu_seconds, percentile  # noqa: E402,F401 (e2e_bench imported them from here)
 
 
 # -- processes and CPU ----------------------------------------------------------------------
-
-
-def cpu_seconds(pid: int | None) -> float:
-    """utime + stime of a process (all its threads), from /proc/<pid>/stat."""
-    if not pid:
-        return 0.0
-    try:
-        data = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return 0.0
-    fields = data[data.rfind(")") + 2:].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
-
-
-def broker_pid(settings: Settings) -> int | None:
-    """Mosquitto's pid: the process listening on the device port (else the stack's pid file)."""
-    out = subprocess.run(["ss", "-ltnpH", f"sport = :{settings.mqtt_device_port}"], capture_output=True,
-                         text=True).stdout
-    if "pid=" in out:
-        return int(out.split("pid=")[1].split(",")[0])
-    pid_file = settings.run_dir / "mosquitto.pid"
-    return int(pid_file.read_text().strip()) if pid_file.exists() else None
 
 
 def free_port() -> int:
@@ -153,12 +136,6 @@ class TelemetryReader:
 
     def close(self) -> None:
         self.consumer.close()
-
-
-def percentile(sorted_values: list[int], p: float) -> float | None:
-    if not sorted_values:
-        return None
-    return float(sorted_values[min(len(sorted_values) - 1, int(p / 100 * len(sorted_values)))])
 
 
 # -- bridges --------------------------------------------------------------------------------
@@ -305,66 +282,6 @@ class AgentDriver:
         pass
 
 
-# -- raw broker throughput ------------------------------------------------------------------
-
-
-def raw_broker_throughput(settings: Settings, identities: list[DeviceIdentity], messages: int, run_id: str) -> dict:
-    """QoS 1 publish -> subscribe through Mosquitto with C clients, as fast as they go."""
-    pki = LocalPKI(settings.pki_dir)
-    cert, key = pki.service_identity(settings.bridge_client_id)
-    prefix = f"devices/{identities[0].device_id.rsplit('-', 1)[0]}-"
-    sub = subprocess.Popen(
-        ["mosquitto_sub", "-h", settings.mqtt_host, "-p", str(settings.mqtt_service_port), "--cafile",
-         str(pki.ca_chain_path), "--cert", str(cert), "--key", str(key), "-i", f"bench-raw-{run_id}",
-         "-t", "devices/+/telemetry", "-q", "1", "-V", "mqttv5", "-F", "%t"],
-        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
-    counted = {"n": 0, "t_last": 0.0}
-    done = threading.Event()
-
-    def count() -> None:
-        for line in sub.stdout:
-            if line.startswith(prefix.encode()):
-                counted["n"] += 1
-                if counted["n"] >= messages:
-                    counted["t_last"] = time.monotonic()
-                    done.set()
-                    return
-
-    reader = threading.Thread(target=count, daemon=True)
-    reader.start()
-    time.sleep(1.5)
-    per = messages // len(identities)
-    files = []
-    for ident in identities:
-        seq = SeqStore(ident.directory / "seq")
-        path = ident.directory / "raw.lines"
-        now = time.time_ns() // 1_000_000
-        path.write_bytes(b"".join(b'{"ts":%d,"seq":%d,"metrics":{"t":1.5}}\n' % (now, seq.take()) for _ in range(per)))
-        seq.close()
-        files.append(path)
-    messages = per * len(identities)
-    cpu0 = cpu_seconds(broker_pid(settings))
-    t0 = time.monotonic()
-    pubs = [subprocess.Popen(
-        ["mosquitto_pub", "-h", settings.mqtt_host, "-p", str(settings.mqtt_device_port), "--cafile",
-         str(ident.ca_path), "--cert", str(ident.cert_path), "--key", str(ident.key_path), "-i", ident.device_id,
-         "-t", f"devices/{ident.device_id}/telemetry", "-q", "1", "-V", "mqttv5", "-M", "100", "-l"],
-        stdin=open(path, "rb"), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for ident, path in
-        zip(identities, files)]
-    ok = done.wait(120)
-    elapsed = (counted["t_last"] or time.monotonic()) - t0
-    cpu1 = cpu_seconds(broker_pid(settings))
-    for p in pubs:
-        p.wait(30)
-    sub.terminate()
-    sub.wait(10)
-    for path in files:
-        path.unlink()
-    return {"messages": messages, "received": counted["n"], "complete": ok, "seconds": elapsed,
-            "rate": counted["n"] / elapsed if elapsed > 0 else 0.0, "publishers": len(identities),
-            "broker_cpu_us_per_msg": (cpu1 - cpu0) / max(1, counted["n"]) * 1e6}
-
-
 # -- the run --------------------------------------------------------------------------------
 
 
@@ -406,12 +323,37 @@ def run_stage(rate: float, seconds: float, driver, bridges: BridgeProcs, reader:
     return stage
 
 
+def stage_ratios(stage: Stage, base: dict) -> dict:
+    """The stage's key figures divided by the same-run baseline's."""
+    broker, cpu = base.get("broker") or {}, base["cpu"]["us_per_op_best"]
+    return {"achieved_vs_raw_broker": baseline.ratio(stage.achieved, broker.get("rate")),
+            "bridge_us_per_msg_vs_calibration": baseline.ratio(stage.bridge_cpu_us, cpu),
+            "broker_us_per_msg_vs_raw_broker": baseline.ratio(stage.broker_cpu_us, broker.get("broker_cpu_us_per_msg")),
+            "p50_vs_raw_broker_p50": baseline.ratio(stage.p50_ms, broker.get("p50_ms"))}
+
+
+def print_ratios(stages: list[Stage], base: dict, warm: dict | None, out=sys.stdout) -> None:
+    broker, cpu = base.get("broker") or {}, base["cpu"]["us_per_op_best"]
+    out.write("As ratios to the same-run baseline (raw broker msg/s, broker us/msg and p50; CPU calibration us/op):\n")
+    for s in stages:
+        out.write(f"  {s.offered:>7,.0f}/s: achieved {baseline.with_ratio(s.achieved, broker.get('rate'), unit=' msg/s')}"
+                  f"; bridge {baseline.with_ratio(s.bridge_cpu_us, cpu, unit=' us/msg')}"
+                  f"; broker {baseline.with_ratio(s.broker_cpu_us, broker.get('broker_cpu_us_per_msg'), unit=' us/msg')}"
+                  f"; p50 {baseline.with_ratio(s.p50_ms, broker.get('p50_ms'), unit=' ms')}\n")
+    if warm:
+        out.write(f"Warm-up of the freshly started bridge(s): {'stable' if warm['stable'] else 'NOT stable'} after "
+                  f"{warm['seconds']:.0f} s ({len(warm['windows'])} windows of {warm['window_s']:.0f} s, consecutive "
+                  f"within {warm['tolerance']:.0%}); {warm['since_process_start_s']:.0f} s after this bench process "
+                  f"started\n")
+
+
 def print_table(stages: list[Stage], raw: dict | None, args, out=sys.stdout) -> None:
     out.write(f"\nBridge benchmark: {args.bridges} bridge process(es), driver={args.driver}, {args.devices} devices, "
               f"{args.stage_seconds:.0f} s per stage, {os.cpu_count()} cores, load avg {os.getloadavg()[0]:.1f}\n")
     if raw:
-        out.write(f"Raw Mosquitto QoS 1 publish->subscribe (C clients, {raw['publishers']} publishers, "
-                  f"{raw['received']:,} msgs): {raw['rate']:,.0f} msg/s, broker {raw['broker_cpu_us_per_msg']:.0f} us/msg\n")
+        out.write(f"Raw Mosquitto QoS 1 publish->subscribe (C clients, services listener, {raw['publishers']} "
+                  f"publishers, {raw['received']:,} msgs): {raw['rate']:,.0f} msg/s, broker "
+                  f"{raw['broker_cpu_us_per_msg']:.0f} us/msg\n")
     hdr = (f"{'offered/s':>10} {'published':>10} {'in Kafka':>10} {'missing':>8} {'dups':>6} {'achieved/s':>11} "
            f"{'p50 ms':>8} {'p99 ms':>8} {'bridge us/msg':>14} {'broker us/msg':>14}  sustained")
     out.write(hdr + "\n" + "-" * len(hdr) + "\n")
@@ -436,7 +378,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--bridges", type=int, default=1, help="bridge processes sharing the subscription")
     ap.add_argument("--driver", choices=("c", "agent"), default="c")
     ap.add_argument("--agent-processes", type=int, default=2, help="simulator processes (driver=agent)")
-    ap.add_argument("--raw-messages", type=int, default=100_000, help="0 skips the raw broker measurement")
+    ap.add_argument("--raw-messages", type=int, default=20_000,
+                    help="raw broker baseline size (0: CPU calibration only)")
+    ap.add_argument("--warmup-window-s", type=float, default=5.0, help="length of one warm-up window")
+    ap.add_argument("--warmup-max-s", type=float, default=60.0,
+                    help="warm up at the first rate until two consecutive windows agree within 10%%, at most this "
+                         "long (0: no warm-up)")
     ap.add_argument("--max-p99-ms", type=float, default=1000.0, help="above this a stage is not 'sustained'")
     ap.add_argument("--keep-going", action="store_true", help="run every rate even after one was not sustained")
     ap.add_argument("--keep-topics", action="store_true")
@@ -465,10 +412,9 @@ def main(argv: list[str] | None = None) -> int:
     mosquitto = broker_pid(settings)
     print(f"run {run_id}: topics bench-{run_id}.*, broker pid {mosquitto}", file=sys.stderr)
 
-    raw = None
-    if args.raw_messages:
-        raw = raw_broker_throughput(settings, identities[:min(10, len(identities))], args.raw_messages, run_id)
-        print(f"raw broker: {raw['rate']:,.0f} msg/s", file=sys.stderr)
+    # Same run, same machine state, before the bench's own bridges and load.
+    base = baseline.measure(settings, broker=args.raw_messages > 0, broker_messages=args.raw_messages)
+    raw = base["broker"]
 
     create_topics(settings)
     bridges = BridgeProcs(settings, args.bridges, bench_dir / "logs")
@@ -476,10 +422,18 @@ def main(argv: list[str] | None = None) -> int:
         AgentDriver(settings, identities, args.agent_processes, bench_dir)
     stages: list[Stage] = []
     reader = None
+    warm = None
     try:
         bridges.start()
         driver.start()
         reader = TelemetryReader(settings)
+        if args.warmup_max_s > 0:
+            print(f"warm-up at {rates[0]:,.0f} msg/s in {args.warmup_window_s:.0f} s windows "
+                  f"(<= {args.warmup_max_s:.0f} s):", file=sys.stderr)
+            warm = baseline.warm_up(lambda: run_stage(rates[0], args.warmup_window_s, driver, bridges, reader,
+                                                      mosquitto, args.max_p99_ms).achieved,
+                                    max_seconds=args.warmup_max_s, label="msg/s into Kafka")
+            warm["window_s"] = args.warmup_window_s
         for rate in rates:
             print(f"stage {rate:,.0f} msg/s ...", file=sys.stderr)
             stage = run_stage(rate, args.stage_seconds, driver, bridges, reader, mosquitto, args.max_p99_ms)
@@ -495,10 +449,14 @@ def main(argv: list[str] | None = None) -> int:
         if not args.keep_topics:
             delete_topics(settings)
     print_table(stages, raw, args)
+    print_ratios(stages, base, warm)
     result = {"run": run_id, "at": dt.datetime.now(dt.timezone.utc).isoformat(), "args": vars(args) | {"json": None},
-              "cores": os.cpu_count(), "raw": raw, "stages": [asdict(s) for s in stages]}
+              "cores": os.cpu_count(), "raw": raw, "baseline": base, "warmup": warm,
+              "stages": [asdict(s) | {"ratios": stage_ratios(s, base)} for s in stages]}
     path = args.json or bench_dir / f"bridge-{dt.datetime.now():%Y%m%d-%H%M%S}.json"
     path.write_text(json.dumps(result, indent=2, default=str))
+    with open(bench_dir / "bridge.jsonl", "a") as fh:
+        fh.write(json.dumps(result, default=str) + "\n")
     print(f"results: {path}")
     return 0
 
