@@ -137,6 +137,7 @@ class _Subscriber:
             ["mosquitto_sub", *client_args, "-i", client_id, "-t", f"{topic}/#", "-q", "1", "-V", "mqttv5",
              "-F", "%p"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
         self.ready = threading.Event()
+        self.latency_publisher_up = threading.Event()
         self.counted = 0
         self.first_at = self.last_at = None
         self.latencies_ms: list[float] = []
@@ -150,6 +151,8 @@ class _Subscriber:
             with self.cond:
                 if kind == b"R":
                     self.ready.set()
+                elif kind == b"W":
+                    self.latency_publisher_up.set()
                 elif kind == b"T":
                     self.counted += 1
                     self.first_at = self.first_at or now
@@ -220,6 +223,10 @@ def raw_broker(settings, messages: int = 20_000, publishers: int = 2, latency_me
         lat = subprocess.Popen(["mosquitto_pub", *client_args, "-i", f"bench-base-{run}-lat",
                                 "-t", f"{topic}/lat", "-q", "1", "-V", "mqttv5", "-l"], stdin=subprocess.PIPE,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, bufsize=0)
+        # Its connection (TLS handshake) must not count as the first message's latency.
+        lat.stdin.write(b"W\n")
+        if not sub.latency_publisher_up.wait(timeout):
+            raise RuntimeError("raw broker baseline: the latency publisher's first message never arrived")
         start = time.monotonic()
         for n in range(latency_messages):
             while time.monotonic() < start + n / latency_rate:  # paced, one message at a time

@@ -110,6 +110,17 @@ def ensure_telemetry_job(settings: Settings) -> str:
     return job_id
 
 
+def job_running_for_s(settings: Settings, job_id: str) -> float | None:
+    """Seconds since the job's start-time in Flink's REST API (how warm its TaskManager code may be)."""
+    from fleet.stack import flink
+
+    try:
+        start = flink.job_details(settings, job_id).get("start-time")
+    except Exception:  # noqa: BLE001
+        return None
+    return (now_ms() - start) / 1000 if start and start > 0 else None
+
+
 def telemetry_job_running(settings: Settings) -> bool:
     from fleet.stack import flink
 
@@ -294,7 +305,10 @@ def print_ratios(stages: list[dict], base: dict, warm: dict | None, out=sys.stdo
     if warm:
         out.write(f"Warm-up: {'stable' if warm['stable'] else 'NOT stable'} after {warm['seconds']:.0f} s of load "
                   f"({len(warm['windows'])} windows of {warm['window_s']:.0f} s, consecutive within "
-                  f"{warm['tolerance']:.0%}); {warm['since_process_start_s']:.0f} s after this bench process started\n")
+                  f"{warm['tolerance']:.0%}); {warm['since_process_start_s']:.0f} s after this bench process started"
+                  + (f"; the telemetry job had been running {warm['job_running_for_s_when_stable']:,.0f} s "
+                     f"(Flink REST start-time)" if warm.get("job_running_for_s_when_stable") is not None else "")
+                  + "\n")
 
 
 # -- the run --------------------------------------------------------------------------------
@@ -508,6 +522,7 @@ def main(argv: list[str] | None = None) -> int:
             warm = baseline.warm_up(lambda: warmup_window(args, rates[0], driver, cass, devices),
                                     max_seconds=args.warmup_max_s, label="msg/s into Cassandra")
             warm["window_s"] = args.warmup_window_s
+            warm["job_running_for_s_when_stable"] = job_running_for_s(settings, job_id)
         for rate in rates:
             print(f"stage {rate:,.0f} msg/s ...", file=sys.stderr)
             stage = run_stage(args, settings, rate, driver, probe, cass, lake, devices)
