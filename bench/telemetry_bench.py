@@ -36,6 +36,14 @@ call per record; a state read or write from thread-mode Python costs tens of mic
 Cassandra runs write into a throwaway keyspace (migrated, dropped afterwards), lake runs into a
 throwaway directory under var/bench/ (deleted afterwards). Results are
 appended to var/bench/telemetry.jsonl.
+
+The figures above predate the same-run baseline. Now every run first measures it
+(bench/baseline.py: CPU calibration, raw broker QoS 1 pub->sub) and prints each figure also as a
+ratio to it (us per record / calibration us per op); the cluster (private: freshly started, so
+a cold JVM) is first warmed by repeated ``discard`` jobs of ``--warmup-records`` until two
+consecutive jobs' records/s agree within 10 % (``--warmup-max-s`` caps it), each printed with
+the time from its job's start (Flink REST start-time) to its first task running and to its end.
+Method and a run on the 2-core box: bench/README.md.
 """
 
 from __future__ import annotations
@@ -50,7 +58,9 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import baseline  # noqa: E402
 from fleet.settings import Settings  # noqa: E402
 from fleet.stack import flink  # noqa: E402
 
@@ -106,15 +116,44 @@ def run_once(settings: Settings, stack: Settings, input_path: Path, sinks: str, 
     details = flink.job_details(settings, job_id)
     vertices = details["vertices"]
     start = min(v["start-time"] for v in vertices if v["start-time"] > 0)
+    job_start = details.get("start-time") or start  # when the JobManager accepted the job
     core = next(v for v in vertices if "telemetry-core" in v["name"])
     end = max(v["end-time"] for v in vertices)
     lake_files = sorted(lake.rglob("*.parquet"))
     lake_bytes = sum(f.stat().st_size for f in lake_files)
     shutil.rmtree(lake, ignore_errors=True)
     return {"job_id": job_id, "seconds_core": (core["end-time"] - start) / 1000,
+            "seconds_job_start_to_first_task": (start - job_start) / 1000,
+            "seconds_job_start_to_end": (end - job_start) / 1000,
             "seconds_all_tasks": (end - start) / 1000, "seconds_wall_incl_submit": round(wall, 1),
             "lake_files": len(lake_files), "lake_mb": round(lake_bytes / 1e6, 1),
             "vertices": [v["name"] for v in vertices]}
+
+
+def record_ratios(records_per_s: float, base: dict) -> dict:
+    """Throughput as us per record (wall, whole cluster) and that over the calibration's us per op."""
+    us = 1e6 / records_per_s if records_per_s else None
+    return {"us_per_record": us, "us_per_record_vs_calibration": baseline.ratio(us, base["cpu"]["us_per_op_best"])}
+
+
+def warm_cluster(flink_settings: Settings, settings: Settings, a, out_dir: Path) -> dict:
+    """Repeated small discard jobs until consecutive ones agree: how long the cluster needs to warm."""
+    path = out_dir / f"telemetry-{a.warmup_records}-{a.devices}.jsonl"
+    if not path.exists():
+        write_input(path, a.warmup_records, a.devices)
+    lines = count_lines(path)
+
+    def window() -> float:
+        r = run_once(flink_settings, settings, path, "discard", a.event_time, a.python_mode, None,
+                     a.cassandra_batch, a.core.split(",")[0])
+        print(f"    job {r['job_id'][:8]}: first task {r['seconds_job_start_to_first_task']:.1f} s and end "
+              f"{r['seconds_job_start_to_end']:.1f} s after job start (Flink REST), wall incl. submit "
+              f"{r['seconds_wall_incl_submit']} s", file=sys.stderr, flush=True)
+        return lines / r["seconds_all_tasks"]
+
+    print(f"warm-up: discard jobs of {lines:,} records until two agree within 10% (<= {a.warmup_max_s:.0f} s):",
+          file=sys.stderr, flush=True)
+    return baseline.warm_up(window, max_seconds=a.warmup_max_s, label="records/s")
 
 
 def main() -> None:
@@ -131,11 +170,16 @@ def main() -> None:
     p.add_argument("--cassandra-batch", type=int, default=64, help="rows per UNLOGGED batch (1 = none)")
     p.add_argument("--core", default="java",
                    help="telemetry-core implementation(s), comma-separated: java (the job's default), python")
+    p.add_argument("--warmup-records", type=int, default=50_000, help="records per warm-up job")
+    p.add_argument("--warmup-max-s", type=float, default=180.0, help="warm-up cap (0: no warm-up)")
+    p.add_argument("--baseline-messages", type=int, default=20_000, help="raw broker baseline size (0: CPU only)")
     a = p.parse_args()
     cores = a.core.split(",")
     if not set(cores) <= {"java", "python"}:
         p.error(f"--core: java and/or python, got {a.core!r}")
     settings = Settings.from_env()
+    # Same run, same machine state, before the bench's own cluster loads the machine.
+    base = baseline.measure(settings, broker=a.baseline_messages > 0, broker_messages=a.baseline_messages)
     cluster = None
     if not a.shared_cluster:
         # Same config and jars, own var dir and ports: the stack's jobs keep their slots.
@@ -157,6 +201,7 @@ def main() -> None:
     if not input_path.exists():
         write_input(input_path, a.records, a.devices)
     lines = count_lines(input_path)
+    warm = warm_cluster(flink_settings, settings, a, out_dir) if a.warmup_max_s > 0 else None
     keyspace = None
     results = []
     for sinks in a.runs.split(","):
@@ -172,13 +217,20 @@ def main() -> None:
                      python_mode=a.python_mode, records_per_s=round(lines / r["seconds_all_tasks"]),
                      parallelism=flink_settings.flink_parallelism, load_avg_1m=os.getloadavg()[0],
                      cluster="private" if cluster else "shared", at=time.strftime("%Y-%m-%dT%H:%M:%S"))
+            r.update(ratios=record_ratios(r["records_per_s"], base), baseline=base, warmup=warm)
             results.append(r)
             print(f"{sinks:<10} {core:<6} batch={a.cassandra_batch:<3} {a.python_mode:<7} {lines} records in "
                   f"{r['seconds_all_tasks']:.1f} s -> {r['records_per_s']} records/s (wall incl. submit "
                   f"{r['seconds_wall_incl_submit']} s, lake {r['lake_files']} files / {r['lake_mb']} MB, "
                   f"load {r['load_avg_1m']:.1f})", flush=True)
+            print(f"{'':<10} as ratio: {baseline.with_ratio(r['ratios']['us_per_record'], base['cpu']['us_per_op_best'], '.1f', ' us/record')} "
+                  f"(calibration {base['cpu']['us_per_op_best']:.1f} us/op)", flush=True)
             with open(out_dir / "telemetry.jsonl", "a") as fh:
                 fh.write(json.dumps(r) + "\n")
+    if warm:
+        print(f"warm-up of the {'freshly started private' if cluster else 'shared'} cluster: "
+              f"{'stable' if warm['stable'] else 'NOT stable'} after {warm['seconds']:.0f} s "
+              f"({len(warm['windows'])} discard jobs, consecutive within {warm['tolerance']:.0%})", flush=True)
     if cluster is not None:
         cluster.stop()
     if keyspace:
