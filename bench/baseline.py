@@ -11,7 +11,7 @@ measures, at the start of its own run and in the same machine state:
   throughput (msg/s, with the broker's CPU per message) and the latency of paced messages;
 
 and prints its own figures also as ratios to these (``with_ratio``). ``warm_up`` runs short
-windows until two consecutive ones agree within a tolerance, printing each, so every bench says
+windows until three consecutive ones agree within a tolerance, printing each, so every bench says
 how long a cold stack (or a freshly started bench process) needs before its figures are stable.
 
     .venv/bin/python bench/baseline.py            # the baseline alone (a few seconds)
@@ -279,20 +279,24 @@ def print_baseline(base: dict, out: TextIO = sys.stdout) -> None:
     out.flush()
 
 
-def windows_stable(values: list[float], tolerance: float = 0.10) -> bool:
-    """The last two windows' figures differ by less than ``tolerance`` of the larger (both > 0)."""
-    if len(values) < 2:
+def windows_stable(values: list[float | None], tolerance: float = 0.10, span: int = 3) -> bool:
+    """The last ``span`` windows' figures all lie within ``tolerance`` of the largest (all > 0).
+
+    Two windows can agree by chance while the machine is still settling (or another tenant's load
+    comes and goes), so the benches ask for three in a row.
+    """
+    if len(values) < span:
         return False
-    a, b = values[-2], values[-1]
-    if a is None or b is None or a <= 0 or b <= 0:
+    last = values[-span:]
+    if any(v is None or v <= 0 for v in last):
         return False
-    return abs(a - b) / max(a, b) < tolerance
+    return (max(last) - min(last)) / max(last) < tolerance
 
 
 def warm_up(measure_window: Callable[[], float | None], *, max_seconds: float, tolerance: float = 0.10,
             label: str = "msg/s", out: TextIO = sys.stderr, clock: Callable[[], float] = time.monotonic,
-            min_windows: int = 2) -> dict:
-    """Run windows until two consecutive figures agree within ``tolerance`` or ``max_seconds`` pass.
+            span: int = 3) -> dict:
+    """Run windows until ``span`` consecutive figures agree within ``tolerance`` or ``max_seconds`` pass.
 
     Each window's figure and the time since the warm-up (and the bench process) started are
     printed; the result says whether and after how long the figures became stable.
@@ -309,16 +313,17 @@ def warm_up(measure_window: Callable[[], float | None], *, max_seconds: float, t
         shown = f"{value:,.0f}" if value is not None else "-"
         out.write(f"  warm-up window {len(values)}: {shown} {label} (after {elapsed:.1f} s)\n")
         out.flush()
-        if len(values) >= min_windows and windows_stable(values, tolerance):
+        if windows_stable(values, tolerance, span):
             stable = True
             break
         if elapsed >= max_seconds:
             break
     elapsed = clock() - start
-    result = {"stable": stable, "seconds": round(elapsed, 2), "tolerance": tolerance, "windows": windows,
+    result = {"stable": stable, "seconds": round(elapsed, 2), "tolerance": tolerance, "span": span,
+              "windows": windows,
               "since_process_start_s": round(clock() - PROCESS_START, 2) if clock is time.monotonic else None}
     out.write(f"  warm-up: {'stable' if stable else 'NOT stable'} after {elapsed:.1f} s "
-              f"({len(values)} windows, consecutive within {tolerance:.0%}"
+              f"({len(values)} windows; needs {span} consecutive within {tolerance:.0%}"
               + ("" if stable else f"; capped at {max_seconds:.0f} s") + ")\n")
     return result
 

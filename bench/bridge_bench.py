@@ -14,7 +14,7 @@ What it does, in one run on one machine:
    (records / (last append - first publish)), and CPU per message of the bridge processes and
    of Mosquitto (from /proc);
    before the first stage, a warm-up at the first rate in ``--warmup-window-s`` windows until
-   two consecutive windows' achieved msg/s agree within 10 % (the bridges are freshly started,
+   three consecutive windows' achieved msg/s agree within 10 % (the bridges are freshly started,
    i.e. cold), each window printed;
 4. prints a table, writes JSON under var/bench/ (and one line to var/bench/bridge.jsonl) with the
    baseline, the ratios and the warm-up, ends the bridges' broker sessions and deletes the
@@ -342,7 +342,7 @@ def print_ratios(stages: list[Stage], base: dict, warm: dict | None, out=sys.std
                   f"; p50 {baseline.with_ratio(s.p50_ms, broker.get('p50_ms'), unit=' ms')}\n")
     if warm:
         out.write(f"Warm-up of the freshly started bridge(s): {'stable' if warm['stable'] else 'NOT stable'} after "
-                  f"{warm['seconds']:.0f} s ({len(warm['windows'])} windows of {warm['window_s']:.0f} s, consecutive "
+                  f"{warm['seconds']:.0f} s ({len(warm['windows'])} windows of {warm['window_s']:.0f} s, {warm['span']} consecutive "
                   f"within {warm['tolerance']:.0%}); {warm['since_process_start_s']:.0f} s after this bench process "
                   f"started\n")
 
@@ -382,7 +382,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="raw broker baseline size (0: CPU calibration only)")
     ap.add_argument("--warmup-window-s", type=float, default=5.0, help="length of one warm-up window")
     ap.add_argument("--warmup-max-s", type=float, default=60.0,
-                    help="warm up at the first rate until two consecutive windows agree within 10%%, at most this "
+                    help="warm up at the first rate until three consecutive windows agree within 10%%, at most this "
                          "long (0: no warm-up)")
     ap.add_argument("--max-p99-ms", type=float, default=1000.0, help="above this a stage is not 'sustained'")
     ap.add_argument("--keep-going", action="store_true", help="run every rate even after one was not sustained")

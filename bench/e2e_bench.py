@@ -30,7 +30,7 @@ Before any load it measures the same-run baseline (bench/baseline.py: a CPU cali
 Mosquitto QoS 1 pub->sub over mTLS) and prints the key figures also as ratios to it: achieved
 msg/s / raw broker msg/s, CPU us/msg / calibration us/op. Then a warm-up at the first rate in
 short windows (``--warmup-window-s``; each window's figure = its points / (time from its start
-until Cassandra held all of them)) until two consecutive windows agree within 10 % (capped at
+until Cassandra held all of them)) until three consecutive windows agree within 10 % (capped at
 ``--warmup-max-s``), printing each window and how long it took.
 
 Prints a table; appends one JSON line per stage (with the baseline, the ratios and the warm-up)
@@ -304,7 +304,7 @@ def print_ratios(stages: list[dict], base: dict, warm: dict | None, out=sys.stdo
                   f"; p50 {baseline.with_ratio(s['p50_ms'], broker.get('p50_ms'), unit=' ms')}\n")
     if warm:
         out.write(f"Warm-up: {'stable' if warm['stable'] else 'NOT stable'} after {warm['seconds']:.0f} s of load "
-                  f"({len(warm['windows'])} windows of {warm['window_s']:.0f} s, consecutive within "
+                  f"({len(warm['windows'])} windows of {warm['window_s']:.0f} s, {warm['span']} consecutive within "
                   f"{warm['tolerance']:.0%}); {warm['since_process_start_s']:.0f} s after this bench process started"
                   + (f"; the telemetry job had been running {warm['job_running_for_s_when_stable']:,.0f} s "
                      f"(Flink REST start-time)" if warm.get("job_running_for_s_when_stable") is not None else "")
@@ -460,7 +460,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--stage-seconds", type=float, default=20.0)
     ap.add_argument("--warmup-window-s", type=float, default=5.0, help="length of one warm-up window")
     ap.add_argument("--warmup-max-s", type=float, default=120.0,
-                    help="warm up at the first rate until two consecutive windows agree within 10%%, at most this "
+                    help="warm up at the first rate until three consecutive windows agree within 10%%, at most this "
                          "long (0: no warm-up)")
     ap.add_argument("--baseline-messages", type=int, default=20_000, help="raw broker baseline size (0: CPU only)")
     ap.add_argument("--drain-seconds", type=float, default=90.0, help="max wait after a stage for stragglers")

@@ -40,7 +40,7 @@ appended to var/bench/telemetry.jsonl.
 The figures above predate the same-run baseline. Now every run first measures it
 (bench/baseline.py: CPU calibration, raw broker QoS 1 pub->sub) and prints each figure also as a
 ratio to it (us per record / calibration us per op); the cluster (private: freshly started, so
-a cold JVM) is first warmed by repeated ``discard`` jobs of ``--warmup-records`` until two
+a cold JVM) is first warmed by repeated ``discard`` jobs of ``--warmup-records`` until three
 consecutive jobs' records/s agree within 10 % (``--warmup-max-s`` caps it), each printed with
 the time from its job's start (Flink REST start-time) to its first task running and to its end.
 Method and a run on the 2-core box: bench/README.md.
@@ -151,7 +151,7 @@ def warm_cluster(flink_settings: Settings, settings: Settings, a, out_dir: Path)
               f"{r['seconds_wall_incl_submit']} s", file=sys.stderr, flush=True)
         return lines / r["seconds_all_tasks"]
 
-    print(f"warm-up: discard jobs of {lines:,} records until two agree within 10% (<= {a.warmup_max_s:.0f} s):",
+    print(f"warm-up: discard jobs of {lines:,} records until three in a row agree within 10% (<= {a.warmup_max_s:.0f} s):",
           file=sys.stderr, flush=True)
     return baseline.warm_up(window, max_seconds=a.warmup_max_s, label="records/s")
 
@@ -230,7 +230,7 @@ def main() -> None:
     if warm:
         print(f"warm-up of the {'freshly started private' if cluster else 'shared'} cluster: "
               f"{'stable' if warm['stable'] else 'NOT stable'} after {warm['seconds']:.0f} s "
-              f"({len(warm['windows'])} discard jobs, consecutive within {warm['tolerance']:.0%})", flush=True)
+              f"({len(warm['windows'])} discard jobs, {warm['span']} consecutive within {warm['tolerance']:.0%})", flush=True)
     if cluster is not None:
         cluster.stop()
     if keyspace:

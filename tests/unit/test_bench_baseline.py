@@ -26,17 +26,20 @@ def test_with_ratio_without_a_baseline_or_a_value():
     assert baseline.ratio(3, 4) == 0.75
 
 
-@pytest.mark.parametrize("values, stable", [
-    ([], False),
-    ([1000], False),
-    ([1000, 1090], True),        # 8.3 % apart
-    ([1000, 1120], False),       # 10.7 % apart
-    ([500, 1000, 950], True),    # only the last two count
-    ([1000, 0], False),          # a window with nothing delivered is never stable
-    ([None, 1000], False),
+@pytest.mark.parametrize("values, span, stable", [
+    ([], 2, False),
+    ([1000], 2, False),
+    ([1000, 1090], 2, True),            # 8.3 % apart
+    ([1000, 1120], 2, False),           # 10.7 % apart
+    ([500, 1000, 950], 2, True),        # only the last two count
+    ([1000, 0], 2, False),              # a window with nothing delivered is never stable
+    ([None, 1000], 2, False),
+    ([1000, 1050], 3, False),           # three needed
+    ([600, 1000, 1050, 960], 3, True),  # the last three within 8.6 % of the largest
+    ([1000, 1050, 900], 3, False),      # 14 % between the extremes, though neighbours are closer
 ])
-def test_windows_stable(values, stable):
-    assert baseline.windows_stable(values, tolerance=0.10) is stable
+def test_windows_stable(values, span, stable):
+    assert baseline.windows_stable(values, tolerance=0.10, span=span) is stable
 
 
 class FakeClock:
@@ -55,12 +58,24 @@ def test_warm_up_stops_at_the_first_two_consecutive_windows_within_tolerance():
         return next(figures)
 
     out = io.StringIO()
-    result = baseline.warm_up(window, max_seconds=60, tolerance=0.10, out=out, clock=clock)
+    result = baseline.warm_up(window, max_seconds=60, tolerance=0.10, out=out, clock=clock, span=2)
     assert result["stable"] is True
     assert result["seconds"] == 12
     assert [w["value"] for w in result["windows"]] == [300, 700, 950, 1000]
     assert "warm-up window 4: 1,000 msg/s (after 12.0 s)" in out.getvalue()
     assert "stable after 12.0 s" in out.getvalue()
+
+
+def test_warm_up_by_default_needs_three_windows_in_a_row():
+    clock, figures = FakeClock(), iter([300, 950, 1000, 700, 980, 1000, 990, 5000])
+
+    def window():
+        clock.now += 1
+        return next(figures)
+
+    result = baseline.warm_up(window, max_seconds=60, out=io.StringIO(), clock=clock)
+    assert result["stable"] is True and result["span"] == 3
+    assert [w["value"] for w in result["windows"]] == [300, 950, 1000, 700, 980, 1000, 990]
 
 
 def test_warm_up_is_capped_and_says_it_never_became_stable():
