@@ -8,26 +8,25 @@ Both daemons run in the foreground under ``ManagedProcess``, so the pid files ar
 
 Jobs are submitted with the real ``flink run --python`` CLI; everything else (list, cancel, stop
 with savepoint) goes through the REST API, which answers in milliseconds instead of a JVM start.
+The production part of that (archive, CLI arguments and environment, REST, stop-with-savepoint)
+lives in fleet/jobs_deploy.py, behind ``fleet jobs``; this module adds the local stack's checks.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
-import json
 import os
-import re
 import shutil
-import site
 import sys
 import time
-import urllib.error
-import urllib.request
-import zipfile
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import yaml
 
+from fleet import jobs_deploy as deploy
+from fleet.jobs_deploy import PROJECT_PACKAGES, flatten, python_path
 from fleet.settings import Settings
 from fleet.stack import jars
 from fleet.stack.process import ManagedProcess, StackError, ensure_port_free, port_open, run_checked, wait_until
@@ -36,33 +35,25 @@ PROJECT_ROOT = Path(__file__).resolve().parents[2]
 REPO_CONF = PROJECT_ROOT / "flink-conf" / "config.yaml"
 JAR_SET = "flink"
 EXTENSION_DIR = PROJECT_ROOT / "java" / "flink-fleet"
-# Packages shipped with every job (--pyFiles), so a cluster without the project installed works.
-PROJECT_PACKAGES = ("fleet", "jobs")
+__all__ = ["PROJECT_PACKAGES", "flatten", "python_path"]  # re-exported from fleet.jobs_deploy
 # Files of the package's conf dir the scripts expect next to config.yaml.
 CONF_FILES = ("log4j.properties", "log4j-console.properties", "log4j-cli.properties", "logback.xml",
               "logback-console.xml")
 RPC_PORT_OFFSET = 6123 - 8081  # JobManager RPC port follows the REST port (6123 for 8081)
 
 
-def pyflink_home() -> Path:
+@contextlib.contextmanager
+def _stack_errors() -> Iterator[None]:
+    """The launcher's callers handle StackError; fleet.jobs_deploy raises DeployError."""
     try:
-        import pyflink
-    except ImportError:
-        raise StackError("PyFlink is not installed: pip install -e '.[flink]' (apache-flink==2.2.1)") from None
-    return Path(pyflink.__file__).resolve().parent
+        yield
+    except deploy.DeployError as err:
+        raise StackError(str(err)) from None
 
 
-def python_path(existing: str | None = None) -> str:
-    """PYTHONPATH for Python run inside Flink's JVMs.
-
-    Thread mode embeds CPython (PEMJA) from the *base* installation of python.executable, which
-    does not activate a virtualenv: without the venv's site-packages the TaskManager fails with
-    "No module named 'pemja'". Directories only; .pth files are not read from PYTHONPATH.
-    """
-    parts = [p for p in site.getsitepackages() if Path(p).is_dir()]
-    if existing:
-        parts += [p for p in existing.split(os.pathsep) if p and p not in parts]
-    return os.pathsep.join(parts)
+def pyflink_home() -> Path:
+    with _stack_errors():
+        return deploy.pyflink_home()
 
 
 class FlinkLayout:
@@ -125,18 +116,6 @@ def runtime_overrides(settings: Settings, layout: FlinkLayout) -> dict[str, Any]
 
 def _package_conf() -> dict[str, Any]:
     return flatten(yaml.safe_load((pyflink_home() / "conf" / "config.yaml").read_text()) or {})
-
-
-def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """{'a': {'b': 1}, 'a.c': 2} -> {'a.b': 1, 'a.c': 2} (Flink reads both forms)."""
-    flat: dict[str, Any] = {}
-    for key, value in tree.items():
-        full = f"{prefix}{key}"
-        if isinstance(value, dict):
-            flat.update(flatten(value, full + "."))
-        else:
-            flat[full] = value
-    return flat
 
 
 def render_config(settings: Settings, layout: FlinkLayout) -> str:
@@ -304,20 +283,13 @@ def build_extension(settings: Settings) -> list[Path]:
 
 # --- REST and CLI ----------------------------------------------------------------------------------
 
+def local_cluster(settings: Settings) -> deploy.Cluster:
+    return deploy.Cluster.local(settings.flink_rest_port)
+
+
 def rest(settings: Settings, method: str, path: str, body: dict | None = None, timeout: float = 10) -> Any:
-    url = f"http://127.0.0.1:{settings.flink_rest_port}{path}"
-    data = json.dumps(body).encode() if body is not None else None
-    req = urllib.request.Request(url, data=data, method=method,
-                                 headers={"Content-Type": "application/json"} if data else {})
-    try:
-        with urllib.request.urlopen(req, timeout=timeout) as resp:
-            raw = resp.read()
-    except urllib.error.HTTPError as err:
-        detail = err.read().decode("utf-8", "replace")[:2000]
-        raise StackError(f"Flink REST {method} {path} answered {err.code}: {detail}") from None
-    except OSError as err:
-        raise StackError(f"Flink REST {method} {path} unreachable at {url}: {err}") from None
-    return json.loads(raw) if raw else {}
+    with _stack_errors():
+        return deploy.rest(local_cluster(settings), method, path, body, timeout)
 
 
 def taskmanager_ids(settings: Settings) -> list[str]:
@@ -339,43 +311,30 @@ def submit_job(settings: Settings, job_py: Path | str, args: Sequence[str] = (),
     The CLI runs the job's ``main()`` with our interpreter (PYFLINK_CLIENT_EXECUTABLE) and the
     stack's FLEET_* environment, so the job builds its Settings exactly like every other process.
     """
-    from fleet.stack.apps import settings_env
-
     layout = FlinkLayout(settings)
     if not (layout.conf_dir / "config.yaml").exists():
         raise StackError("the Flink runtime config is missing; run 'fleet stack up' first")
     job_py = Path(job_py).resolve()
-    argv = [str(pyflink_home() / "bin" / "flink"), "run", "--target", "remote",
-            "-Drest.address=127.0.0.1", f"-Drest.port={settings.flink_rest_port}"]
-    if detached:
-        argv.append("--detached")
-    if savepoint:
-        argv += ["--fromSavepoint", savepoint]
-        if allow_non_restored:
-            argv.append("--allowNonRestoredState")
-    if parallelism:
-        argv += ["--parallelism", str(parallelism)]
     started_with = layout.pid_dir / "cluster.lib"
     if started_with.exists() and started_with.read_text() != lib_fingerprint(layout):
         raise StackError("the Flink cluster runs older jars than var/data/flink/lib (java/flink-fleet or the "
                          "connector set was rebuilt): restart it with 'fleet stack down flink && fleet stack up flink'")
     code = _ensure_fresh_python(settings, layout)
-    argv += ["--python", str(job_py), "--pyFiles", str(package_project(layout)), *args]
-    env = {**settings_env(settings), **layout.env()}
-    out = run_checked(argv, what=f"submitting {job_py.name} to Flink", env=env, cwd=PROJECT_ROOT, timeout=timeout)
-    match = re.search(r"JobID ([0-9a-f]{32})", out)
-    if not match:
-        raise StackError(f"submitting {job_py.name}: no job id in the CLI output:\n{out[-2000:]}")
+    with _stack_errors():
+        argv = deploy.run_argv(local_cluster(settings), job_py, package_project(layout), savepoint=savepoint,
+                               allow_non_restored=allow_non_restored, parallelism=parallelism,
+                               detached=detached, job_args=args)
+        env = deploy.client_env(settings.to_env(), layout.conf_dir, layout.lib_dir, layout.log_dir,
+                                base=layout.env())
+        job_id = deploy.submit(argv, env, f"submitting {job_py.name} to Flink", timeout=timeout)
     code.record()
-    return match.group(1)
+    return job_id
 
 
 def project_code_hash() -> str:
     digest = hashlib.sha256()
-    for package in PROJECT_PACKAGES:
-        for path in sorted((PROJECT_ROOT / package).rglob("*.py")):
-            if "__pycache__" not in path.parts:
-                digest.update(path.relative_to(PROJECT_ROOT).as_posix().encode() + b"\0" + path.read_bytes())
+    for path, name in deploy.archive_members(PROJECT_ROOT):
+        digest.update(name.encode() + b"\0" + path.read_bytes())
     return digest.hexdigest()
 
 
@@ -417,16 +376,7 @@ def _ensure_fresh_python(settings: Settings, layout: FlinkLayout) -> _CodeStamp:
 def package_project(layout: FlinkLayout) -> Path:
     """A zip of the project's packages for --pyFiles: a shipped directory lands on PYTHONPATH
     itself (its modules become top-level), a zip keeps ``fleet.`` and ``jobs.`` importable."""
-    target = layout.root / "pyfiles" / "fleet-project.zip"
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_suffix(".zip.tmp")
-    with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as zf:
-        for package in PROJECT_PACKAGES:
-            for path in sorted((PROJECT_ROOT / package).rglob("*.py")):
-                if "__pycache__" not in path.parts:
-                    zf.write(path, path.relative_to(PROJECT_ROOT).as_posix())
-    tmp.replace(target)
-    return target
+    return deploy.build_archive(layout.root / "pyfiles" / "fleet-project.zip", PROJECT_ROOT)
 
 
 def list_jobs(settings: Settings) -> list[dict[str, Any]]:
@@ -486,29 +436,16 @@ def cancel_job(settings: Settings, job_id: str, wait: bool = True) -> None:
 
 def _await_savepoint(settings: Settings, job_id: str, trigger_id: str, what: str, timeout: float) -> str:
     """Poll a savepoint operation until it completes; its path, or a StackError with the cause."""
-    result: dict[str, Any] = {}
-
-    def done() -> bool:
-        status = rest(settings, "GET", f"/jobs/{job_id}/savepoints/{trigger_id}")
-        if status.get("status", {}).get("id") != "COMPLETED":
-            return False
-        result.update(status.get("operation") or {})
-        return True
-
-    wait_until(done, what=f"savepoint of job {job_id}", timeout=timeout)
-    if "failure-cause" in result:
-        cause = result["failure-cause"].get("stack-trace", "")[:3000]
-        raise StackError(f"{what} of job {job_id} failed:\n{cause}")
-    return result["location"]
+    with _stack_errors():
+        return deploy.await_savepoint(local_cluster(settings), job_id, trigger_id, what, timeout)
 
 
 def stop_with_savepoint(settings: Settings, job_id: str, target_dir: Path | None = None,
                         drain: bool = False, timeout: float = 300) -> str:
     """Stop the job with a savepoint (Kafka offsets, state, committed lake files); returns its path."""
     target = target_dir or FlinkLayout(settings).savepoint_dir
-    trigger = rest(settings, "POST", f"/jobs/{job_id}/stop",
-                   {"targetDirectory": target.as_uri(), "drain": drain, "formatType": "CANONICAL"})
-    return _await_savepoint(settings, job_id, trigger["request-id"], "stop-with-savepoint", timeout)
+    with _stack_errors():
+        return deploy.stop_with_savepoint(local_cluster(settings), job_id, target.as_uri(), drain, timeout)
 
 
 def trigger_savepoint(settings: Settings, job_id: str, timeout: float = 300) -> str:
