@@ -9,6 +9,11 @@
     fleet admin bootstrap            create the first admin API key (printed once)
     fleet admin sync-crl             rebuild the CRLs from the registry and reload the broker
     fleet lake compact [--dry-run]   merge the lake's small Parquet files, per finished hour
+    fleet jobs submit [JOB] [--from-savepoint PATH] [--cluster URL] [--parallelism N]
+                                     submit a Flink job, check it runs with exactly-once checkpoints
+    fleet jobs stop [JOB|JOB_ID] [--savepoint-dir DIR] [--cluster URL]
+                                     stop a job with a savepoint and print its path
+    fleet jobs list [--cluster URL]  jobs, states, checkpointing and last completed checkpoint
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import sys
 import time
 
 from fleet.db import StoreUnavailable
+from fleet.jobs_deploy import DeployError
 from fleet.settings import Settings
 from fleet.stack import launcher
 from fleet.stack.process import StackError, tail
@@ -132,6 +138,70 @@ def _lake_compact(settings: Settings, args) -> int:
                                target_bytes=int(args.target_mb * 1024 * 1024), dry_run=args.dry_run)
 
 
+def _cluster(settings: Settings, args):
+    from fleet.jobs_deploy import Cluster
+
+    return Cluster.parse(args.cluster) if args.cluster else Cluster.local(settings.flink_rest_port)
+
+
+def _jobs_submit(settings: Settings, args) -> int:
+    from fleet import jobs_deploy as deploy
+
+    cluster = _cluster(settings, args)
+    if cluster == deploy.Cluster.local(settings.flink_rest_port) and not args.worker_python:
+        # The local stack's own conf and checks (stale jars, a TaskManager's stale Python).
+        from fleet.stack import flink
+
+        job_id = flink.submit_job(settings, deploy.job_script(args.job), savepoint=args.from_savepoint,
+                                  allow_non_restored=args.allow_non_restored_state,
+                                  parallelism=args.parallelism)
+    else:
+        job_id = deploy.submit_to(settings, cluster, args.job, savepoint=args.from_savepoint,
+                                  parallelism=args.parallelism, worker_python=args.worker_python,
+                                  allow_non_restored=args.allow_non_restored_state)
+    print(job_id, flush=True)
+    config = deploy.verify_exactly_once(cluster, job_id, timeout=args.timeout)
+    restored = deploy.restored_from(cluster, job_id) if args.from_savepoint else None
+    print(f"job {args.job} {job_id} RUNNING on {cluster.url}: checkpointing {config['mode']} every "
+          f"{config['interval'] / 1000:g}s, retained on cancellation"
+          + (f"; restored from {restored}" if restored else ""), file=sys.stderr)
+    return 0
+
+
+def _jobs_stop(settings: Settings, args) -> int:
+    from fleet import jobs_deploy as deploy
+
+    cluster = _cluster(settings, args)
+    job_id = deploy.resolve_job(deploy.list_jobs(cluster), args.job)
+    target = deploy.savepoint_target(args.savepoint_dir)
+    if target is None and not args.cluster:
+        target = (settings.data_dir / "flink" / "savepoints").resolve().as_uri()
+    print(f"stopping job {job_id} with a savepoint ...", file=sys.stderr, flush=True)
+    path = deploy.stop_with_savepoint(cluster, job_id, target, timeout=args.timeout)
+    state = deploy.wait_ended(cluster, job_id)
+    print(f"job {job_id} {state}; savepoint:", file=sys.stderr)
+    print(path)
+    return 0
+
+
+def _jobs_list(settings: Settings, args) -> int:
+    from fleet import jobs_deploy as deploy
+
+    lines = deploy.job_lines(_cluster(settings, args))
+    print("\n".join(lines) if lines else "no jobs on the cluster")
+    return 0
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def _duration(text: str):
     from fleet.lake_compaction import parse_duration
 
@@ -190,6 +260,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dry-run", action="store_true", help="print the plan, change nothing")
     p.set_defaults(func=_lake_compact)
 
+    jobs = sub.add_parser("jobs", help="the Flink jobs on any cluster (see docs/deploy.md)") \
+        .add_subparsers(dest="action", required=True)
+    cluster_help = "Flink REST URL (default: the local stack's, http://127.0.0.1:FLEET_FLINK_REST_PORT)"
+    p = jobs.add_parser("submit", help="submit a job (jobs/<JOB>_job.py), then check it runs exactly-once")
+    p.add_argument("job", nargs="?", default="telemetry", metavar="JOB", help="job name (default: telemetry)")
+    p.add_argument("--from-savepoint", metavar="PATH", help="resume from this savepoint (or retained checkpoint)")
+    p.add_argument("--allow-non-restored-state", action="store_true",
+                   help="with --from-savepoint: skip savepoint state no operator claims")
+    p.add_argument("--cluster", metavar="URL", help=cluster_help)
+    p.add_argument("--parallelism", type=_positive_int, metavar="N", help="default: the cluster's parallelism.default")
+    p.add_argument("--worker-python", metavar="PATH",
+                   help="the Python the cluster's TaskManagers run (default: this one, sys.executable)")
+    p.add_argument("--timeout", type=float, default=240.0, help="seconds to wait for RUNNING (default 240)")
+    p.set_defaults(func=_jobs_submit)
+    p = jobs.add_parser("stop", help="stop a job with a savepoint and print the savepoint's path")
+    p.add_argument("job", nargs="?", default="telemetry", metavar="JOB|JOB_ID",
+                   help="the one RUNNING job of this name, or a job id (default: telemetry)")
+    p.add_argument("--savepoint-dir", metavar="DIR",
+                   help="where to write it: a path or URI (default: the local stack's var/data/flink/savepoints; "
+                        "with --cluster, the cluster's execution.checkpointing.savepoint-dir)")
+    p.add_argument("--cluster", metavar="URL", help=cluster_help)
+    p.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for the savepoint (default 300)")
+    p.set_defaults(func=_jobs_stop)
+    p = jobs.add_parser("list", help="jobs with state, checkpointing mode and last completed checkpoint")
+    p.add_argument("--cluster", metavar="URL", help=cluster_help)
+    p.set_defaults(func=_jobs_list)
+
     p = sub.add_parser("init", help="PKI, Kafka topics and Cassandra migrations on an existing cluster")
     p.add_argument("--broker-host", action="append", default=[],
                    help="extra DNS name for the broker certificate (repeatable)")
@@ -212,6 +309,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(settings, args)
     except StackError as exc:
+        print(f"\nerror: {exc}", file=sys.stderr)
+        return 2
+    except DeployError as exc:
         print(f"\nerror: {exc}", file=sys.stderr)
         return 2
     except StoreUnavailable as exc:
