@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 import time
 
@@ -152,13 +153,13 @@ def _jobs_submit(settings: Settings, args) -> int:
         # The local stack's own conf and checks (stale jars, a TaskManager's stale Python).
         from fleet.stack import flink
 
-        job_id = flink.submit_job(settings, deploy.job_script(args.job), savepoint=args.from_savepoint,
+        job_id = flink.submit_job(settings, deploy.job_script(args.job), args.job_args, savepoint=args.from_savepoint,
                                   allow_non_restored=args.allow_non_restored_state,
                                   parallelism=args.parallelism)
     else:
         job_id = deploy.submit_to(settings, cluster, args.job, savepoint=args.from_savepoint,
                                   parallelism=args.parallelism, worker_python=args.worker_python,
-                                  allow_non_restored=args.allow_non_restored_state)
+                                  allow_non_restored=args.allow_non_restored_state, job_args=args.job_args)
     print(job_id, flush=True)
     config = deploy.verify_exactly_once(cluster, job_id, timeout=args.timeout)
     restored = deploy.restored_from(cluster, job_id) if args.from_savepoint else None
@@ -272,6 +273,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--parallelism", type=_positive_int, metavar="N", help="default: the cluster's parallelism.default")
     p.add_argument("--worker-python", metavar="PATH",
                    help="the Python the cluster's TaskManagers run (default: this one, sys.executable)")
+    p.add_argument("--job-args", type=shlex.split, default=[], metavar="'ARGS'",
+                   help="the job's own options, quoted as one argument, e.g. --job-args '--lake-part-mb 64' "
+                        "(python jobs/telemetry_job.py --help lists them)")
     p.add_argument("--timeout", type=float, default=240.0, help="seconds to wait for RUNNING (default 240)")
     p.set_defaults(func=_jobs_submit)
     p = jobs.add_parser("stop", help="stop a job with a savepoint and print the savepoint's path")

@@ -275,7 +275,7 @@ def client_dirs(settings: "Settings") -> dict[str, Path]:
 
 def submit_to(settings: "Settings", cluster: Cluster, job: str, savepoint: str | None = None,
               parallelism: int | None = None, worker_python: str | None = None,
-              allow_non_restored: bool = False, timeout: float = 300) -> str:
+              allow_non_restored: bool = False, job_args: Sequence[str] = (), timeout: float = 300) -> str:
     """Submit ``jobs/<job>_job.py`` to any cluster with a client conf rendered from
     flink-conf/config.yaml; the job id. (The local stack's own conf is used by
     fleet/stack/flink.py's submit_job, which also keeps its TaskManager's Python fresh.)"""
@@ -290,7 +290,7 @@ def submit_to(settings: "Settings", cluster: Cluster, job: str, savepoint: str |
     dirs["log"].mkdir(parents=True, exist_ok=True)
     script = job_script(job)
     argv = run_argv(cluster, script, build_archive(dirs["archive"]), savepoint=savepoint,
-                    allow_non_restored=allow_non_restored, parallelism=parallelism)
+                    allow_non_restored=allow_non_restored, parallelism=parallelism, job_args=job_args)
     env = client_env(fleet_env, conf_dir, lib_dir, dirs["log"])
     return submit(argv, env, f"submitting {script.name} to {cluster.url}", timeout=timeout)
 

@@ -47,6 +47,14 @@ def test_submit_takes_savepoint_cluster_and_parallelism():
     args = build_parser().parse_args(["jobs", "submit", "telemetry", "--from-savepoint", "file:/sp/savepoint-1",
                                       "--cluster", "http://jm:8081", "--parallelism", "8"])
     assert (args.from_savepoint, args.cluster, args.parallelism) == ("file:/sp/savepoint-1", "http://jm:8081", 8)
+    assert args.job_args == []
+
+
+@pytest.mark.parametrize("given", [["--job-args", "--lake-part-mb 64 --core java"],
+                                   ["--job-args=--lake-part-mb 64 --core java"]])
+def test_the_jobs_own_options_pass_through_as_one_quoted_argument(given):
+    args = build_parser().parse_args(["jobs", "submit", "telemetry", *given])
+    assert args.job_args == ["--lake-part-mb", "64", "--core", "java"]
 
 
 @pytest.mark.parametrize("bad", ["0", "-2", "two"])
