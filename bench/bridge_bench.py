@@ -381,6 +381,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--raw-messages", type=int, default=20_000,
                     help="raw broker baseline size (0: CPU calibration only)")
     ap.add_argument("--warmup-window-s", type=float, default=5.0, help="length of one warm-up window")
+    ap.add_argument("--warmup-rate", type=float, default=None,
+                    help="offered msg/s of the warm-up windows (default: the first rate; one above capacity "
+                         "shows a slow cold start as low windows, one below it only if the path cannot keep up)")
     ap.add_argument("--warmup-max-s", type=float, default=60.0,
                     help="warm up at the first rate until three consecutive windows agree within 10%%, at most this "
                          "long (0: no warm-up)")
@@ -390,6 +393,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args(argv)
     rates = [float(r) for r in args.rates.split(",")]
+    warmup_rate = args.warmup_rate or rates[0]
 
     base = Settings.from_env()
     if not shutil.which("mosquitto_pub"):
@@ -428,12 +432,12 @@ def main(argv: list[str] | None = None) -> int:
         driver.start()
         reader = TelemetryReader(settings)
         if args.warmup_max_s > 0:
-            print(f"warm-up at {rates[0]:,.0f} msg/s in {args.warmup_window_s:.0f} s windows "
+            print(f"warm-up at {warmup_rate:,.0f} msg/s in {args.warmup_window_s:.0f} s windows "
                   f"(<= {args.warmup_max_s:.0f} s):", file=sys.stderr)
-            warm = baseline.warm_up(lambda: run_stage(rates[0], args.warmup_window_s, driver, bridges, reader,
+            warm = baseline.warm_up(lambda: run_stage(warmup_rate, args.warmup_window_s, driver, bridges, reader,
                                                       mosquitto, args.max_p99_ms).achieved,
                                     max_seconds=args.warmup_max_s, label="msg/s into Kafka")
-            warm["window_s"] = args.warmup_window_s
+            warm["window_s"], warm["rate"] = args.warmup_window_s, warmup_rate
         for rate in rates:
             print(f"stage {rate:,.0f} msg/s ...", file=sys.stderr)
             stage = run_stage(rate, args.stage_seconds, driver, bridges, reader, mosquitto, args.max_p99_ms)
