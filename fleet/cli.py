@@ -149,6 +149,7 @@ def _jobs_submit(settings: Settings, args) -> int:
     from fleet import jobs_deploy as deploy
 
     cluster = _cluster(settings, args)
+    deploy.refuse_second_copy(deploy.list_jobs(cluster), args.job)
     if cluster == deploy.Cluster.local(settings.flink_rest_port) and not args.worker_python:
         # The local stack's own conf and checks (stale jars, a TaskManager's stale Python).
         from fleet.stack import flink

@@ -345,6 +345,14 @@ def resolve_job(jobs: Sequence[Mapping[str, Any]], name_or_id: str) -> str:
     return running[0]
 
 
+def refuse_second_copy(jobs: Sequence[Mapping[str, Any]], name: str) -> None:
+    """Two copies of a job would consume the same Kafka group and write the same rows twice."""
+    running = [j["jid"] for j in jobs if j.get("name") == name and j.get("state") == "RUNNING"]
+    if running:
+        raise DeployError(f"job {name!r} is already RUNNING ({', '.join(running)}); stop it with a savepoint "
+                          f"first ('fleet jobs stop {name}') and submit from that savepoint")
+
+
 def checkpoint_problems(config: Mapping[str, Any]) -> list[str]:
     """What is wrong with a job's REST /jobs/<id>/checkpoints/config for exactly-once delivery."""
     found = []

@@ -138,6 +138,12 @@ def test_two_running_jobs_of_one_name_need_the_id():
         deploy.resolve_job([JOB, {**JOB, "jid": "3" * 32}], "telemetry")
 
 
+def test_a_second_copy_of_a_running_job_is_refused():
+    with pytest.raises(DeployError, match="already RUNNING.*fleet jobs stop telemetry"):
+        deploy.refuse_second_copy([{**JOB, "state": "FINISHED", "jid": "4" * 32}, JOB], "telemetry")
+    deploy.refuse_second_copy([{**JOB, "state": "FINISHED"}, {**JOB, "name": "other"}], "telemetry")
+
+
 # --- checkpoint verification ---------------------------------------------------------------------
 
 def test_exactly_once_checkpointing_passes():
