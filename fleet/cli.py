@@ -54,7 +54,7 @@ def _stack_status(settings: Settings, args) -> int:
             for label, where in row["endpoints"].items():
                 print(f"{'':<10} {label:<18} {where}")
             for job, state in row.get("jobs", {}).items():
-                hint = "" if state == "RUNNING" else "   (submit: fleet demo, or see docs/deploy.md)"
+                hint = "" if state == "RUNNING" else f"   (start it: fleet jobs submit {job})"
                 print(f"{'':<10} {'job ' + job:<18} {state}{hint}")
     return 0 if all(r["state"] in ("healthy", "stopped") for r in rows) else 1
 

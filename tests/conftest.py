@@ -36,6 +36,23 @@ def enrollment(stack: Settings):
     return RegistryEnrollment.open(stack, device_type="test", groups=["test"])
 
 
+class TelemetryJob:
+    """The stack's running telemetry job. Tests may replace it (savepoint and resume, ``fleet jobs``),
+    so its id is looked up when asked for, never remembered."""
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+
+    @property
+    def id(self) -> str:
+        from fleet.stack import flink
+
+        running = [job["id"] for job in flink.list_jobs(self.settings)
+                   if job["name"] == "telemetry" and job["state"] == "RUNNING"]
+        assert len(running) == 1, f"expected one RUNNING telemetry job, found {running}"
+        return running[0]
+
+
 @pytest.fixture(scope="session")
 def telemetry_job(stack: Settings):
     """The telemetry job RUNNING on the stack's Flink cluster (submitted if it is not)."""
@@ -43,14 +60,11 @@ def telemetry_job(stack: Settings):
 
     from fleet.stack import flink
 
-    for job in flink.list_jobs(stack):
-        if job["name"] == "telemetry" and job["state"] == "RUNNING":
-            yield job["id"]
-            return
-    job_py = Path(__file__).resolve().parents[1] / "jobs" / "telemetry_job.py"
-    job_id = flink.submit_job(stack, job_py)
-    flink.wait_for_job_state(stack, job_id, ["RUNNING"], timeout=240, all_tasks_running=True)
-    yield job_id
+    if not any(job["name"] == "telemetry" and job["state"] == "RUNNING" for job in flink.list_jobs(stack)):
+        job_py = Path(__file__).resolve().parents[1] / "jobs" / "telemetry_job.py"
+        job_id = flink.submit_job(stack, job_py)
+        flink.wait_for_job_state(stack, job_id, ["RUNNING"], timeout=240, all_tasks_running=True)
+    yield TelemetryJob(stack)
     if os.environ.get("FLEET_TEST_KEEP_STACK") != "1":
         # Tests may have replaced the job (savepoint and resume): cancel whatever runs now.
         for job in flink.list_jobs(stack):

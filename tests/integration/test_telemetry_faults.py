@@ -86,9 +86,10 @@ def test_kill_9_of_taskmanager_and_bridge_loses_and_duplicates_nothing(stack, en
     devices = {i.device_id for i in identities}
     thread, result = publish(stack, identities, rate=20.0, seconds=30.0)  # 10 x 20/s = 200 msg/s
     time.sleep(8)
+    job_id = telemetry_job.id
     killed_at = int(time.time() * 1000)
     flink.kill_taskmanager(stack)  # kill -9, then a fresh TaskManager registers
-    flink.wait_for_restore(stack, telemetry_job, killed_at, timeout=180)
+    flink.wait_for_restore(stack, job_id, killed_at, timeout=180)
     bridge = BridgeComponent(stack)
     bridge.process.kill()  # kill -9 mid-stream: unacknowledged messages stay with the broker
     time.sleep(2)
@@ -109,7 +110,7 @@ def test_stop_with_savepoint_and_resume(stack, enrollment, telemetry_job, cassan
     devices = {i.device_id for i in identities}
     thread, result = publish(stack, identities, rate=10.0, seconds=20.0)
     time.sleep(5)
-    savepoint = flink.stop_with_savepoint(stack, telemetry_job)
+    savepoint = flink.stop_with_savepoint(stack, telemetry_job.id)
     assert Path(savepoint.removeprefix("file:")).exists()
     time.sleep(3)  # the job is down: the bridge keeps writing to Kafka meanwhile
     job_id = flink.submit_job(stack, PROJECT_ROOT / "jobs" / "telemetry_job.py", savepoint=savepoint)
