@@ -36,6 +36,16 @@ class MqttTestClient:
             raise TimeoutError(f"no SUBACK for {topic} in {timeout} s")
         return self.suback[before:]
 
+    def wait_puback(self, mid_or_info, timeout: float = 5.0):
+        """The PUBACK's reason code for that publish, once on_publish has recorded it.
+
+        paho's ``wait_for_publish`` can return before the ``on_publish`` callback filled
+        ``puback``, so wait for the entry itself rather than sleeping after it."""
+        mid = getattr(mid_or_info, "mid", mid_or_info)
+        if not _wait(lambda: mid in self.puback, timeout):
+            raise TimeoutError(f"no PUBACK for mid {mid} in {timeout} s")
+        return self.puback[mid]
+
     def wait_messages(self, count: int = 1, timeout: float = 10.0) -> list:
         """The messages received so far, once there are ``count`` of them (or the timeout)."""
         _wait(lambda: len(self.messages) >= count, timeout)

@@ -54,7 +54,6 @@ def test_health_and_metrics_endpoint(healthy, status):
 # -- the ack path, with stand-ins for Kafka and the MQTT client ------------------------------
 
 import threading  # noqa: E402
-import time  # noqa: E402
 from collections import deque  # noqa: E402
 from types import SimpleNamespace  # noqa: E402
 
@@ -70,6 +69,7 @@ class FakeProducer:
         self.sent: list[tuple[str, bytes, object]] = []
         self.reports: deque = deque()
         self.purged = False
+        self.disposed = threading.Event()  # set once flush() returned: the old producer is done
 
     def produce(self, topic, value, key, on_delivery):
         self.sent.append((topic, key, on_delivery))
@@ -88,6 +88,7 @@ class FakeProducer:
 
     def flush(self, timeout=None):
         self.poll()
+        self.disposed.set()
 
 
 class FakeClient:
@@ -176,8 +177,8 @@ def test_a_stalled_producer_is_replaced(bridge, monkeypatch):
     on_loop(bridge, bridge._watchdog)
     assert bridge._producer is fresh and bridge._epoch == 1 and bridge._inflight == 0
     assert bridge.client.disconnects == 1  # reconnect: the broker redelivers message 41
-    time.sleep(0.1)
-    assert old.purged
+    # The bridge disposes of the old producer on a thread of its own: wait for it to finish.
+    assert old.disposed.wait(2) and old.purged
     old.confirm(0)  # a late confirmation from the old producer
     old.poll()
     on_loop(bridge)
