@@ -51,6 +51,12 @@ class MqttTestClient:
         _wait(lambda: len(self.messages) >= count, timeout)
         return list(self.messages)
 
+    def wait_topic(self, topic: str, timeout: float = 10.0) -> list:
+        """The messages received so far, once one on ``topic`` is among them; TimeoutError otherwise."""
+        if not _wait(lambda: any(t == topic for t, _ in self.messages), timeout):
+            raise TimeoutError(f"nothing on {topic} in {timeout} s")
+        return list(self.messages)
+
     def stop(self) -> None:
         self.client.disconnect()
         self.client.loop_stop()
