@@ -150,7 +150,9 @@ def test_a_device_cannot_take_over_another_devices_session(api_settings, enrolle
         # The broker replaces the attacker's requested client id with its CN: no takeover.
         assert mqtt_connects(api_settings.mqtt_host, api_settings.mqtt_device_port, api_settings.pki_dir / "ca-chain.crt",
                              a_cert, a_key, client_id=victim)
-        time.sleep(0.5)
+        # A takeover drops the old session before the new one's CONNACK, so a round trip on the
+        # victim's connection after it (SUBACK) would come after the disconnect, had there been one.
+        client.subscribe(f"devices/{victim}/commands")
         assert gone == []
     finally:
         client.stop()
