@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import socket
-import time
 
 import httpx
 import pytest
 
 from fleet.stack.apps import ApiComponent
+from fleet.stack.process import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -28,10 +28,8 @@ def https_api(api_settings, tmp_path):
     component.prepare()
     component.start()
     try:
-        deadline = time.monotonic() + 60
-        while not component.healthy():
-            assert component.is_running() and time.monotonic() < deadline, "the HTTPS API did not come up"
-            time.sleep(0.5)
+        # Polls health with a deadline; fails at once (with the log tail) if the process died.
+        wait_until(component.healthy, what="the HTTPS API", timeout=60, process=component.process)
         yield settings, component
     finally:
         component.stop()
