@@ -189,8 +189,22 @@ class BridgeProcess:
                     return
             except OSError:
                 pass
-            time.sleep(0.2)
+            time.sleep(0.2)  # poll interval of a deadline loop
         raise AssertionError("bridge did not become healthy")
+
+    def produced(self) -> float:
+        """Records this bridge has had confirmed by Kafka, from its own metrics endpoint."""
+        url = f"http://127.0.0.1:{self.settings.bridge_metrics_port}/metrics"
+        text = urllib.request.urlopen(url, timeout=1).read().decode()
+        return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                   if line.startswith("fleet_bridge_produced_total{"))
+
+    def wait_produced(self, count: int, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while self.produced() < count:
+            assert self.proc.poll() is None, "bridge exited"
+            assert time.monotonic() < deadline, f"the bridge did not produce {count} records in {timeout:.0f} s"
+            time.sleep(0.1)  # poll interval
 
     def kill9(self) -> None:
         os.kill(self.proc.pid, signal.SIGKILL)
@@ -231,9 +245,10 @@ def test_kill_9_under_load_then_restart_loses_nothing(own_bridge_settings: Setti
     load = threading.Thread(target=lambda: result.update(report=run_worker(
         0, settings, identities, 40.0, 12.0, list(GENERATORS)[:3], 1.0, 60.0, report=lambda r: None)))
     load.start()  # 20 devices x 40 msg/s = 800 msg/s for 12 s
-    time.sleep(5)
+    bridge.wait_produced(2000)  # the load is flowing (about 2.5 s of it), not still connecting
     bridge.kill9()  # mid-stream: records in the producer's buffer, PUBACKs not yet sent
-    time.sleep(2)
+    assert load.is_alive(), "the load ended before the kill: nothing was in flight"
+    time.sleep(2)  # a deliberate outage while the devices keep publishing (scenario, not a wait)
     bridge.start()
     bridge.wait_healthy()
     load.join(120)
