@@ -50,7 +50,7 @@ class BenchSinks:
         from jobs.telemetry_job import to_rows
 
         t_env = StreamTableEnvironment.create(self.env)
-        rows = to_rows(ds, get_gateway().jvm.fleet.flink.Rows.envelopeToPoint(), "envelope-to-row")
+        rows = to_rows(ds, get_gateway().jvm.fleet.flink.sinks.Rows.envelopeToPoint(), "envelope-to-row")
         t_env.create_temporary_view("points", rows)
         base = (self.settings.lake_path / "telemetry-sql").resolve().as_uri()
         t_env.execute_sql(f"""

@@ -7,11 +7,11 @@
            side outputs : rollups            -> Cassandra `telemetry_rollup_1m`
                           gaps, stats        -> Cassandra `telemetry_gaps`, `telemetry_device_stats`
                           dead letters       -> Kafka `dead-letter`
-    Everything the core emits is JSON text, and Java (fleet.flink.Rows) turns it into rows behind it.
+    Everything the core emits is JSON text, and Java (fleet.flink.sinks.Rows) turns it into rows behind it.
 
 The core comes in two implementations of the same rules, chosen with ``--core``:
 
-- ``java`` (the default): fleet.flink.TelemetryCore in java/flink-fleet, a Java
+- ``java`` (the default): fleet.flink.telemetry.TelemetryCore in java/flink-fleet, a Java
   KeyedProcessFunction with its own compact per-device state (uid ``telemetry-core-java``).
 - ``python``: ``TelemetryCore`` below, a thin thread-mode shell around fleet.domain.telemetry
   (uid ``telemetry-core``). fleet.domain.telemetry is the readable reference and the spec of the
@@ -65,7 +65,7 @@ log = logging.getLogger("telemetry_job")
 # --- record shapes between operators ---------------------------------------------------------
 
 # What sources hand to build(): Row(device_id, raw envelope JSON), key first, the shape PyFlink's
-# keyed operators take (see fleet.flink.Envelopes in java/flink-fleet).
+# keyed operators take (see fleet.flink.telemetry.Envelopes in java/flink-fleet).
 ENVELOPE_TYPE = Types.ROW([Types.STRING(), Types.STRING()])
 # Outputs of the core, all JSON text (field names as below): the accepted envelopes as
 # received, and one object per rollup row, gap report and device-stats update.
@@ -120,7 +120,7 @@ class JobOptions:
     # Skip Cassandra or the lake (benchmarks, partial stacks).
     cassandra: bool = True
     lake: bool = True
-    # The telemetry-core implementation: "java" (fleet.flink.TelemetryCore) or "python" (TelemetryCore below).
+    # The telemetry-core implementation: "java" (fleet.flink.telemetry.TelemetryCore) or "python" (TelemetryCore below).
     core: str = "java"
 
     def __post_init__(self) -> None:
@@ -306,13 +306,13 @@ def build(env: StreamExecutionEnvironment, settings: Settings, source: DataStrea
 
 
 def java_core(keyed: KeyedStream, options: JobOptions) -> tuple[DataStream, dict[OutputTag, DataStream]]:
-    """The core as fleet.flink.TelemetryCore (same rules, same outputs as the Python operator):
+    """The core as fleet.flink.telemetry.TelemetryCore (same rules, same outputs as the Python operator):
     its main output and its side outputs, keyed by the Python OutputTags (same ids)."""
     from py4j.java_gateway import JavaClass
 
-    j = get_gateway().jvm.fleet.flink.TelemetryCore
+    j = get_gateway().jvm.fleet.flink.telemetry.TelemetryCore
     if not isinstance(j, JavaClass):  # py4j makes an unknown class a package
-        raise RuntimeError("fleet.flink.TelemetryCore is not on the class path: java/flink-fleet's jar in lib/ "
+        raise RuntimeError("fleet.flink.telemetry.TelemetryCore is not on the class path: java/flink-fleet's jar in lib/ "
                            "predates it (rebuild it and restart the cluster), or run with --core python")
     r = options.rules
     j_core = j(r.allowed_lateness_ms, r.max_future_skew_ms, r.rollup_bucket_ms, r.max_open_gaps, options.state_ttl_ms,
@@ -345,7 +345,7 @@ def discard(stream: DataStream, name: str) -> None:
 
 
 def to_rows(stream: DataStream, j_map, name: str) -> DataStream:
-    """JSON strings -> typed Rows with a Java MapFunction from fleet.flink.Rows, chained in place."""
+    """JSON strings -> typed Rows with a Java MapFunction from fleet.flink.sinks.Rows, chained in place."""
     return DataStream(stream._j_data_stream.map(j_map).name(name))
 
 
@@ -366,7 +366,7 @@ def envelopes(raw: DataStream, options: JobOptions) -> DataStream:
     """Raw envelope strings (a file, a test's list) -> Row(device_id, raw) with event time from the
     envelope's ts and bounded out-of-orderness watermarks: what kafka_source makes of Kafka
     records, for other sources. Runs at ``raw``'s parallelism, so no reordering."""
-    j = get_gateway().jvm.fleet.flink.Envelopes
+    j = get_gateway().jvm.fleet.flink.telemetry.Envelopes
     parallelism = raw._j_data_stream.getTransformation().getParallelism()
     keyed = raw._j_data_stream.map(j.keyFromJson(), j.keyedType()).name("key-from-json").setParallelism(parallelism)
     timed = keyed.assignTimestampsAndWatermarks(
@@ -378,10 +378,10 @@ def envelopes(raw: DataStream, options: JobOptions) -> DataStream:
 
 def kafka_source(env: StreamExecutionEnvironment, settings: Settings, options: JobOptions) -> DataStream:
     """Row(device_id = the record key, raw value) from the telemetry topic, with event time and
-    per-partition watermarks computed inside the source, in Java (fleet.flink.Envelopes)."""
+    per-partition watermarks computed inside the source, in Java (fleet.flink.telemetry.Envelopes)."""
     from pyflink.datastream.connectors.kafka import KafkaOffsetResetStrategy, KafkaOffsetsInitializer, KafkaSource
 
-    j = get_gateway().jvm.fleet.flink.Envelopes
+    j = get_gateway().jvm.fleet.flink.telemetry.Envelopes
     builder = (KafkaSource.builder()
                .set_bootstrap_servers(settings.kafka_bootstrap)
                .set_topics(settings.topic("telemetry"))
@@ -415,7 +415,7 @@ class ProductionSinks:
 
         s, o = self.settings, self.options
         points = ",".join(f"{host}:{s.cassandra_port}" for host in s.cassandra_contact_points)
-        j_sink = get_gateway().jvm.fleet.flink.CassandraUpsertSink(
+        j_sink = get_gateway().jvm.fleet.flink.sinks.CassandraUpsertSink(
             points, o.cassandra_dc, s.cassandra_keyspace, cql, fields, o.cassandra_max_in_flight, 10, 20_000,
             o.cassandra_batch)
         stream.sink_to(Sink(j_sink)).name(name).uid(name)
@@ -425,7 +425,7 @@ class ProductionSinks:
         if not (o.cassandra or o.lake):
             discard(points, "discard-points")
             return
-        points = to_rows(points, get_gateway().jvm.fleet.flink.Rows.envelopeToPoint(), "envelope-to-row")
+        points = to_rows(points, get_gateway().jvm.fleet.flink.sinks.Rows.envelopeToPoint(), "envelope-to-row")
         if o.cassandra:
             self._cassandra(
                 points, "cassandra-telemetry",
@@ -437,7 +437,7 @@ class ProductionSinks:
 
             base = (self.settings.lake_path / "telemetry").resolve()
             base.mkdir(parents=True, exist_ok=True)
-            j_sink = get_gateway().jvm.fleet.flink.TelemetryLakeSink.create(base.as_uri(), o.lake_part_mb << 20)
+            j_sink = get_gateway().jvm.fleet.flink.telemetry.TelemetryLakeSink.create(base.as_uri(), o.lake_part_mb << 20)
             (points.sink_to(Sink(j_sink)).name("parquet-lake").uid("parquet-lake")
              .set_parallelism(o.lake_parallelism))
 
@@ -467,7 +467,7 @@ class ProductionSinks:
 
     @staticmethod
     def _rows(stream: DataStream, fields: list[str], types: str, name: str) -> DataStream:
-        return to_rows(stream, get_gateway().jvm.fleet.flink.Rows.jsonToRow(",".join(fields), types), name)
+        return to_rows(stream, get_gateway().jvm.fleet.flink.sinks.Rows.jsonToRow(",".join(fields), types), name)
 
     def dead_letters(self, dead_letters: DataStream) -> None:
         from pyflink.common.serialization import SimpleStringSchema

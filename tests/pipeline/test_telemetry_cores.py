@@ -1,4 +1,4 @@
-"""The Java core (fleet.flink.TelemetryCore) and the Python reference (jobs.telemetry_job.TelemetryCore
+"""The Java core (fleet.flink.telemetry.TelemetryCore) and the Python reference (jobs.telemetry_job.TelemetryCore
 over fleet.domain.telemetry) emit the same records for the same input, in a local Flink.
 
 The input is generated (seeded): a few devices sending in order, with redeliveries, gaps, gap

@@ -43,7 +43,7 @@ def test_a_record_keyed_under_another_device_is_dead_lettered(tmp_path, core):
     options = JobOptions(core=core)
     keyed = [Row("d-1", envelope("d-1", 0)), Row("d-2", envelope("d-1", 1)), Row("d-1", envelope("d-1", 2))]
     rows = env.from_collection(keyed, type_info=ENVELOPE_TYPE)
-    j = get_gateway().jvm.fleet.flink.Envelopes
+    j = get_gateway().jvm.fleet.flink.telemetry.Envelopes
     timed = DataStream(rows._j_data_stream.assignTimestampsAndWatermarks(
         j.payloadTimeWatermarks(options.out_of_orderness_ms, options.idleness_ms)))
 

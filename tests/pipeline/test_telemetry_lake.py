@@ -1,4 +1,4 @@
-"""The telemetry job's real lake sink (fleet.flink.TelemetryLakeSink) in a local Flink with
+"""The telemetry job's real lake sink (fleet.flink.telemetry.TelemetryLakeSink) in a local Flink with
 checkpoints: hive partitions by device time in UTC, the documented schema, each accepted
 (device_id, seq) exactly once, readable by pyarrow and DuckDB. Runs on both cores."""
 

@@ -1,4 +1,4 @@
-package fleet.flink;
+package fleet.flink.sinks;
 
 import com.datastax.oss.driver.api.core.CqlSession;
 import com.datastax.oss.driver.api.core.CqlSessionBuilder;

@@ -1,4 +1,4 @@
-package fleet.flink;
+package fleet.flink.sinks;
 
 import org.apache.flink.api.connector.sink2.Sink;
 import org.apache.flink.api.connector.sink2.SinkWriter;

@@ -1,4 +1,4 @@
-package fleet.flink;
+package fleet.flink.sinks;
 
 import org.apache.flink.api.common.functions.MapFunction;
 import org.apache.flink.api.common.typeinfo.TypeInformation;

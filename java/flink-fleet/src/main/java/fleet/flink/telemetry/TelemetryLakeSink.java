@@ -1,4 +1,4 @@
-package fleet.flink;
+package fleet.flink.telemetry;
 
 import org.apache.flink.api.common.serialization.BulkWriter;
 import org.apache.flink.connector.file.sink.FileSink;

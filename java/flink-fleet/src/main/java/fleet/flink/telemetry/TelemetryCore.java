@@ -1,4 +1,4 @@
-package fleet.flink;
+package fleet.flink.telemetry;
 
 import org.apache.flink.api.common.functions.OpenContext;
 import org.apache.flink.api.common.state.StateTtlConfig;
@@ -24,12 +24,12 @@ import java.io.StringWriter;
 import java.io.UncheckedIOException;
 import java.time.Duration;
 
-import fleet.flink.TelemetryEnvelope.Point;
-import fleet.flink.TelemetryEnvelope.Rejected;
-import fleet.flink.TelemetryRules.DeviceState;
-import fleet.flink.TelemetryRules.GapReport;
-import fleet.flink.TelemetryRules.Rollup;
-import fleet.flink.TelemetryRules.Step;
+import fleet.flink.telemetry.TelemetryEnvelope.Point;
+import fleet.flink.telemetry.TelemetryEnvelope.Rejected;
+import fleet.flink.telemetry.TelemetryLogic.DeviceState;
+import fleet.flink.telemetry.TelemetryLogic.GapReport;
+import fleet.flink.telemetry.TelemetryLogic.Rollup;
+import fleet.flink.telemetry.TelemetryLogic.Step;
 
 /**
  * The telemetry job's core in Java: per device, validate, dedup by seq, per-device lateness, gaps
@@ -43,7 +43,7 @@ import fleet.flink.TelemetryRules.Step;
  * field names of the job's ROLLUP_FIELDS, GAP_FIELDS and STATS_FIELDS, and dead-letter JSON:
  * {@link #rollupsTag()}, {@link #gapsTag()}, {@link #statsTag()}, {@link #deadLettersTag()}.
  *
- * <p>State: one byte[] per device (TelemetryRules.DeviceState's own compact encoding), with a TTL
+ * <p>State: one byte[] per device (TelemetryLogic.DeviceState's own compact encoding), with a TTL
  * (the dedup horizon) refreshed on every write and cleaned up by RocksDB's compaction filter.
  */
 public class TelemetryCore extends KeyedProcessFunction<Row, Row, String> implements ResultTypeQueryable<String> {
@@ -74,7 +74,7 @@ public class TelemetryCore extends KeyedProcessFunction<Row, Row, String> implem
         return DEAD_LETTERS;
     }
 
-    private final TelemetryRules rules;
+    private final TelemetryLogic rules;
     private final long stateTtlMs;
     private final boolean wallClockTimers;
 
@@ -89,7 +89,7 @@ public class TelemetryCore extends KeyedProcessFunction<Row, Row, String> implem
     private transient Counter gapsLost;
     private transient Counter recordsLost;
 
-    /** The job's TelemetryRules and state TTL (all long: py4j hands Python ints over as they come). */
+    /** The job's rule configuration (fleet.domain.telemetry.TelemetryRules) and state TTL (all long: py4j hands Python ints over as they come). */
     public TelemetryCore(long allowedLatenessMs, long maxFutureSkewMs, long rollupBucketMs, long maxOpenGaps,
                          long stateTtlMs) {
         this(allowedLatenessMs, maxFutureSkewMs, rollupBucketMs, maxOpenGaps, stateTtlMs, true);
@@ -98,7 +98,7 @@ public class TelemetryCore extends KeyedProcessFunction<Row, Row, String> implem
     /** @param wallClockTimers also publish a quiet device's buckets and gaps by the wall clock. */
     public TelemetryCore(long allowedLatenessMs, long maxFutureSkewMs, long rollupBucketMs, long maxOpenGaps,
                          long stateTtlMs, boolean wallClockTimers) {
-        this.rules = new TelemetryRules(allowedLatenessMs, maxFutureSkewMs, rollupBucketMs, Math.toIntExact(maxOpenGaps));
+        this.rules = new TelemetryLogic(allowedLatenessMs, maxFutureSkewMs, rollupBucketMs, Math.toIntExact(maxOpenGaps));
         this.stateTtlMs = stateTtlMs;
         this.wallClockTimers = wallClockTimers;
     }
@@ -183,7 +183,7 @@ public class TelemetryCore extends KeyedProcessFunction<Row, Row, String> implem
         }
         DeviceState state = DeviceState.decode(stored, decodeBuffer);
         Step step = this.step.reset();
-        long now = ctx.timeDomain() == TimeDomain.EVENT_TIME ? timestamp : TelemetryRules.wallClockNow(timestamp);
+        long now = ctx.timeDomain() == TimeDomain.EVENT_TIME ? timestamp : TelemetryLogic.wallClockNow(timestamp);
         rules.onTime(state, now, step);
         if (!step.rollups.isEmpty() || !step.gaps.isEmpty()) {
             device.update(state.encode(encodeBuffer));
@@ -206,7 +206,7 @@ public class TelemetryCore extends KeyedProcessFunction<Row, Row, String> implem
             });
         }
         for (GapReport gap : step.gaps) {
-            if (TelemetryRules.GAP_LOST.equals(gap.status)) {
+            if (TelemetryLogic.GAP_LOST.equals(gap.status)) {
                 gapsLost.inc();
                 recordsLost.inc(gap.missing);
             }

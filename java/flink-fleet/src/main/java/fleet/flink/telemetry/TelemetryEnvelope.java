@@ -1,4 +1,4 @@
-package fleet.flink;
+package fleet.flink.telemetry;
 
 import org.apache.flink.shaded.jackson2.com.fasterxml.jackson.core.JsonFactory;
 import org.apache.flink.shaded.jackson2.com.fasterxml.jackson.core.JsonGenerator;

@@ -1,4 +1,4 @@
-package fleet.flink;
+package fleet.flink.telemetry;
 
 import org.apache.flink.api.common.eventtime.SerializableTimestampAssigner;
 import org.apache.flink.api.common.eventtime.WatermarkStrategy;

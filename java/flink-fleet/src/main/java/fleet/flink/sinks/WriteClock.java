@@ -1,4 +1,4 @@
-package fleet.flink;
+package fleet.flink.sinks;
 
 /**
  * Write timestamps (microseconds since the epoch, as Cassandra's) that never repeat and never go

@@ -1,4 +1,4 @@
-package fleet.flink;
+package fleet.flink.telemetry;
 
 import org.apache.flink.core.memory.DataInputDeserializer;
 import org.apache.flink.core.memory.DataOutputSerializer;
@@ -19,7 +19,7 @@ import java.util.TreeMap;
  * {@code on_time} in fleet/domain/telemetry.py, which is the readable spec (its module docstring
  * explains the rules; tests/unit/test_telemetry_domain.py pins them down). Names follow the Python.
  */
-final class TelemetryRules implements Serializable {
+final class TelemetryLogic implements Serializable {
     private static final long serialVersionUID = 1L;
 
     static final long NO_CLOCK = -(1L << 62);
@@ -35,7 +35,7 @@ final class TelemetryRules implements Serializable {
     final long rollupBucketMs;
     final int maxOpenGaps;
 
-    TelemetryRules(long allowedLatenessMs, long maxFutureSkewMs, long rollupBucketMs, int maxOpenGaps) {
+    TelemetryLogic(long allowedLatenessMs, long maxFutureSkewMs, long rollupBucketMs, int maxOpenGaps) {
         if (rollupBucketMs <= 0) {
             throw new IllegalArgumentException("rollup bucket must be positive: " + rollupBucketMs);
         }
