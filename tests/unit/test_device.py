@@ -104,3 +104,34 @@ def test_publish_packet_size_counts_the_variable_length_header(topic, payload, s
     from device.agent import publish_packet_size
 
     assert publish_packet_size(topic, payload) == size
+
+
+# -- refusal reasons (device/refusal.py) ------------------------------------------------------
+import ssl as _ssl
+
+from device.refusal import refusal, refusal_reason
+
+
+def _ssl_error(reason: str) -> _ssl.SSLError:
+    exc = _ssl.SSLError(1, f"[SSL: {reason}] alert")
+    exc.reason = reason
+    return exc
+
+
+@pytest.mark.parametrize("alert, reason", [
+    ("SSLV3_ALERT_CERTIFICATE_REVOKED", "certificate_revoked"),
+    ("TLSV13_ALERT_CERTIFICATE_REQUIRED", "certificate_required"),
+    ("TLSV1_ALERT_UNKNOWN_CA", "unknown_ca"),
+    ("SSLV3_ALERT_CERTIFICATE_EXPIRED", "certificate_expired"),
+    ("SOMETHING_NEW", "handshake_failed"),
+])
+def test_a_tls_alert_maps_to_its_refusal_reason(alert, reason):
+    assert refusal_reason(_ssl_error(alert)) == reason
+    assert refusal(_ssl_error(alert)).permanent
+
+
+def test_an_eof_in_the_handshake_is_a_handshake_failure_and_the_broker_unreachable_is_not_permanent():
+    assert refusal_reason(_ssl.SSLEOFError(8, "EOF occurred in violation of protocol")) == "handshake_failed"
+    refused = refusal(ConnectionRefusedError(111, "Connection refused"))
+    assert (refused.reason, refused.permanent) == ("broker_unreachable", False)
+    assert refusal_reason(_ssl.SSLCertVerificationError(1, "certificate verify failed")) == "broker_not_trusted"
