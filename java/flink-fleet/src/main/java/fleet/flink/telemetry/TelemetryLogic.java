@@ -223,14 +223,17 @@ final class TelemetryLogic implements Serializable {
         final double max;
         final double sum;
         final long count;
+        /** Made final by the device's clock; false for a timer's provisional value (Python's Rollup.final). */
+        final boolean isFinal;
 
-        Rollup(long bucketStart, String metric, Agg a) {
+        Rollup(long bucketStart, String metric, Agg a, boolean isFinal) {
             this.bucketStart = bucketStart;
             this.metric = metric;
             this.min = a.min;
             this.max = a.max;
             this.sum = a.sum;
             this.count = a.count;
+            this.isFinal = isFinal;
         }
 
         /** sum / count kept inside [min, max]: a rounded float sum can put it an ulp outside. */
@@ -404,7 +407,7 @@ final class TelemetryLogic implements Serializable {
             }
             it.remove();
             if (bucket.dirty) {
-                rollups(bucket, step);
+                rollups(bucket, step, true);
             }
             step.statsChanged = true;
         }
@@ -430,7 +433,7 @@ final class TelemetryLogic implements Serializable {
                 break;
             }
             if (bucket.dirty) {
-                rollups(bucket, step);
+                rollups(bucket, step, false);
                 bucket.dirty = false;
                 // Its records are counted too: without this a device that went quiet would show
                 // delivery stats without its last minute until it sends again.
@@ -446,11 +449,28 @@ final class TelemetryLogic implements Serializable {
         }
     }
 
-    private static void rollups(Bucket bucket, Step step) {
+    private static void rollups(Bucket bucket, Step step, boolean isFinal) {
         String[] names = bucket.aggs.keySet().toArray(new String[0]);
-        Arrays.sort(names);
+        Arrays.sort(names, TelemetryLogic::byCodePoint);
         for (String name : names) {
-            step.rollups.add(new Rollup(bucket.start, name, bucket.aggs.get(name)));
+            step.rollups.add(new Rollup(bucket.start, name, bucket.aggs.get(name), isFinal));
         }
+    }
+
+    /** Python's str order (by code point): String.compareTo orders by UTF-16 unit, which puts a
+     *  character beyond the BMP (a surrogate pair) before U+E000..U+FFFF. */
+    static int byCodePoint(String a, String b) {
+        int i = 0;
+        int j = 0;
+        while (i < a.length() && j < b.length()) {
+            int ca = a.codePointAt(i);
+            int cb = b.codePointAt(j);
+            if (ca != cb) {
+                return Integer.compare(ca, cb);
+            }
+            i += Character.charCount(ca);
+            j += Character.charCount(cb);
+        }
+        return Integer.compare(a.length() - i, b.length() - j);
     }
 }
