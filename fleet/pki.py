@@ -124,7 +124,11 @@ def check_public_key(key) -> None:
 
 
 def load_csr(csr_pem: bytes | str) -> x509.CertificateSigningRequest:
-    data = csr_pem.encode() if isinstance(csr_pem, str) else csr_pem
+    try:
+        # JSON can carry text that is not encodable (a lone surrogate such as "\udcff")
+        data = csr_pem.encode() if isinstance(csr_pem, str) else csr_pem
+    except UnicodeEncodeError:
+        raise CSRError("not a PEM-encoded certificate signing request: not valid text") from None
     try:
         csr = x509.load_pem_x509_csr(data)
     except ValueError as exc:

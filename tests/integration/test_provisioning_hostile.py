@@ -13,7 +13,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from fleet.provisioning import RESPONSE_SUFFIX, provisioning_topic
@@ -63,6 +63,9 @@ def payloads(serials):
     return st.one_of(encoded, st.binary(max_size=300), st.just(b"{" * 5000), st.just(b'{"csr": "' + b"a" * 20000 + b'"}'))
 
 
+# JSON escapes that decode to lone surrogates: text no encoder (PEM, Cassandra) accepts.
+SURROGATES = [b'{"serial": "SN-1", "csr": "\\udcff"}', b'{"serial": "SN-1", "csr": "x", "metadata": {"k": "\\ud800"}}',
+              b'{"serial": "\\udcff", "csr": "x"}', b'{"csr": "-----BEGIN\\ud800"}']
 SETTINGS = settings(max_examples=60, deadline=None, database=None, suppress_health_check=list(HealthCheck))
 
 
@@ -79,6 +82,10 @@ def test_hostile_claim_requests_are_rejected_for_good(provisioning, claim):  # n
 
     @SETTINGS
     @given(payload=payloads(["SN-1", "SN-2", "bad serial"]))
+    @example(payload=SURROGATES[0])
+    @example(payload=SURROGATES[1])
+    @example(payload=SURROGATES[2])
+    @example(payload=SURROGATES[3])
     def run(payload):
         assert_final_rejection(provisioning.handle(topic, payload))
 
@@ -97,6 +104,8 @@ def test_hostile_rotation_requests_are_rejected_for_good(provisioning, api, keys
 
     @SETTINGS
     @given(payload=payloads([device]))
+    @example(payload=SURROGATES[0])
+    @example(payload=SURROGATES[3])
     def run(payload):
         assert_final_rejection(provisioning.handle(topic, payload))
 

@@ -177,3 +177,13 @@ def test_revocation_says_hold_or_revoked(pki):
     pki.revoke(a, hold=True)
     pki.revoke(b)
     assert (pki.revocation(a), pki.revocation(b), pki.revocation(12345)) == ("hold", "revoked", None)
+
+
+def test_a_csr_that_is_not_encodable_text_is_a_csr_error():
+    # JSON's "\udcff" escape decodes to a lone surrogate, which no encoding accepts.
+    import pytest
+
+    from fleet.pki import load_csr
+
+    with pytest.raises(CSRError, match="not valid text"):
+        load_csr("\x00\udcff")
