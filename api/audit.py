@@ -12,8 +12,8 @@ import logging
 
 from fastapi import FastAPI, Request
 
-from fleet.audit import AuditLog
-from fleet.db import StoreUnavailable
+from fleet.access.audit import AuditLog
+from fleet.infra.cassandra import StoreUnavailable
 from fleet.logs import log_fields
 
 log = logging.getLogger(__name__)

@@ -12,7 +12,7 @@ import logging
 import threading
 
 from fleet.logs import log_fields
-from fleet.onboarding import Onboarding
+from fleet.identity.onboarding import Onboarding
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +43,7 @@ class SecurityWorkers:
             try:
                 onboarding = self._onboarding()
                 if self.settings.provisioning_service and self.provisioner is None:
-                    from fleet.provisioner import ProvisioningService
+                    from fleet.identity.provisioner import ProvisioningService
 
                     self.provisioner = ProvisioningService(self.settings, onboarding).start()
                 if self.settings.revocation_interval_s > 0:

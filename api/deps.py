@@ -16,13 +16,13 @@ from typing import Annotated, Callable, Iterable, TypeVar
 from fastapi import Depends, HTTPException, Request, status
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 
-from fleet.apikeys import ApiKeyStore, AuthFailure
-from fleet.audit import AuditLog
-from fleet.auth import Principal, Role, parse_secret
-from fleet.db import CassandraSessions, StoreUnavailable
-from fleet.domain.devices import RegistryError
-from fleet.onboarding import Onboarding
-from fleet.settings import Settings
+from fleet.access.apikeys import ApiKeyStore, AuthFailure
+from fleet.access.audit import AuditLog
+from fleet.access.auth import Principal, Role, parse_secret
+from fleet.infra.cassandra import CassandraSessions, StoreUnavailable
+from fleet.identity.devices import RegistryError
+from fleet.identity.onboarding import Onboarding
+from fleet.config import Settings
 
 __all__ = [
     "SettingsDep", "CassandraSession", "Principal", "Role", "CurrentPrincipal", "Viewer", "Operator", "Admin",

@@ -7,9 +7,9 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from fleet.broker import CutoffReport
-from fleet.certstore import CertRecord
-from fleet.domain.devices import Device
+from fleet.identity.cutoff import CutoffReport
+from fleet.identity.certstore import CertRecord
+from fleet.identity.devices import Device
 
 
 def _encodable(value) -> bool:

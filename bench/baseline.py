@@ -179,7 +179,7 @@ def raw_broker(settings, messages: int = 20_000, publishers: int = 2, latency_me
     Latency: one publisher sends ``latency_messages`` paced at ``latency_rate``/s, each carrying
     its send time; latency = arrival - send (same clock, this process).
     """
-    from fleet.pki import LocalPKI
+    from fleet.identity.pki import LocalPKI
 
     pki = LocalPKI(settings.pki_dir)
     cert, key = pki.service_identity(settings.bridge_client_id)
@@ -255,7 +255,7 @@ def measure(settings=None, broker: bool = True, broker_messages: int = 20_000, o
             "load_avg_1m": os.getloadavg()[0], "cpu": cpu, "broker": None}
     if broker:
         if settings is None:
-            from fleet.settings import Settings
+            from fleet.config import Settings
 
             settings = Settings.from_env()
         base["broker"] = raw_broker(settings, messages=broker_messages)

@@ -54,10 +54,10 @@ from kafka import KafkaConsumer, TopicPartition  # noqa: E402
 from kafka.admin import KafkaAdminClient, NewTopic  # noqa: E402
 
 from device.identity import DeviceIdentity  # noqa: E402
-from fleet.enrollment import RegistryEnrollment  # noqa: E402
+from devtools.enrollment import RegistryEnrollment  # noqa: E402
 from device.seqstore import SeqStore  # noqa: E402
-from fleet.settings import Settings  # noqa: E402
-from fleet.topics import Kafka  # noqa: E402
+from fleet.config import Settings  # noqa: E402
+from fleet.contract.topics import Kafka  # noqa: E402
 
 sys.path.insert(0, str(PROJECT_ROOT / "bench"))
 import baseline  # noqa: E402
@@ -143,7 +143,7 @@ class TelemetryReader:
 
 class BridgeProcs:
     def __init__(self, settings: Settings, count: int, log_dir: Path):
-        from fleet.stack.apps import settings_env
+        from devtools.stack.apps import settings_env
 
         self.settings, self.count = settings, count
         self.instances = [800 + i for i in range(count)]
@@ -269,7 +269,7 @@ class AgentDriver:
         pass
 
     def run(self, rate: float, seconds: float) -> dict[str, list[int]]:
-        from device.simulator import simulate
+        from devtools.simulator import simulate
 
         prefix = self.identities[0].device_id.rsplit("-", 1)[0]
         with open(os.devnull, "w") as quiet:

@@ -61,8 +61,8 @@ import baseline  # noqa: E402
 from baseline import broker_pid, cpu_seconds, percentile  # noqa: E402
 from bridge_bench import CDriver  # noqa: E402
 from mqtt_driver import AsyncDriver  # noqa: E402
-from fleet.enrollment import RegistryEnrollment  # noqa: E402
-from fleet.settings import Settings  # noqa: E402
+from devtools.enrollment import RegistryEnrollment  # noqa: E402
+from fleet.config import Settings  # noqa: E402
 
 COMPONENTS = ("bridge", "flink-tm", "cassandra", "kafka", "mosquitto", "api")
 
@@ -99,7 +99,7 @@ def cpu_snapshot(pids: dict[str, int | None]) -> dict[str, float]:
 
 
 def ensure_telemetry_job(settings: Settings) -> str:
-    from fleet.stack import flink
+    from devtools.stack import flink
 
     for job in flink.list_jobs(settings):
         if job["name"] == "telemetry" and job["state"] == "RUNNING":
@@ -112,7 +112,7 @@ def ensure_telemetry_job(settings: Settings) -> str:
 
 def job_running_for_s(settings: Settings, job_id: str) -> float | None:
     """Seconds since the job's start-time in Flink's REST API (how warm its TaskManager code may be)."""
-    from fleet.stack import flink
+    from devtools.stack import flink
 
     try:
         start = flink.job_details(settings, job_id).get("start-time")
@@ -122,7 +122,7 @@ def job_running_for_s(settings: Settings, job_id: str) -> float | None:
 
 
 def telemetry_job_running(settings: Settings) -> bool:
-    from fleet.stack import flink
+    from devtools.stack import flink
 
     try:
         return any(j["name"] == "telemetry" and j["state"] == "RUNNING" for j in flink.list_jobs(settings))
@@ -137,7 +137,7 @@ class CassandraCheck:
     """Per-device rows of a stage (ts >= stage start) in fleet.telemetry."""
 
     def __init__(self, settings: Settings):
-        from fleet.stack.cassandra import open_session
+        from fleet.infra.cassandra import open_session
 
         self.session = open_session(settings, settings.cassandra_keyspace)
         self.count_q = self.session.prepare(
@@ -503,8 +503,8 @@ def main(argv: list[str] | None = None) -> int:
     probe_identity = enrollment.enroll(f"e2e-{run_id}-probe", dev_dir / "probe")
     devices = [i.device_id for i in identities]
 
-    from fleet.apikeys import ApiKeyStore
-    from fleet.auth import Role
+    from fleet.access.apikeys import ApiKeyStore
+    from fleet.access.auth import Role
 
     cass = CassandraCheck(settings)
     _, api_key = ApiKeyStore(cass.session).create(f"e2e-bench-{run_id}", Role.viewer, None)

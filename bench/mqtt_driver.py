@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 
 from device.identity import DeviceIdentity
 from device.seqstore import SeqStore
-from fleet.settings import Settings
+from fleet.config import Settings
 
 TICK_S = 0.005
 MAX_UNACKED = 2000  # per connection: beyond this the driver waits (the broker is behind)

@@ -61,8 +61,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import baseline  # noqa: E402
-from fleet.settings import Settings  # noqa: E402
-from fleet.stack import flink  # noqa: E402
+from fleet.config import Settings  # noqa: E402
+from devtools.stack import flink  # noqa: E402
 
 JOB = Path(__file__).resolve().parent / "telemetry_bench_job.py"
 T0 = 1_767_225_600_000  # 2026-01-01T00:00:00Z
@@ -183,7 +183,7 @@ def main() -> None:
     cluster = None
     if not a.shared_cluster:
         # Same config and jars, own var dir and ports: the stack's jobs keep their slots.
-        from fleet.stack.process import wait_until
+        from devtools.stack.process import wait_until
 
         own = settings.replace(var_dir=settings.var_dir / "bench" / "cluster", flink_rest_port=a.rest_port)
         cluster = flink.FlinkComponent(own)
@@ -207,7 +207,7 @@ def main() -> None:
     for sinks in a.runs.split(","):
         if sinks in ("cassandra", "all") and keyspace is None:
             keyspace = f"bench_{int(time.time())}"
-            from fleet.stack.migrations import apply_migrations
+            from fleet.infra.migrations import apply_migrations
 
             apply_migrations(settings, keyspace=keyspace)
         for core in cores:
@@ -234,7 +234,7 @@ def main() -> None:
     if cluster is not None:
         cluster.stop()
     if keyspace:
-        from fleet.stack.cassandra import open_session
+        from fleet.infra.cassandra import open_session
 
         session = open_session(settings)
         session.execute(f"DROP KEYSPACE IF EXISTS {keyspace}", timeout=120)

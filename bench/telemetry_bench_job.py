@@ -21,7 +21,7 @@ from pyflink.datastream import StreamExecutionEnvironment
 from pyflink.datastream.connectors.file_system import FileSource, StreamFormat
 from pyflink.java_gateway import get_gateway
 
-from fleet.settings import Settings
+from fleet.config import Settings
 from jobs.telemetry_job import JobOptions, ProductionSinks, build, discard, envelopes
 
 

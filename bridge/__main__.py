@@ -15,17 +15,17 @@ from typing import Callable
 
 from bridge.uplink import UplinkBridge
 from fleet.logs import configure_logging, log_fields
-from fleet.settings import Settings
+from fleet.config import Settings
 
 
 def start_active_check(settings: Settings, stop: threading.Event) -> Callable[[str], bool]:
-    """The registry check (fleet.active_devices): the blocked set re-read every
+    """The registry check (fleet.identity.active_devices): the blocked set re-read every
     ``registry_cache_ttl_s`` on its own thread, per-device lookups refreshed on a worker thread,
     so the MQTT loop waits on the registry only for a device it has never seen."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from fleet.active_devices import ActiveDeviceCheck, BlockedDevices
-    from fleet.db import CassandraSessions
+    from fleet.identity.active_devices import ActiveDeviceCheck, BlockedDevices
+    from fleet.infra.cassandra import CassandraSessions
 
     session = CassandraSessions(settings).get()
     refresher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="registry-refresh")

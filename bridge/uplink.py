@@ -1,4 +1,4 @@
-"""MQTT -> Kafka uplink: a thin shell around fleet.envelope.handle_uplink.
+"""MQTT -> Kafka uplink: a thin shell around fleet.contract.envelope.handle_uplink.
 
 Delivery guarantee (at least once, device -> Kafka):
 - the bridge subscribes with a persistent MQTT 5 session (clean_start=False, long session
@@ -36,15 +36,15 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from bridge.metrics import BridgeMetrics, HttpEndpoint
-from fleet.broker_log import BROKER_NOTICE_LOG_TOPIC, parse_disconnect
-from fleet.envelope import INVALID_ENVELOPE, DeadLetter, RegistryUnavailable, Routed, dead_letter, handle_uplink
+from fleet.mqtt.broker_log import BROKER_NOTICE_LOG_TOPIC, parse_disconnect
+from fleet.contract.envelope import INVALID_ENVELOPE, DeadLetter, RegistryUnavailable, Routed, dead_letter, handle_uplink
 from fleet.logs import log_fields
-from fleet.mqtt_loop import MqttLoop
-from fleet.paho_speedups import ack_many
-from fleet.paho_speedups import install as install_paho_speedups
-from fleet.settings import Settings
-from fleet.topics import Kafka, Uplink
-from fleet.validation import UplinkValidators, default_validators
+from fleet.mqtt.loop import MqttLoop
+from fleet.mqtt.paho_speedups import ack_many
+from fleet.mqtt.paho_speedups import install as install_paho_speedups
+from fleet.config import Settings
+from fleet.contract.topics import Kafka, Uplink
+from fleet.contract.validation import UplinkValidators, default_validators
 
 log = logging.getLogger("bridge")
 
@@ -111,7 +111,7 @@ class UplinkBridge:
         self.client_id = f"{settings.bridge_client_id}-{instance}"
         self.metrics = BridgeMetrics()
         self.validators = validators or default_validators()
-        # Registry check (fleet.active_devices.ActiveDeviceCheck.is_active): inactive -> dead letter.
+        # Registry check (fleet.identity.active_devices.ActiveDeviceCheck.is_active): inactive -> dead letter.
         self.active_check = active_check
         self.loop = MqttLoop(name="bridge-mqtt")
         self.http_host = http_host
@@ -143,7 +143,7 @@ class UplinkBridge:
 
     # -- set-up -----------------------------------------------------------------------------
     def _make_client(self) -> mqtt.Client:
-        from fleet.pki import LocalPKI  # the local stack's CA; production mounts files at the same paths
+        from fleet.identity.pki import LocalPKI  # the local stack's CA; production mounts files at the same paths
 
         pki = LocalPKI(self.settings.pki_dir)
         cert, key = pki.service_identity(self.settings.bridge_client_id)

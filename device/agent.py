@@ -32,9 +32,9 @@ from paho.mqtt.properties import Properties
 
 from device.identity import DeviceIdentity
 from device.seqstore import SeqStore
-from fleet.mqtt_loop import MqttLoop
-from fleet.paho_speedups import install as install_paho_speedups
-from fleet.topics import device_topic
+from fleet.mqtt.loop import MqttLoop
+from fleet.mqtt.paho_speedups import install as install_paho_speedups
+from fleet.contract.topics import device_topic
 
 try:
     import orjson

@@ -23,11 +23,11 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from fleet.topics import is_valid_device_id
+from fleet.contract.topics import is_valid_device_id
 
 
 class CsrSigner(Protocol):
-    """What enrollment needs from a CA (fleet.pki.LocalPKI satisfies it)."""
+    """What enrollment needs from a CA (fleet.identity.pki.LocalPKI satisfies it)."""
 
     ca_chain_path: Path
 

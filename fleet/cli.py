@@ -24,11 +24,11 @@ import shlex
 import sys
 import time
 
-from fleet.db import StoreUnavailable
-from fleet.jobs_deploy import DeployError
-from fleet.settings import Settings
-from fleet.stack import launcher
-from fleet.stack.process import StackError, tail
+from fleet.infra.cassandra import StoreUnavailable
+from fleet.infra.flink_jobs import DeployError
+from fleet.config import Settings
+from devtools.stack import launcher
+from devtools.stack.process import StackError, tail
 
 
 def _stack_up(settings: Settings, args) -> int:
@@ -71,7 +71,7 @@ def _stack_logs(settings: Settings, args) -> int:
 
 
 def _demo(settings: Settings, args) -> int:
-    from fleet import demo
+    from devtools import demo
 
     return demo.run(settings, devices=args.devices, rate=args.rate, duration=args.duration,
                     bridges=args.bridges, keep_running=not args.stop)
@@ -79,10 +79,10 @@ def _demo(settings: Settings, args) -> int:
 
 def _init(settings: Settings, args) -> int:
     """Prepare external Kafka/Cassandra (compose, a real cluster): everything is idempotent."""
-    from fleet.pki import LocalPKI
-    from fleet.stack.kafka import create_topics
-    from fleet.stack.migrations import apply_migrations
-    from fleet.topics import Kafka
+    from fleet.identity.pki import LocalPKI
+    from fleet.infra.kafka import create_topics
+    from fleet.infra.migrations import apply_migrations
+    from fleet.contract.topics import Kafka
 
     pki = LocalPKI(settings.pki_dir)
     pki.ensure(hostnames=("localhost", *args.broker_host))
@@ -97,9 +97,9 @@ def _init(settings: Settings, args) -> int:
 
 def _admin_bootstrap(settings: Settings, args) -> int:
     """The first admin key: there is no default password, so this is how an installation starts."""
-    from fleet.apikeys import ApiKeyStore
-    from fleet.auth import Role
-    from fleet.db import CassandraSessions
+    from fleet.access.apikeys import ApiKeyStore
+    from fleet.access.auth import Role
+    from fleet.infra.cassandra import CassandraSessions
 
     sessions = CassandraSessions(settings)
     try:
@@ -117,8 +117,8 @@ def _admin_bootstrap(settings: Settings, args) -> int:
 
 
 def _admin_sync_crl(settings: Settings, args) -> int:
-    from fleet.db import CassandraSessions
-    from fleet.onboarding import Onboarding
+    from fleet.infra.cassandra import CassandraSessions
+    from fleet.identity.onboarding import Onboarding
 
     sessions = CassandraSessions(settings)
     try:
@@ -130,8 +130,8 @@ def _admin_sync_crl(settings: Settings, args) -> int:
 
 
 def _lake_compact(settings: Settings, args) -> int:
-    """Hourly from cron / a CronJob: see fleet/lake_compaction.py for the guarantees."""
-    from fleet import lake_compaction
+    """Hourly from cron / a CronJob: see fleet/lake/compaction.py for the guarantees."""
+    from fleet.lake import compaction as lake_compaction
     from fleet.logs import configure_logging
 
     configure_logging("lake-compaction", settings.log_level)
@@ -140,19 +140,19 @@ def _lake_compact(settings: Settings, args) -> int:
 
 
 def _cluster(settings: Settings, args):
-    from fleet.jobs_deploy import Cluster
+    from fleet.infra.flink_jobs import Cluster
 
     return Cluster.parse(args.cluster) if args.cluster else Cluster.local(settings.flink_rest_port)
 
 
 def _jobs_submit(settings: Settings, args) -> int:
-    from fleet import jobs_deploy as deploy
+    from fleet.infra import flink_jobs as deploy
 
     cluster = _cluster(settings, args)
     deploy.refuse_second_copy(deploy.list_jobs(cluster), args.job)
     if cluster == deploy.Cluster.local(settings.flink_rest_port) and not args.worker_python:
         # The local stack's own conf and checks (stale jars, a TaskManager's stale Python).
-        from fleet.stack import flink
+        from devtools.stack import flink
 
         job_id = flink.submit_job(settings, deploy.job_script(args.job), args.job_args, savepoint=args.from_savepoint,
                                   allow_non_restored=args.allow_non_restored_state,
@@ -171,7 +171,7 @@ def _jobs_submit(settings: Settings, args) -> int:
 
 
 def _jobs_stop(settings: Settings, args) -> int:
-    from fleet import jobs_deploy as deploy
+    from fleet.infra import flink_jobs as deploy
 
     cluster = _cluster(settings, args)
     job_id = deploy.resolve_job(deploy.list_jobs(cluster), args.job)
@@ -187,7 +187,7 @@ def _jobs_stop(settings: Settings, args) -> int:
 
 
 def _jobs_list(settings: Settings, args) -> int:
-    from fleet import jobs_deploy as deploy
+    from fleet.infra import flink_jobs as deploy
 
     lines = deploy.job_lines(_cluster(settings, args))
     print("\n".join(lines) if lines else "no jobs on the cluster")
@@ -205,7 +205,7 @@ def _positive_int(text: str) -> int:
 
 
 def _duration(text: str):
-    from fleet.lake_compaction import parse_duration
+    from fleet.lake.compaction import parse_duration
 
     try:
         return parse_duration(text)

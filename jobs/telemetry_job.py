@@ -13,8 +13,8 @@ The core comes in two implementations of the same rules, chosen with ``--core``:
 
 - ``java`` (the default): fleet.flink.telemetry.TelemetryCore in java/flink-fleet, a Java
   KeyedProcessFunction with its own compact per-device state (uid ``telemetry-core-java``).
-- ``python``: ``TelemetryCore`` below, a thin thread-mode shell around fleet.domain.telemetry
-  (uid ``telemetry-core``). fleet.domain.telemetry is the readable reference and the spec of the
+- ``python``: ``TelemetryCore`` below, a thin thread-mode shell around fleet.telemetry.domain
+  (uid ``telemetry-core``). fleet.telemetry.domain is the readable reference and the spec of the
   rules (unit-tested table-driven); the Java core is a line-by-line port of it, and the pipeline
   tests run both cores on the same records and hand-computed expectations.
 
@@ -34,7 +34,7 @@ fresh dedup horizon and gap tracking.
 pipeline tests run it on in-memory data (tests/pipeline/test_telemetry_job.py) and ``main``
 plugs in Kafka, Cassandra and the lake.
 
-Submit: ``fleet``'s launcher does it (fleet.stack.flink.submit_job), or by hand:
+Submit: ``fleet``'s launcher does it (devtools.stack.flink.submit_job), or by hand:
     flink run --python jobs/telemetry_job.py --pyFiles <zip of fleet/ and jobs/> [--core java|python] [...]
 (java/flink-fleet's jar and the connector jars must be in the cluster's lib/.)
 """
@@ -56,9 +56,9 @@ from pyflink.datastream import (DataStream, KeyedProcessFunction, KeyedStream, O
 from pyflink.datastream.state import StateTtlConfig, ValueStateDescriptor
 from pyflink.java_gateway import get_gateway
 
-from fleet.domain import telemetry as dom
-from fleet.job_config import REQUIRED_DEFAULTS, JobConfigError, check, configured_lake_path, missing_defaults
-from fleet.settings import Settings
+from fleet.telemetry import domain as dom
+from fleet.infra.job_config import REQUIRED_DEFAULTS, JobConfigError, check, configured_lake_path, missing_defaults
+from fleet.config import Settings
 
 log = logging.getLogger("telemetry_job")
 
@@ -131,7 +131,7 @@ class JobOptions:
 # --- operators -------------------------------------------------------------------------------
 
 class TelemetryCore(KeyedProcessFunction):
-    """Per device: validate, dedup, lateness, gaps, rollups (fleet.domain.telemetry does the work).
+    """Per device: validate, dedup, lateness, gaps, rollups (fleet.telemetry.domain does the work).
 
     The readable reference core (``--core python``); the default is its Java port, see java_core."""
 

@@ -11,7 +11,7 @@ import os
 
 import pytest
 
-from fleet.settings import Settings
+from fleet.config import Settings
 from tests.support.stack import running
 
 STACK_COMPONENTS = ["mosquitto", "kafka", "cassandra", "flink", "bridge", "api"]
@@ -31,7 +31,7 @@ def stack(settings: Settings):
 def enrollment(stack: Settings):
     """Registers test devices in the stack's registry (which issues their certificates), so the
     bridge's active-device check lets them through, as it would for a real device."""
-    from fleet.enrollment import RegistryEnrollment
+    from devtools.enrollment import RegistryEnrollment
 
     return RegistryEnrollment.open(stack, device_type="test", groups=["test"])
 
@@ -45,7 +45,7 @@ class TelemetryJob:
 
     @property
     def id(self) -> str:
-        from fleet.stack import flink
+        from devtools.stack import flink
 
         running = [job["id"] for job in flink.list_jobs(self.settings)
                    if job["name"] == "telemetry" and job["state"] == "RUNNING"]
@@ -58,7 +58,7 @@ def telemetry_job(stack: Settings):
     """The telemetry job RUNNING on the stack's Flink cluster (submitted if it is not)."""
     from pathlib import Path
 
-    from fleet.stack import flink
+    from devtools.stack import flink
 
     if not any(job["name"] == "telemetry" and job["state"] == "RUNNING" for job in flink.list_jobs(stack)):
         job_py = Path(__file__).resolve().parents[1] / "jobs" / "telemetry_job.py"

@@ -10,8 +10,8 @@ from pydantic import BaseModel, Field
 
 from api.deps import ApiKeys, SettingsDep, Viewer
 from api.models import Strict
-from fleet.apikeys import AuthFailure
-from fleet.auth import Role
+from fleet.access.apikeys import AuthFailure
+from fleet.access.auth import Role
 
 router = APIRouter(prefix="/v1", tags=["auth"])
 

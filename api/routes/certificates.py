@@ -8,7 +8,7 @@ from pydantic import Field
 from api.deps import OnboardingDep, Operator, Viewer, raise_http
 from api.models import CertificateOut, CutoffOut, DeviceOut, Strict
 from api.routes.devices import _visible
-from fleet.domain.devices import RegistryError
+from fleet.identity.devices import RegistryError
 
 router = APIRouter(prefix="/v1/devices/{device_id}/certificates", tags=["certificates"])
 

@@ -9,7 +9,7 @@ from pydantic import Field
 
 from api.deps import (OnboardingDep, Operator, Viewer, ensure_device_visible, ensure_groups_allowed, raise_http)
 from api.models import CertificateOut, CutoffOut, DeviceOut, Strict
-from fleet.domain.devices import (DeviceFilter, DeviceStatus, RegistryError, check_device_id, check_name,
+from fleet.identity.devices import (DeviceFilter, DeviceStatus, RegistryError, check_device_id, check_name,
                                   decode_cursor, encode_cursor, metadata_filters)
 
 router = APIRouter(prefix="/v1/devices", tags=["devices"])

@@ -10,9 +10,9 @@ from pydantic import BaseModel, Field
 
 from api.deps import Admin, ApiKeys
 from api.models import Strict
-from fleet.apikeys import ApiKey
-from fleet.auth import Principal, Role
-from fleet.domain.devices import RegistryError, check_groups
+from fleet.access.apikeys import ApiKey
+from fleet.access.auth import Principal, Role
+from fleet.identity.devices import RegistryError, check_groups
 
 router = APIRouter(prefix="/v1/keys", tags=["keys"])
 

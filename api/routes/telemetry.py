@@ -14,11 +14,11 @@ from pydantic import BaseModel, Field
 
 from api.deps import CassandraSession, OnboardingDep, SettingsDep, Viewer, cached
 from api.routes.devices import _visible as visible_device
-from fleet.domain.telemetry_query import (
+from fleet.telemetry.query import (
     MAX_AGG_RANGE_DAYS, MAX_LIMIT, MAX_RAW_RANGE_DAYS, Cursor, QueryError, TimeRange, check_bucket_count,
     check_limit, parse_bucket, parse_functions, parse_metrics, rebucket,
 )
-from fleet.telemetry_store import TelemetryStore
+from fleet.telemetry.store import TelemetryStore
 
 router = APIRouter(prefix="/v1/devices/{device_id}/telemetry", tags=["telemetry"])
 

@@ -9,8 +9,8 @@ from pydantic import BaseModel, Field
 
 from api.deps import OnboardingDep, UnscopedAdmin, raise_http
 from api.models import Strict
-from fleet.domain.devices import RegistryError, check_name
-from fleet.provisioning import Template, check_template
+from fleet.identity.devices import RegistryError, check_name
+from fleet.identity.provisioning import Template, check_template
 
 router = APIRouter(prefix="/v1/provisioning/templates", tags=["provisioning"])
 

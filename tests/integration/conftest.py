@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from fleet.settings import Settings
+from fleet.config import Settings
 from tests.support.stack import running
 
 
@@ -25,8 +25,8 @@ def security_stack(settings: Settings):
 @pytest.fixture(scope="session")
 def api_settings(security_stack: Settings):
     """Settings on a fresh, migrated keyspace; background workers off (tests drive them)."""
-    from fleet.stack.cassandra import open_session
-    from fleet.stack.migrations import apply_migrations
+    from fleet.infra.cassandra import open_session
+    from fleet.infra.migrations import apply_migrations
 
     keyspace = f"t_sec_{uuid.uuid4().hex[:10]}"
     session = open_session(security_stack)
@@ -41,7 +41,7 @@ def api_settings(security_stack: Settings):
 
 @pytest.fixture(scope="session")
 def cassandra(api_settings: Settings):
-    from fleet.db import CassandraSessions
+    from fleet.infra.cassandra import CassandraSessions
 
     sessions = CassandraSessions(api_settings)
     yield sessions.get()
@@ -63,7 +63,7 @@ class Keys:
     store: object
 
     def make(self, role: str, groups=None, name: str | None = None) -> dict[str, str]:
-        from fleet.auth import Role
+        from fleet.access.auth import Role
 
         _, secret = self.store.create(name or f"test-{role}", Role(role), frozenset(groups) if groups else None)
         return {"X-API-Key": secret}
@@ -76,7 +76,7 @@ class Keys:
 
 @pytest.fixture(scope="session")
 def keys(cassandra) -> Keys:
-    from fleet.apikeys import ApiKeyStore
+    from fleet.access.apikeys import ApiKeyStore
 
     return Keys(ApiKeyStore(cassandra))
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from fleet.active_devices import ActiveDeviceCheck, BlockedDevices
+from fleet.identity.active_devices import ActiveDeviceCheck, BlockedDevices
 
 pytestmark = pytest.mark.integration
 

@@ -18,8 +18,8 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from fleet.domain.telemetry import DeviceState, Point, TelemetryRules, observe, on_time
-from fleet.domain.telemetry_query import BUCKETS_MS
+from fleet.telemetry.domain import DeviceState, Point, TelemetryRules, observe, on_time
+from fleet.telemetry.query import BUCKETS_MS
 from tests.integration.test_api_telemetry import _dt, write_lake
 
 pytestmark = pytest.mark.integration

@@ -13,7 +13,7 @@ import schemathesis
 from hypothesis import HealthCheck, given, settings
 
 from api.main import create_app
-from fleet.settings import Settings
+from fleet.config import Settings
 
 pytestmark = pytest.mark.integration
 

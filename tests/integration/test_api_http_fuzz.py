@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from api.main import create_app
-from fleet.settings import Settings
+from fleet.config import Settings
 
 pytestmark = pytest.mark.integration
 
@@ -50,9 +50,9 @@ BODIES = st.one_of(
 
 @pytest.fixture(scope="module")
 def http(stack):
-    from fleet.apikeys import ApiKeyStore
-    from fleet.auth import Role
-    from fleet.db import CassandraSessions
+    from fleet.access.apikeys import ApiKeyStore
+    from fleet.access.auth import Role
+    from fleet.infra.cassandra import CassandraSessions
 
     sessions = CassandraSessions(stack)
     _, secret = ApiKeyStore(sessions.get()).create("http-fuzz-admin", Role.admin, None)

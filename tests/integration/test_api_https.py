@@ -7,8 +7,8 @@ import socket
 import httpx
 import pytest
 
-from fleet.stack.apps import ApiComponent
-from fleet.stack.process import wait_until
+from devtools.stack.apps import ApiComponent
+from devtools.stack.process import wait_until
 
 pytestmark = pytest.mark.integration
 

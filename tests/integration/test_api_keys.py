@@ -6,8 +6,8 @@ import datetime as dt
 
 import pytest
 
-from fleet.apikeys import ApiKeyStore
-from fleet.auth import Role, hash_secret
+from fleet.access.apikeys import ApiKeyStore
+from fleet.access.auth import Role, hash_secret
 
 pytestmark = pytest.mark.integration
 
@@ -114,8 +114,8 @@ def test_the_last_admin_key_cannot_be_revoked(api_settings, security_stack):
     from fastapi.testclient import TestClient
 
     from api.main import create_app
-    from fleet.stack.cassandra import open_session
-    from fleet.stack.migrations import apply_migrations
+    from fleet.infra.cassandra import open_session
+    from fleet.infra.migrations import apply_migrations
 
     keyspace = f"t_sec_{uuid.uuid4().hex[:10]}"
     session = open_session(security_stack)

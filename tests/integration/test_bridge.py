@@ -23,10 +23,10 @@ from pathlib import Path
 import pytest
 
 from device.agent import AgentConfig, DeviceAgent
-from device.simulator import GENERATORS, run_worker
-from fleet.settings import Settings
-from fleet.topics import Kafka
-from fleet.validation import kafka_schema
+from devtools.simulator import GENERATORS, run_worker
+from fleet.config import Settings
+from fleet.contract.topics import Kafka
+from fleet.contract.validation import kafka_schema
 from tests.support.kafka import end_offsets, read_json
 
 pytestmark = pytest.mark.integration
@@ -166,7 +166,7 @@ class BridgeProcess:
     """``python -m bridge`` as a child process with its own topics, share group and port."""
 
     def __init__(self, settings: Settings, instance: int):
-        from fleet.stack.apps import settings_env
+        from devtools.stack.apps import settings_env
 
         self.settings, self.instance = settings, instance
         self.env = settings_env(settings)
@@ -219,7 +219,7 @@ class BridgeProcess:
 def own_bridge_settings(stack: Settings):
     from kafka.admin import KafkaAdminClient
 
-    from fleet.stack.kafka import create_topics
+    from fleet.infra.kafka import create_topics
 
     tag = uuid.uuid4().hex[:8]
     settings = stack.replace(topic_prefix=f"it-{tag}.", bridge_share_group=f"it-{tag}",
@@ -274,7 +274,7 @@ def test_kill_9_under_load_then_restart_loses_nothing(own_bridge_settings: Setti
 def test_a_device_the_registry_does_not_list_is_dead_lettered(stack: Settings, tmp_path):
     """A certificate from the platform CA is not enough: the registry is the source of truth."""
     from device.identity import enroll_locally
-    from fleet.pki import LocalPKI
+    from fleet.identity.pki import LocalPKI
 
     device_id = unique("unregistered")
     identity = enroll_locally(LocalPKI(stack.pki_dir), device_id, tmp_path / device_id)  # CA-signed, not registered
@@ -306,7 +306,7 @@ def test_the_bridge_may_read_the_brokers_drop_counter(stack: Settings):
     from paho.mqtt.subscribeoptions import SubscribeOptions
 
     from bridge.uplink import BROKER_DROPPED_TOPIC
-    from fleet.pki import LocalPKI
+    from fleet.identity.pki import LocalPKI
 
     pki = LocalPKI(stack.pki_dir)
     cert, key = pki.service_identity(stack.bridge_client_id)

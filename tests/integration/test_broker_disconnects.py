@@ -11,8 +11,8 @@ import urllib.request
 import paho.mqtt.client as mqtt
 import pytest
 
-from fleet.settings import Settings
-from fleet.stack.mosquitto import max_packet_size
+from fleet.config import Settings
+from devtools.stack.mosquitto import max_packet_size
 from tests.support.mqtt import connect, device_credentials
 
 pytestmark = pytest.mark.integration

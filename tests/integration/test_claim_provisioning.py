@@ -18,10 +18,10 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 import paho.mqtt.client as mqtt
 import pytest
 
-from fleet.broker import mqtt_connects
-from fleet.onboarding import Onboarding
-from fleet.pki import LocalPKI
-from fleet.provisioner import ProvisioningService
+from fleet.identity.cutoff import mqtt_connects
+from fleet.identity.onboarding import Onboarding
+from fleet.identity.pki import LocalPKI
+from fleet.identity.provisioner import ProvisioningService
 from tests.support.identity import csr_pem, new_key, write_identity
 from tests.support.mqtt import connect
 

@@ -19,8 +19,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509.oid import NameOID
 
 from device.refusal import refusal_reason
-from fleet.broker import connect_packet
-from fleet.pki import LocalPKI
+from fleet.identity.cutoff import connect_packet
+from fleet.identity.pki import LocalPKI
 from tests.support.identity import csr_pem, new_key, write_identity
 
 pytestmark = pytest.mark.integration

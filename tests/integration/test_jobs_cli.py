@@ -23,10 +23,10 @@ from pathlib import Path
 
 import pytest
 
-from fleet.jobs_deploy import CHECKPOINTING_OFF_MS
-from fleet.stack import flink
-from fleet.stack.apps import settings_env
-from fleet.stack.process import StackError
+from fleet.infra.flink_jobs import CHECKPOINTING_OFF_MS
+from devtools.stack import flink
+from devtools.stack.apps import settings_env
+from devtools.stack.process import StackError
 from tests.integration.test_telemetry_faults import expected_keys, lake_keys, publish, wait_exactly_once
 
 pytestmark = pytest.mark.integration
@@ -63,7 +63,7 @@ def leave_one_running(settings, savepoint: str | None) -> None:
     try:
         job_id = flink.submit_job(settings, JOB_PY, savepoint=savepoint)
     except StackError:
-        from fleet import jobs_deploy as deploy
+        from fleet.infra import flink_jobs as deploy
 
         # The launcher's own checks refused; the production path does not have them.
         job_id = deploy.submit_to(settings, deploy.Cluster.local(settings.flink_rest_port), "telemetry",

@@ -10,9 +10,9 @@ import uuid
 
 import pytest
 
-from fleet.settings import Settings
-from fleet.stack.kafka import create_topics
-from fleet.topics import Kafka
+from fleet.config import Settings
+from fleet.infra.kafka import create_topics
+from fleet.contract.topics import Kafka
 
 pytestmark = pytest.mark.integration
 
@@ -23,7 +23,7 @@ def kafka_settings(stack: Settings) -> Settings:
 
 @pytest.fixture(scope="module")
 def cql(stack: Settings):
-    from fleet.stack.cassandra import open_session
+    from fleet.infra.cassandra import open_session
 
     session = open_session(stack)
     yield session
@@ -33,7 +33,7 @@ def cql(stack: Settings):
 def test_all_contract_topics_exist(kafka_settings: Settings):
     from kafka.admin import ConfigResource, ConfigResourceType
 
-    from fleet.stack.kafka import _admin
+    from devtools.stack.kafka import _admin
 
     admin = _admin(kafka_settings)
     try:
@@ -51,7 +51,7 @@ def test_all_contract_topics_exist(kafka_settings: Settings):
 def test_throwaway_topic_round_trip(kafka_settings: Settings):
     from kafka import KafkaConsumer, KafkaProducer
 
-    from fleet.stack.kafka import _admin
+    from devtools.stack.kafka import _admin
 
     scratch = kafka_settings.replace(topic_prefix=f"test-{uuid.uuid4().hex[:8]}.")
     topic = scratch.topic(Kafka.TELEMETRY)
@@ -82,7 +82,7 @@ def test_registry_tables_exist(cql, settings: Settings):
 
 
 def test_migrations_apply_once_to_a_throwaway_keyspace(cql, settings: Settings):
-    from fleet.stack.migrations import apply_migrations, discover
+    from fleet.infra.migrations import apply_migrations, discover
 
     keyspace = f"test_mig_{uuid.uuid4().hex[:8]}"
     try:

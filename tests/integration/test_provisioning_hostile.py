@@ -16,7 +16,7 @@ from cryptography.x509.oid import NameOID
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from fleet.provisioning import RESPONSE_SUFFIX, provisioning_topic
+from fleet.identity.provisioning import RESPONSE_SUFFIX, provisioning_topic
 from tests.integration.test_claim_provisioning import claim, provisioning  # noqa: F401 (fixtures)
 from tests.support.identity import csr_pem, new_key
 

@@ -14,9 +14,9 @@ import time
 
 import pytest
 
-from fleet.broker import mqtt_connects
-from fleet.onboarding import Onboarding
-from fleet.pki import LocalPKI
+from fleet.identity.cutoff import mqtt_connects
+from fleet.identity.onboarding import Onboarding
+from fleet.identity.pki import LocalPKI
 from tests.support.identity import csr_pem, new_key, write_identity
 from tests.support.mqtt import connect
 

@@ -19,7 +19,7 @@ import pyarrow.dataset as ds
 import pytest
 
 from device.agent import AgentConfig, DeviceAgent, now_ms
-from fleet.lake import telemetry_dataset
+from fleet.lake.dataset import telemetry_dataset
 
 pytestmark = pytest.mark.integration
 
@@ -38,9 +38,9 @@ def api(stack):
 
 @pytest.fixture(scope="module")
 def viewer(api, stack):
-    from fleet.apikeys import ApiKeyStore
-    from fleet.auth import Role
-    from fleet.db import CassandraSessions
+    from fleet.access.apikeys import ApiKeyStore
+    from fleet.access.auth import Role
+    from fleet.infra.cassandra import CassandraSessions
 
     sessions = CassandraSessions(stack)
     _, secret = ApiKeyStore(sessions.get()).create("e2e-viewer", Role.viewer, None)

@@ -15,10 +15,10 @@ from pathlib import Path
 import pyarrow.dataset as ds
 import pytest
 
-from device.simulator import GENERATORS, run_worker
-from fleet.lake import telemetry_dataset
-from fleet.stack import flink
-from fleet.stack.apps import BridgeComponent
+from devtools.simulator import GENERATORS, run_worker
+from fleet.lake.dataset import telemetry_dataset
+from devtools.stack import flink
+from devtools.stack.apps import BridgeComponent
 
 pytestmark = pytest.mark.integration
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
@@ -72,7 +72,7 @@ def wait_exactly_once(what: str, read, expected: set, timeout: float = 240.0) ->
 
 @pytest.fixture
 def cassandra(stack):
-    from fleet.db import CassandraSessions
+    from fleet.infra.cassandra import CassandraSessions
 
     sessions = CassandraSessions(stack)
     yield sessions.get()
@@ -94,7 +94,7 @@ def test_kill_9_of_taskmanager_and_bridge_loses_and_duplicates_nothing(stack, en
     bridge.process.kill()  # kill -9 mid-stream: unacknowledged messages stay with the broker
     time.sleep(2)
     bridge.start()
-    from fleet.stack.process import wait_until
+    from devtools.stack.process import wait_until
 
     wait_until(bridge.healthy, what="bridge restart", timeout=60, process=bridge.process)
     thread.join(180)

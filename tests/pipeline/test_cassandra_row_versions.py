@@ -59,7 +59,7 @@ def written(stack):
 
 @pytest.fixture(scope="module")
 def session(stack):
-    from fleet.stack.cassandra import open_session
+    from fleet.infra.cassandra import open_session
 
     s = open_session(stack, stack.cassandra_keyspace)
     yield s

@@ -1,5 +1,5 @@
 """The Java core (fleet.flink.telemetry.TelemetryCore) and the Python reference (jobs.telemetry_job.TelemetryCore
-over fleet.domain.telemetry) emit the same records for the same input, in a local Flink.
+over fleet.telemetry.domain) emit the same records for the same input, in a local Flink.
 
 The input is generated (seeded): a few devices sending in order, with redeliveries, gaps, gap
 fills, late records, records far behind or ahead of their device's clock, empty metric sets, and
@@ -84,8 +84,8 @@ def outputs(tmp_path_factory):
     from pyflink.common import Configuration, Types
     from pyflink.datastream import RuntimeExecutionMode, StreamExecutionEnvironment
 
-    from fleet.domain.telemetry import TelemetryRules
-    from fleet.settings import Settings
+    from fleet.telemetry.domain import TelemetryRules
+    from fleet.config import Settings
     from jobs.telemetry_job import JobOptions, build, envelopes
     from tests.pipeline.collect import CollectingSinks, Collector
 

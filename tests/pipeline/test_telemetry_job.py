@@ -108,7 +108,7 @@ def run_job(tmp_path_factory):
     from pyflink.common import Configuration, Types
     from pyflink.datastream import RuntimeExecutionMode, StreamExecutionEnvironment
 
-    from fleet.settings import Settings
+    from fleet.config import Settings
     from jobs.telemetry_job import JobOptions, build, envelopes
     from tests.pipeline.collect import CollectingSinks, Collector
 

@@ -29,7 +29,7 @@ def test_a_record_keyed_under_another_device_is_dead_lettered(tmp_path, core):
     from pyflink.datastream import DataStream, RuntimeExecutionMode, StreamExecutionEnvironment
     from pyflink.java_gateway import get_gateway
 
-    from fleet.settings import Settings
+    from fleet.config import Settings
     from jobs.telemetry_job import ENVELOPE_TYPE, JobOptions, build
     from tests.pipeline.collect import CollectingSinks, Collector
 

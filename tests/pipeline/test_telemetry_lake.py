@@ -31,7 +31,7 @@ def lake(request, tmp_path_factory):
     from pyflink.common import Configuration, Types
     from pyflink.datastream import StreamExecutionEnvironment
 
-    from fleet.settings import Settings
+    from fleet.config import Settings
     from jobs.telemetry_job import JobOptions, ProductionSinks, build, envelopes
     from tests.pipeline.collect import Collector
 

@@ -8,7 +8,7 @@ from typing import Callable
 
 from kafka import KafkaConsumer, TopicPartition
 
-from fleet.settings import Settings
+from fleet.config import Settings
 
 
 def end_offsets(settings: Settings, topic: str) -> dict[TopicPartition, int]:

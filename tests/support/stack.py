@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from typing import Iterator
 
-from fleet.settings import Settings
+from fleet.config import Settings
 from tests.support import require
 
 IN_CI = require.in_ci()
@@ -15,13 +15,13 @@ def running(settings: Settings, names: list[str]) -> Iterator[Settings]:
     """Generator for a session fixture: reuses healthy parts, starts the others with the
     project's launcher and stops only those at the end (unless FLEET_TEST_KEEP_STACK=1).
     Skips when they cannot start on a developer machine; under CI=true that is a failure."""
-    from fleet.stack import launcher
-    from fleet.stack.process import StackError
+    from devtools.stack import launcher
+    from fleet.infra.errors import InfraError
 
     already = {row["name"] for row in launcher.status(settings) if row["state"] == "healthy"}
     try:
         launcher.up(settings, names)
-    except (StackError, ImportError) as exc:
+    except (InfraError, ImportError) as exc:
         # Stop what this attempt did start, so a failed start leaves no stray services behind.
         _stop(settings, [n for n in names if n not in already])
         require.missing(f"{', '.join(names)} did not start: no local stack ({exc})")
@@ -33,7 +33,7 @@ def running(settings: Settings, names: list[str]) -> Iterator[Settings]:
 def _stop(settings: Settings, names: list[str]) -> None:
     """Stop exactly ``names``: the launcher reads an empty list as "everything", which would take
     down a developer's stack that was already running before the tests."""
-    from fleet.stack import launcher
+    from devtools.stack import launcher
 
     if names:
         launcher.down(settings, names)

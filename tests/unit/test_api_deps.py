@@ -8,9 +8,9 @@ from fastapi.testclient import TestClient
 
 from api.deps import (Admin, CurrentPrincipal, Operator, UnscopedAdmin, Viewer, ensure_device_visible,
                       ensure_groups_allowed)
-from fleet.apikeys import ApiKey, ApiKeyStore, AuthFailure
-from fleet.auth import Principal, Role, is_expired, new_secret, parse_secret
-from fleet.settings import Settings
+from fleet.access.apikeys import ApiKey, ApiKeyStore, AuthFailure
+from fleet.access.auth import Principal, Role, is_expired, new_secret, parse_secret
+from fleet.config import Settings
 
 NOW = dt.datetime.now(dt.timezone.utc)
 

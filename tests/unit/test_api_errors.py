@@ -5,9 +5,9 @@ from fastapi.testclient import TestClient
 
 from api.deps import get_onboarding, get_principal, get_api_keys
 from api.main import create_app
-from fleet.auth import Principal, Role
-from fleet.db import StoreUnavailable
-from fleet.settings import Settings
+from fleet.access.auth import Principal, Role
+from fleet.infra.cassandra import StoreUnavailable
+from fleet.config import Settings
 
 
 class NoStore:

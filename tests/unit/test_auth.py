@@ -2,7 +2,7 @@ import datetime as dt
 
 import pytest
 
-from fleet.auth import KEY_KIND, TOKEN_KIND, Principal, Role, hash_secret, is_expired, new_secret, parse_secret
+from fleet.access.auth import KEY_KIND, TOKEN_KIND, Principal, Role, hash_secret, is_expired, new_secret, parse_secret
 
 
 def test_a_new_key_parses_back_to_its_id_and_hash():

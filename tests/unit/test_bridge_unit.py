@@ -10,7 +10,7 @@ import pytest
 
 from bridge.metrics import BridgeMetrics, HttpEndpoint
 from bridge.uplink import shared_filters
-from fleet.topics import Uplink
+from fleet.contract.topics import Uplink
 
 
 def test_one_shared_subscription_per_uplink_kind():
@@ -58,8 +58,8 @@ from collections import deque  # noqa: E402
 from types import SimpleNamespace  # noqa: E402
 
 from bridge import uplink  # noqa: E402
-from fleet.pki import LocalPKI  # noqa: E402
-from fleet.settings import Settings  # noqa: E402
+from fleet.identity.pki import LocalPKI  # noqa: E402
+from fleet.config import Settings  # noqa: E402
 
 
 class FakeProducer:

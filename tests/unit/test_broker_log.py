@@ -1,10 +1,10 @@
-"""Mosquitto's log lines about clients it threw out, parsed into reasons (fleet/broker_log.py)."""
+"""Mosquitto's log lines about clients it threw out, parsed into reasons (fleet/mqtt/broker_log.py)."""
 
 from __future__ import annotations
 
 import pytest
 
-from fleet.broker_log import REASONS, Disconnect, parse_disconnect
+from fleet.mqtt.broker_log import REASONS, Disconnect, parse_disconnect
 
 # Mosquitto 2.0's own wording, as it publishes it on $SYS/broker/log/N (epoch prefix) and as the
 # launcher's log_timestamp_format writes it.

@@ -1,6 +1,6 @@
 import pytest
 
-from fleet.broker import _remaining_length, connect_packet
+from fleet.identity.cutoff import _remaining_length, connect_packet
 
 
 @pytest.mark.parametrize("n, encoded", [

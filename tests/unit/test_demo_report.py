@@ -1,6 +1,6 @@
 """The demo checks this run's messages, not the whole lake (which holds earlier runs too)."""
 
-from fleet.demo import Delivery, delivery
+from devtools.demo import Delivery, delivery
 
 
 def test_other_devices_and_earlier_runs_are_not_counted():

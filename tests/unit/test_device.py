@@ -12,8 +12,8 @@ from cryptography.x509.oid import NameOID
 
 from device.identity import DeviceIdentity, enroll_locally, load_or_create_key, make_csr, prepare_csr
 from device.seqstore import SeqStore
-from device.simulator import GENERATORS, MetricSource, device_ids
-from fleet.pki import LocalPKI
+from devtools.simulator import GENERATORS, MetricSource, device_ids
+from fleet.identity.pki import LocalPKI
 
 
 def test_key_is_created_once_with_owner_only_permissions(tmp_path):

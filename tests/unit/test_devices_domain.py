@@ -1,6 +1,6 @@
 import pytest
 
-from fleet.domain.devices import (CertAction, Device, DeviceFilter, DeviceStatus, RegistryError, check_groups,
+from fleet.identity.devices import (CertAction, Device, DeviceFilter, DeviceStatus, RegistryError, check_groups,
                                   check_metadata, decode_cursor, encode_cursor, metadata_filters, status_change)
 
 A, D, R = DeviceStatus.active, DeviceStatus.disabled, DeviceStatus.revoked

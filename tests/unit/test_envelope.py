@@ -7,9 +7,9 @@ import json
 
 import pytest
 
-from fleet.envelope import DEAD_LETTER_RAW_LIMIT, DeadLetter, Routed, handle_uplink
-from fleet.topics import Uplink
-from fleet.validation import kafka_schema
+from fleet.contract.envelope import DEAD_LETTER_RAW_LIMIT, DeadLetter, Routed, handle_uplink
+from fleet.contract.topics import Uplink
+from fleet.contract.validation import kafka_schema
 
 NOW = 1_700_000_000_999
 TS = 1_700_000_000_000
@@ -159,7 +159,7 @@ def _nested(levels: int) -> dict:
 def test_nesting_is_bounded(attrs_levels, reason):
     """The payload is level 1 and attrs level 2: 7 levels of attrs are the most allowed. A 300-level
     payload passed the schema and then broke the envelope's serialisation, wedging the bridge."""
-    from fleet.envelope import DeadLetter, Routed, handle_uplink
+    from fleet.contract.envelope import DeadLetter, Routed, handle_uplink
 
     now = 1_800_000_000_000
     raw = json.dumps({"ts": now, "seq": 1, "metrics": {"t": 1.0}, "attrs": _nested(attrs_levels)}).encode()
@@ -175,14 +175,14 @@ def test_nesting_is_bounded(attrs_levels, reason):
     ({"a": [1, {"b": 2}]}, 3, False), ({"a": [1, {"b": {}}]}, 3, True),
 ])
 def test_nesting_exceeds(value, limit, exceeds):
-    from fleet.envelope import nesting_exceeds
+    from fleet.contract.envelope import nesting_exceeds
 
     assert nesting_exceeds(value, limit) is exceeds
 
 
 def test_registry_errors_are_the_only_redelivery_signal():
     import pytest
-    from fleet.envelope import RegistryUnavailable, handle_uplink
+    from fleet.contract.envelope import RegistryUnavailable, handle_uplink
 
     def down(_device_id):
         raise ConnectionError("cassandra down")

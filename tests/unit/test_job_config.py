@@ -1,6 +1,6 @@
 import pytest
 
-from fleet.job_config import REQUIRED_DEFAULTS, JobConfigError, check, missing_defaults, problems
+from fleet.infra.job_config import REQUIRED_DEFAULTS, JobConfigError, check, missing_defaults, problems
 
 GOOD = dict(interval_ms=5000, mode="EXACTLY_ONCE", retention="RETAIN_ON_CANCELLATION", lake_path="/data/lake")
 
@@ -50,7 +50,7 @@ def test_missing_defaults_fills_only_unset_keys():
 
 
 def test_the_lake_path_is_taken_as_given_not_as_resolved():
-    from fleet.job_config import configured_lake_path
+    from fleet.infra.job_config import configured_lake_path
     assert configured_lake_path({}) is None
     assert configured_lake_path({"FLEET_VAR_DIR": "/srv/var"}) == "/srv/var/lake"
     assert configured_lake_path({"FLEET_VAR_DIR": "/srv/var", "FLEET_LAKE_DIR": "lake"}) == "lake"
@@ -59,7 +59,7 @@ def test_the_lake_path_is_taken_as_given_not_as_resolved():
 
 
 def test_the_lake_path_may_come_from_the_config_file(tmp_path):
-    from fleet.job_config import configured_lake_path
+    from fleet.infra.job_config import configured_lake_path
 
     toml = tmp_path / "fleet.toml"
     toml.write_text('lake_dir = "/data/lake"\n')

@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from fleet import jobs_deploy as deploy
+from fleet.infra import flink_jobs as deploy
 from fleet.cli import build_parser
-from fleet.jobs_deploy import Cluster, DeployError
-from fleet.settings import Settings
+from fleet.infra.flink_jobs import Cluster, DeployError
+from fleet.config import Settings
 from tests.support.require import module
 
 # GET /jobs/<id>/checkpoints/config of the telemetry job on the local stack.
@@ -193,7 +193,7 @@ def test_the_job_id_comes_from_the_cli_output():
 def test_the_archive_holds_the_project_packages_and_nothing_else(tmp_path):
     archive = deploy.build_archive(tmp_path / "out" / "fleet-project.zip")
     names = zipfile.ZipFile(archive).namelist()
-    assert {"fleet/__init__.py", "fleet/jobs_deploy.py", "fleet/job_config.py", "jobs/__init__.py",
+    assert {"fleet/__init__.py", "fleet/infra/flink_jobs.py", "fleet/infra/job_config.py", "jobs/__init__.py",
             "jobs/telemetry_job.py"} <= set(names)
     assert all(n.endswith(".py") and "__pycache__" not in n for n in names)
     assert {n.split("/")[0] for n in names} == {"fleet", "jobs"}
@@ -203,10 +203,10 @@ def test_the_archive_holds_the_project_packages_and_nothing_else(tmp_path):
 def test_the_archive_keeps_the_packages_importable(tmp_path):
     """A TaskManager puts the zip itself on sys.path: ``fleet.`` must import from inside it."""
     archive = deploy.build_archive(tmp_path / "fleet-project.zip")
-    code = f"import sys; sys.path[:0] = [{str(archive)!r}]; import fleet.job_config as m; print(m.__file__)"
+    code = f"import sys; sys.path[:0] = [{str(archive)!r}]; import fleet.infra.job_config as m; print(m.__file__)"
     out = subprocess.run([sys.executable, "-I", "-c", code], capture_output=True, text=True, check=True,
                          cwd=tmp_path).stdout
-    assert out.strip() == f"{archive}/fleet/job_config.py"
+    assert out.strip() == f"{archive}/fleet/infra/job_config.py"
 
 
 # --- the client: arguments, configuration, environment ----------------------------------------------

@@ -1,4 +1,4 @@
-"""fleet.lake_compaction: the plan (pure), the merge on a tmp lake of sink-like files, crash
+"""fleet.lake.compaction: the plan (pure), the merge on a tmp lake of sink-like files, crash
 recovery, --dry-run, the CLI, and reads through pyarrow.dataset, DuckDB and TelemetryStore."""
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
 
-from fleet import lake_compaction as lc
-from fleet.lake_compaction import FileInfo, Partition, plan
+from fleet.lake import compaction as lc
+from fleet.lake.compaction import FileInfo, Partition, plan
 from tests.support import require
 
 UTC = dt.timezone.utc
@@ -420,8 +420,8 @@ class _NoCassandra:
 
 
 def test_telemetry_store_reads_the_same_points_after_compaction(tmp_path):
-    from fleet.domain.telemetry_query import TimeRange
-    from fleet.telemetry_store import TelemetryStore
+    from fleet.telemetry.query import TimeRange
+    from fleet.telemetry.store import TelemetryStore
 
     build_lake(tmp_path)
     store = TelemetryStore(_NoCassandra(), tmp_path, raw_ttl_days=30, rollup_ttl_days=30)

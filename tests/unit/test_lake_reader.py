@@ -1,4 +1,4 @@
-"""fleet.lake.telemetry_dataset: a lake whose partition directories exist before their first
+"""fleet.lake.dataset.telemetry_dataset: a lake whose partition directories exist before their first
 committed file (only hidden in-progress files) reads as empty, with the lake's columns, instead
 of failing every column filter; committed files read as before, hidden files never."""
 
@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pyarrow.dataset as ds
 
-from fleet.lake import TELEMETRY_SCHEMA, telemetry_dataset
+from fleet.lake.dataset import TELEMETRY_SCHEMA, telemetry_dataset
 from tests.unit.test_lake_compaction import H0, build_lake, write_part
 
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from fleet.stack.migrations import MIGRATIONS_DIR, discover, load_migration, split_statements
+from fleet.infra.migrations import MIGRATIONS_DIR, discover, load_migration, split_statements
 
 
 def test_splits_on_semicolon_at_line_end():

@@ -4,8 +4,8 @@ import re
 
 import pytest
 
-from fleet.settings import Settings
-from fleet.stack.mosquitto import ACL_DEVICES, ACL_PROVISIONING, ACL_SERVICES, MosquittoComponent
+from fleet.config import Settings
+from devtools.stack.mosquitto import ACL_DEVICES, ACL_PROVISIONING, ACL_SERVICES, MosquittoComponent
 
 
 @pytest.fixture(scope="module")

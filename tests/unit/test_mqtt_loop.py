@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 import time
 
-from fleet.mqtt_loop import MqttLoop
+from fleet.mqtt.loop import MqttLoop
 
 
 def run_loop():

@@ -7,7 +7,7 @@ from paho.mqtt import _packet
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from fleet import paho_speedups
+from fleet.mqtt import paho_speedups
 
 
 def publish_body(topic: bytes, mid: int, props: bytes, payload: bytes) -> bytes:

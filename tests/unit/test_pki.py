@@ -6,7 +6,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from fleet.pki import CSRError, LocalPKI
+from fleet.identity.pki import CSRError, LocalPKI
 
 
 def make_csr(cn: str, key=None) -> bytes:

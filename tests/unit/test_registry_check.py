@@ -2,7 +2,7 @@
 
 import pytest
 
-from fleet.active_devices import BLOCKED_STATUSES, ActiveDeviceCheck, BlockedDevices
+from fleet.identity.active_devices import BLOCKED_STATUSES, ActiveDeviceCheck, BlockedDevices
 
 
 class Clock:

@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from fleet.settings import Settings
+from fleet.config import Settings
 
 
 def test_defaults_need_no_environment():

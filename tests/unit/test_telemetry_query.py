@@ -2,7 +2,7 @@ import datetime as dt
 
 import pytest
 
-from fleet.domain.telemetry_query import (
+from fleet.telemetry.query import (
     DAY_MS, MINUTE_MS, Bucket, Cursor, QueryError, TimeRange, buckets_from_points, check_bucket_count,
     check_limit, day_of, hot_horizon_day, parse_bucket, parse_functions, parse_metrics, parse_time, rebucket,
     split_hot_cold,

@@ -7,8 +7,8 @@ import json
 import jsonschema
 import pytest
 
-from fleet.topics import Uplink
-from fleet.validation import DEFAULT_SCHEMA_DIR, SchemaViolation, UplinkValidators, compile_schema, fastjsonschema, load_schema
+from fleet.contract.topics import Uplink
+from fleet.contract.validation import DEFAULT_SCHEMA_DIR, SchemaViolation, UplinkValidators, compile_schema, fastjsonschema, load_schema
 from tests.support import require
 
 TS = 1_700_000_000_000

@@ -1,5 +1,5 @@
 """Writes tests/vectors/telemetry/*.json: the scenarios below, with the outputs the Python
-reference (fleet.domain.telemetry) gives for them.
+reference (fleet.telemetry.domain) gives for them.
 
     .venv/bin/python -m tests.vectors.regenerate
 

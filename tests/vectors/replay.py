@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from fleet.domain import telemetry as dom
+from fleet.telemetry import domain as dom
 
 VECTOR_DIR = Path(__file__).parent / "telemetry"
 

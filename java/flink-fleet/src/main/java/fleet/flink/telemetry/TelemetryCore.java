@@ -34,7 +34,7 @@ import fleet.flink.telemetry.TelemetryLogic.Step;
 /**
  * The telemetry job's core in Java: per device, validate, dedup by seq, per-device lateness, gaps
  * and 1-minute rollups. A port of the Python operator in jobs/telemetry_job.py (TelemetryCore)
- * over fleet/domain/telemetry.py, which stay the readable reference and the spec; the job runs
+ * over fleet/telemetry/domain.py, which stay the readable reference and the spec; the job runs
  * this one by default (--core java) because the Python operator was the pipeline's largest CPU
  * cost per record.
  *
@@ -89,7 +89,7 @@ public class TelemetryCore extends KeyedProcessFunction<Row, Row, String> implem
     private transient Counter gapsLost;
     private transient Counter recordsLost;
 
-    /** The job's rule configuration (fleet.domain.telemetry.TelemetryRules) and state TTL (all long: py4j hands Python ints over as they come). */
+    /** The job's rule configuration (fleet.telemetry.domain.TelemetryRules) and state TTL (all long: py4j hands Python ints over as they come). */
     public TelemetryCore(long allowedLatenessMs, long maxFutureSkewMs, long rollupBucketMs, long maxOpenGaps,
                          long stateTtlMs) {
         this(allowedLatenessMs, maxFutureSkewMs, rollupBucketMs, maxOpenGaps, stateTtlMs, true);

@@ -21,7 +21,7 @@ import java.util.regex.Pattern;
 
 /**
  * Envelope validation and dead-letter records: the Java twin of {@code parse_envelope} and
- * {@code dead_letter} in fleet/domain/telemetry.py (the spec; same checks, same order, same
+ * {@code dead_letter} in fleet/telemetry/domain.py (the spec; same checks, same order, same
  * reason codes, details naming the same field).
  *
  * <p>JSON is parsed the way the Python core's orjson does where it matters: trailing content, an
@@ -38,14 +38,14 @@ final class TelemetryEnvelope {
     static final String LATE = "late";
     static final String KEY_MISMATCH = "key_mismatch";
 
-    // Bounds from schemas/mqtt/telemetry.schema.json (as fleet.domain.telemetry).
+    // Bounds from schemas/mqtt/telemetry.schema.json (as fleet.telemetry.domain).
     static final long MIN_TS = 946684800000L;
     static final long MAX_TS = 4102444800000L;
     static final long MAX_SEQ = 9007199254740991L;
     static final int MAX_METRICS = 256;
     static final double MAX_ABS_METRIC = 1e300;
 
-    /** fleet.topics.DEVICE_ID_PATTERN, matched against the whole id (as is_valid_device_id's fullmatch). */
+    /** fleet.contract.topics.DEVICE_ID_PATTERN, matched against the whole id (as is_valid_device_id's fullmatch). */
     static final Pattern DEVICE_ID = Pattern.compile("[A-Za-z0-9][A-Za-z0-9_-]{0,63}");
 
     private static final BigInteger U64_MAX = BigInteger.ONE.shiftLeft(64).subtract(BigInteger.ONE);

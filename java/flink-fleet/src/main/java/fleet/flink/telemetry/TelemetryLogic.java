@@ -16,7 +16,7 @@ import java.util.TreeMap;
 
 /**
  * Per-device dedup, lateness, gaps and 1-minute rollups: the Java twin of {@code observe} and
- * {@code on_time} in fleet/domain/telemetry.py, which is the readable spec (its module docstring
+ * {@code on_time} in fleet/telemetry/domain.py, which is the readable spec (its module docstring
  * explains the rules; tests/unit/test_telemetry_domain.py pins them down). Names follow the Python.
  */
 final class TelemetryLogic implements Serializable {
@@ -413,10 +413,10 @@ final class TelemetryLogic implements Serializable {
         }
     }
 
-    /** See fleet.domain.telemetry.WALL_CLOCK_SLACK_MS: the same rule, the same numbers. */
+    /** See fleet.telemetry.domain.WALL_CLOCK_SLACK_MS: the same rule, the same numbers. */
     static final long WALL_CLOCK_SLACK_MS = 2_000;
 
-    /** The processing-time timer backing event-time timer {@code eventTimer} (fleet.domain.telemetry.wall_clock_timer). */
+    /** The processing-time timer backing event-time timer {@code eventTimer} (fleet.telemetry.domain.wall_clock_timer). */
     long wallClockTimer(long eventTimer, long wallNow) {
         long due = Math.max(eventTimer, wallNow + allowedLatenessMs) + WALL_CLOCK_SLACK_MS;
         return Math.floorDiv(due + 999, 1000L) * 1000L;

@@ -1,0 +1,1 @@
+"""What devices and jobs agree on: topics, payload validation, Kafka envelopes."""

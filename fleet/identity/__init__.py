@@ -1,0 +1,1 @@
+"""Devices, their certificates and onboarding: registry, PKI, cut-off, provisioning."""

@@ -1,0 +1,1 @@
+"""Production plumbing: Cassandra sessions and migrations, Kafka admin, Flink job submission."""

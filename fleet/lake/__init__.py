@@ -1,0 +1,1 @@
+"""The Parquet lake: reading it and compacting it."""

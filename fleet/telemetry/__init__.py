@@ -1,0 +1,1 @@
+"""Telemetry rules (the job's domain), queries and the read-side store."""
