@@ -1,10 +1,5 @@
 """``fleet``: the operator's and developer's command line.
 
-    fleet stack up [NAME ...]        start the local stack (default: infrastructure only)
-    fleet stack down [--wipe]        stop everything the launcher started
-    fleet stack status               what runs, where it listens, where it logs
-    fleet stack logs [NAME] [-n N]   tail the logs
-    fleet demo                       whole stack + jobs + bridge + API + a simulated fleet
     fleet init                       on an existing cluster: PKI (if none), topics, migrations
     fleet admin bootstrap            create the first admin API key (printed once)
     fleet admin sync-crl             rebuild the CRLs from the registry and reload the broker
@@ -14,67 +9,22 @@
     fleet jobs stop [JOB|JOB_ID] [--savepoint-dir DIR] [--cluster URL]
                                      stop a job with a savepoint and print its path
     fleet jobs list [--cluster URL]  jobs, states, checkpointing and last completed checkpoint
+
+Plugins add commands through the ``fleet.cli`` entry-point group: the developer tooling
+(devtools/cli.py) adds ``fleet stack ...`` and ``fleet demo``. Production code never imports it.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import shlex
 import sys
 import time
+from typing import Any, Callable
 
 from fleet.infra.cassandra import StoreUnavailable
-from fleet.infra.flink_jobs import DeployError
+from fleet.infra.errors import InfraError
 from fleet.config import Settings
-from devtools.stack import launcher
-from devtools.stack.process import StackError, tail
-
-
-def _stack_up(settings: Settings, args) -> int:
-    names = args.names or list(launcher.INFRA)
-    components = launcher.up(settings, names)
-    print("\nThe local stack is up:")
-    launcher.print_endpoints(components)
-    return 0
-
-
-def _stack_down(settings: Settings, args) -> int:
-    launcher.down(settings, args.names or None, wipe=args.wipe)
-    return 0
-
-
-def _stack_status(settings: Settings, args) -> int:
-    rows = launcher.status(settings)
-    if args.json:
-        print(json.dumps(rows, indent=2))
-    else:
-        for row in rows:
-            print(f"{row['name']:<10} {row['state']}")
-            for label, where in row["endpoints"].items():
-                print(f"{'':<10} {label:<18} {where}")
-            for job, state in row.get("jobs", {}).items():
-                hint = "" if state == "RUNNING" else f"   (start it: fleet jobs submit {job})"
-                print(f"{'':<10} {'job ' + job:<18} {state}{hint}")
-    return 0 if all(r["state"] in ("healthy", "stopped") for r in rows) else 1
-
-
-def _stack_logs(settings: Settings, args) -> int:
-    files = launcher.log_files(settings, args.name)
-    if not files:
-        print("no logs yet", file=sys.stderr)
-        return 1
-    for path in files:
-        print(f"--- {path} ---")
-        print(tail(path, args.lines))
-    return 0
-
-
-def _demo(settings: Settings, args) -> int:
-    from devtools import demo
-
-    return demo.run(settings, devices=args.devices, rate=args.rate, duration=args.duration,
-                    bridges=args.bridges, keep_running=not args.stop)
 
 
 def _init(settings: Settings, args) -> int:
@@ -139,6 +89,18 @@ def _lake_compact(settings: Settings, args) -> int:
                                target_bytes=int(args.target_mb * 1024 * 1024), dry_run=args.dry_run)
 
 
+# Filled by plugins (see load_plugins): e.g. "local_submit", the local stack's job submission.
+HOOKS: dict[str, Callable[..., Any]] = {}
+
+
+def load_plugins(sub) -> None:
+    """Let installed plugins (entry-point group ``fleet.cli``) add subcommands and hooks."""
+    from importlib.metadata import entry_points
+
+    for entry in entry_points(group="fleet.cli"):
+        entry.load()(sub, HOOKS)
+
+
 def _cluster(settings: Settings, args):
     from fleet.infra.flink_jobs import Cluster
 
@@ -150,13 +112,11 @@ def _jobs_submit(settings: Settings, args) -> int:
 
     cluster = _cluster(settings, args)
     deploy.refuse_second_copy(deploy.list_jobs(cluster), args.job)
-    if cluster == deploy.Cluster.local(settings.flink_rest_port) and not args.worker_python:
-        # The local stack's own conf and checks (stale jars, a TaskManager's stale Python).
-        from devtools.stack import flink
-
-        job_id = flink.submit_job(settings, deploy.job_script(args.job), args.job_args, savepoint=args.from_savepoint,
-                                  allow_non_restored=args.allow_non_restored_state,
-                                  parallelism=args.parallelism)
+    local_submit = HOOKS.get("local_submit")
+    if local_submit and cluster == deploy.Cluster.local(settings.flink_rest_port) and not args.worker_python:
+        # A plugin that knows the local stack (its conf, stale jars, a TaskManager's stale Python).
+        job_id = local_submit(settings, deploy.job_script(args.job), args.job_args, savepoint=args.from_savepoint,
+                              allow_non_restored=args.allow_non_restored_state, parallelism=args.parallelism)
     else:
         job_id = deploy.submit_to(settings, cluster, args.job, savepoint=args.from_savepoint,
                                   parallelism=args.parallelism, worker_python=args.worker_python,
@@ -227,22 +187,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fleet", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
-
-    stack = sub.add_parser("stack", help="manage the local stack").add_subparsers(dest="action", required=True)
-    p = stack.add_parser("up", help="start components (default: mosquitto kafka cassandra flink)")
-    p.add_argument("names", nargs="*", metavar="NAME")
-    p.set_defaults(func=_stack_up)
-    p = stack.add_parser("down", help="stop components (default: all)")
-    p.add_argument("names", nargs="*", metavar="NAME")
-    p.add_argument("--wipe", action="store_true", help="also delete data, logs and the lake (keeps jars and PKI)")
-    p.set_defaults(func=_stack_down)
-    p = stack.add_parser("status", help="show what runs")
-    p.add_argument("--json", action="store_true")
-    p.set_defaults(func=_stack_status)
-    p = stack.add_parser("logs", help="tail logs")
-    p.add_argument("name", nargs="?")
-    p.add_argument("-n", "--lines", type=int, default=40)
-    p.set_defaults(func=_stack_logs)
+    load_plugins(sub)
 
     admin = sub.add_parser("admin", help="administration").add_subparsers(dest="action", required=True)
     p = admin.add_parser("bootstrap", help="create the first admin API key and print it once")
@@ -297,13 +242,6 @@ def build_parser() -> argparse.ArgumentParser:
                    help="extra DNS name for the broker certificate (repeatable)")
     p.set_defaults(func=_init)
 
-    p = sub.add_parser("demo", help="run a simulated fleet through the whole pipeline")
-    p.add_argument("--devices", type=int, default=200)
-    p.add_argument("--rate", type=float, default=2.0, help="messages per second per device")
-    p.add_argument("--duration", type=float, default=60.0, help="seconds")
-    p.add_argument("--bridges", type=int, default=1, help="bridge processes sharing the subscription")
-    p.add_argument("--stop", action="store_true", help="stop the stack afterwards")
-    p.set_defaults(func=_demo)
     return parser
 
 
@@ -313,10 +251,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
     try:
         return args.func(settings, args)
-    except StackError as exc:
-        print(f"\nerror: {exc}", file=sys.stderr)
-        return 2
-    except DeployError as exc:
+    except InfraError as exc:
         print(f"\nerror: {exc}", file=sys.stderr)
         return 2
     except StoreUnavailable as exc:

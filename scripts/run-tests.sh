@@ -4,6 +4,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONUNBUFFERED=1
+# The architecture's import rules first (pyproject.toml [tool.importlinter]): production code
+# never imports devtools/, services sit on the core, no cycles between the core's packages.
+.venv/bin/lint-imports
 status=0
 .venv/bin/python -m pytest -p no:cacheprovider "$@" || status=$?
 if [ $status -ne 0 ] && [ "${CI:-}" = "true" ]; then

@@ -183,7 +183,7 @@ def test_a_csr_that_is_not_encodable_text_is_a_csr_error():
     # JSON's "\udcff" escape decodes to a lone surrogate, which no encoding accepts.
     import pytest
 
-    from fleet.pki import load_csr
+    from fleet.identity.pki import load_csr
 
     with pytest.raises(CSRError, match="not valid text"):
         load_csr("\x00\udcff")
