@@ -33,9 +33,9 @@ def cql(stack: Settings):
 def test_all_contract_topics_exist(kafka_settings: Settings):
     from kafka.admin import ConfigResource, ConfigResourceType
 
-    from devtools.stack.kafka import _admin
+    from fleet.infra.kafka import admin_client
 
-    admin = _admin(kafka_settings)
+    admin = admin_client(kafka_settings)
     try:
         existing = set(admin.list_topics())
         missing = [kafka_settings.topic(n) for n in Kafka.ALL if kafka_settings.topic(n) not in existing]
@@ -51,7 +51,7 @@ def test_all_contract_topics_exist(kafka_settings: Settings):
 def test_throwaway_topic_round_trip(kafka_settings: Settings):
     from kafka import KafkaConsumer, KafkaProducer
 
-    from devtools.stack.kafka import _admin
+    from fleet.infra.kafka import admin_client
 
     scratch = kafka_settings.replace(topic_prefix=f"test-{uuid.uuid4().hex[:8]}.")
     topic = scratch.topic(Kafka.TELEMETRY)
@@ -67,7 +67,7 @@ def test_throwaway_topic_round_trip(kafka_settings: Settings):
         consumer.close()
         assert values == [b"hello"]
     finally:
-        admin = _admin(scratch)
+        admin = admin_client(scratch)
         admin.delete_topics([topic])
         admin.close()
 
