@@ -11,8 +11,8 @@ from __future__ import annotations
 import logging
 import threading
 
-from fleet.logs import log_fields
 from fleet.identity.onboarding import Onboarding
+from fleet.logs import log_fields
 
 log = logging.getLogger(__name__)
 
@@ -25,7 +25,7 @@ class SecurityWorkers:
         self._thread: threading.Thread | None = None
         self.provisioner = None
 
-    def start(self) -> "SecurityWorkers":
+    def start(self) -> SecurityWorkers:
         if self.settings.provisioning_service or self.settings.revocation_interval_s > 0:
             self._thread = threading.Thread(target=self._run, name="security-workers", daemon=True)
             self._thread.start()

@@ -11,7 +11,8 @@ them: use ``ensure_device_visible`` on every device-level route.
 from __future__ import annotations
 
 import threading
-from typing import Annotated, Callable, Iterable, TypeVar
+from collections.abc import Callable, Iterable
+from typing import Annotated, TypeVar
 
 from fastapi import Depends, HTTPException, Request, status
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
@@ -19,10 +20,10 @@ from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBea
 from fleet.access.apikeys import ApiKeyStore, AuthFailure
 from fleet.access.audit import AuditLog
 from fleet.access.auth import Principal, Role, parse_secret
-from fleet.infra.cassandra import CassandraSessions, StoreUnavailable
+from fleet.config import Settings
 from fleet.identity.devices import RegistryError
 from fleet.identity.onboarding import Onboarding
-from fleet.config import Settings
+from fleet.infra.cassandra import CassandraSessions, StoreUnavailable
 
 __all__ = [
     "SettingsDep", "CassandraSession", "Principal", "Role", "CurrentPrincipal", "Viewer", "Operator", "Admin",
@@ -52,7 +53,7 @@ def get_cassandra(request: Request):
     try:
         return sessions.get()
     except StoreUnavailable as exc:
-        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, f"the registry store is unavailable: {exc}")
+        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, f"the registry store is unavailable: {exc}") from exc
 
 
 # A cassandra.cluster.Session on settings.cassandra_keyspace, shared by the whole app.
@@ -92,7 +93,7 @@ def get_principal(
     try:
         principal = app_store(request, ApiKeyStore).authenticate(credential)
     except AuthFailure as exc:
-        raise HTTPException(status.HTTP_401_UNAUTHORIZED, str(exc), headers=invalid)
+        raise HTTPException(status.HTTP_401_UNAUTHORIZED, str(exc), headers=invalid) from None
     request.state.principal = principal  # for the audit log
     return principal
 

@@ -10,10 +10,10 @@ from api import audit, errors
 from api.background import SecurityWorkers
 from api.routes import audit as audit_routes
 from api.routes import auth, ca, certificates, claims, devices, health, keys, telemetry, templates
+from fleet.config import Settings
+from fleet.identity.pki import LocalPKI
 from fleet.infra.cassandra import CassandraSessions
 from fleet.logs import configure_logging
-from fleet.identity.pki import LocalPKI
-from fleet.config import Settings
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:

@@ -7,8 +7,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from fleet.identity.cutoff import CutoffReport
 from fleet.identity.certstore import CertRecord
+from fleet.identity.cutoff import CutoffReport
 from fleet.identity.devices import Device
 
 
@@ -52,7 +52,7 @@ class DeviceOut(BaseModel):
     updated_at: dt.datetime | None = None
 
     @classmethod
-    def of(cls, d: Device) -> "DeviceOut":
+    def of(cls, d: Device) -> DeviceOut:
         return cls(device_id=d.device_id, status=d.status.value, device_type=d.device_type, metadata=dict(d.metadata),
                    groups=sorted(d.groups), cert_serial=d.cert_serial, cert_fingerprint=d.cert_fingerprint,
                    firmware_version=d.firmware_version, created_at=d.created_at, updated_at=d.updated_at)
@@ -71,7 +71,7 @@ class CertificateOut(BaseModel):
     pem: str | None = None
 
     @classmethod
-    def of(cls, c: CertRecord) -> "CertificateOut":
+    def of(cls, c: CertRecord) -> CertificateOut:
         return cls(serial=c.serial, fingerprint_sha256=c.fingerprint, status=c.status.value, issued_at=c.issued_at,
                    not_before=c.not_before, not_after=c.not_after, revoke_at=c.revoke_at, revoked_at=c.revoked_at,
                    reason=c.reason, pem=c.pem)
@@ -86,7 +86,7 @@ class CutoffOut(BaseModel):
     error: str | None = None
 
     @classmethod
-    def of(cls, r: CutoffReport | None) -> "CutoffOut | None":
+    def of(cls, r: CutoffReport | None) -> CutoffOut | None:
         if r is None:
             return None
         return cls(crl_in_force_ms=r.crl_in_force_ms, disconnected=r.disconnected, elapsed_ms=r.elapsed_ms,

@@ -54,15 +54,14 @@ from kafka import KafkaConsumer, TopicPartition  # noqa: E402
 from kafka.admin import KafkaAdminClient, NewTopic  # noqa: E402
 
 from device.identity import DeviceIdentity  # noqa: E402
-from devtools.enrollment import RegistryEnrollment  # noqa: E402
 from device.seqstore import SeqStore  # noqa: E402
+from devtools.enrollment import RegistryEnrollment  # noqa: E402
 from fleet.config import Settings  # noqa: E402
 from fleet.contract.topics import Kafka  # noqa: E402
 
 sys.path.insert(0, str(PROJECT_ROOT / "bench"))
 import baseline  # noqa: E402
 from baseline import broker_pid, cpu_seconds, percentile  # noqa: E402,F401 (e2e_bench imported them from here)
-
 
 # -- processes and CPU ----------------------------------------------------------------------
 
@@ -159,9 +158,9 @@ class BridgeProcs:
                                  str(port), *extra], env=self.env, cwd=PROJECT_ROOT, stdout=log, stderr=log)
 
     def start(self, timeout: float = 60) -> None:
-        self.procs = [self._spawn(i, p) for i, p in zip(self.instances, self.ports)]
+        self.procs = [self._spawn(i, p) for i, p in zip(self.instances, self.ports, strict=True)]
         deadline = time.monotonic() + timeout
-        for proc, port in zip(self.procs, self.ports):
+        for proc, port in zip(self.procs, self.ports, strict=True):
             while True:
                 if proc.poll() is not None:
                     raise SystemExit(f"a bridge exited at start; see {self.log_dir}")
@@ -221,7 +220,8 @@ class CDriver:
 
     def run(self, rate: float, seconds: float) -> dict[str, list[int]]:
         n = len(self.identities)
-        ranges = {ident.device_id: [seq.next_value, seq.next_value] for ident, seq in zip(self.identities, self.seqs)}
+        ranges = {ident.device_id: [seq.next_value, seq.next_value]
+                  for ident, seq in zip(self.identities, self.seqs, strict=True)}
         start = time.monotonic()
         sent, rr = 0, 0
         while True:
@@ -243,7 +243,7 @@ class CDriver:
                     self.procs[d].stdin.write(b"".join(lines))
                 sent += due
             time.sleep(0.005)
-        for ident, seq in zip(self.identities, self.seqs):
+        for ident, seq in zip(self.identities, self.seqs, strict=True):
             ranges[ident.device_id][1] = seq.next_value
         return ranges
 
@@ -342,7 +342,8 @@ def print_ratios(stages: list[Stage], base: dict, warm: dict | None, out=sys.std
                   f"; p50 {baseline.with_ratio(s.p50_ms, broker.get('p50_ms'), unit=' ms')}\n")
     if warm:
         out.write(f"Warm-up of the freshly started bridge(s): {'stable' if warm['stable'] else 'NOT stable'} after "
-                  f"{warm['seconds']:.0f} s ({len(warm['windows'])} windows of {warm['window_s']:.0f} s, {warm['span']} consecutive "
+                  f"{warm['seconds']:.0f} s ({len(warm['windows'])} windows of {warm['window_s']:.0f} s, "
+                  f"{warm['span']} consecutive "
                   f"within {warm['tolerance']:.0%}); {warm['since_process_start_s']:.0f} s after this bench process "
                   f"started\n")
 
@@ -454,7 +455,7 @@ def main(argv: list[str] | None = None) -> int:
             delete_topics(settings)
     print_table(stages, raw, args)
     print_ratios(stages, base, warm)
-    result = {"run": run_id, "at": dt.datetime.now(dt.timezone.utc).isoformat(), "args": vars(args) | {"json": None},
+    result = {"run": run_id, "at": dt.datetime.now(dt.UTC).isoformat(), "args": vars(args) | {"json": None},
               "cores": os.cpu_count(), "raw": raw, "baseline": base, "warmup": warm,
               "stages": [asdict(s) | {"ratios": stage_ratios(s, base)} for s in stages]}
     path = args.json or bench_dir / f"bridge-{dt.datetime.now():%Y%m%d-%H%M%S}.json"

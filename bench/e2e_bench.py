@@ -54,13 +54,13 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(PROJECT_ROOT))
 sys.path.insert(0, str(PROJECT_ROOT / "bench"))
 
+import baseline  # noqa: E402
 import httpx  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
-
-import baseline  # noqa: E402
 from baseline import broker_pid, cpu_seconds, percentile  # noqa: E402
 from bridge_bench import CDriver  # noqa: E402
 from mqtt_driver import AsyncDriver  # noqa: E402
+
 from devtools.enrollment import RegistryEnrollment  # noqa: E402
 from fleet.config import Settings  # noqa: E402
 
@@ -148,8 +148,8 @@ class CassandraCheck:
 
     @staticmethod
     def days(t0: int, t1: int) -> list[dt.date]:
-        d0 = dt.datetime.fromtimestamp(t0 / 1000, dt.timezone.utc).date()
-        d1 = dt.datetime.fromtimestamp(t1 / 1000, dt.timezone.utc).date()
+        d0 = dt.datetime.fromtimestamp(t0 / 1000, dt.UTC).date()
+        d1 = dt.datetime.fromtimestamp(t1 / 1000, dt.UTC).date()
         return [d0 + dt.timedelta(days=i) for i in range((d1 - d0).days + 1)]
 
     def counts(self, devices: list[str], t0: int, t1: int) -> dict[str, int]:
@@ -205,7 +205,7 @@ class LakeCheck:
             mask = pc.is_in(table["device_id"], value_set=pa.array(sorted(self.devices)))
             sub = table.filter(mask)
             seqs: dict[str, set[int]] = {}
-            for dev, seq in zip(sub["device_id"].to_pylist(), sub["seq"].to_pylist()):
+            for dev, seq in zip(sub["device_id"].to_pylist(), sub["seq"].to_pylist(), strict=True):
                 seqs.setdefault(dev, set()).add(seq)
             self.files[path] = {"rows": table.num_rows, "mtime": mtime, "seqs": seqs}
 
@@ -530,7 +530,7 @@ def main(argv: list[str] | None = None) -> int:
         for rate in rates:
             print(f"stage {rate:,.0f} msg/s ...", file=sys.stderr)
             stage = run_stage(args, settings, rate, driver, probe, cass, lake, devices)
-            stage.update(run=run_id, at=dt.datetime.now(dt.timezone.utc).isoformat(), cores=os.cpu_count(),
+            stage.update(run=run_id, at=dt.datetime.now(dt.UTC).isoformat(), cores=os.cpu_count(),
                          ratios=stage_ratios(stage, base), baseline=base, warmup=warm)
             stages.append(stage)
             with open(jsonl, "a") as fh:

@@ -104,7 +104,7 @@ class AsyncDriver:
             connack = await asyncio.wait_for(reader.readexactly(4), 10)
             if connack[0] != 0x20 or connack[3] != 0:
                 raise ConnectionError(f"CONNACK refused: {connack.hex()}")
-        except (OSError, ConnectionError, asyncio.TimeoutError, asyncio.IncompleteReadError) as exc:
+        except (TimeoutError, OSError, ConnectionError, asyncio.IncompleteReadError) as exc:
             d.error = f"{type(exc).__name__}: {exc}"
             return
         d.writer = writer

@@ -61,8 +61,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import baseline  # noqa: E402
-from fleet.config import Settings  # noqa: E402
+
 from devtools.stack import flink  # noqa: E402
+from fleet.config import Settings  # noqa: E402
 
 JOB = Path(__file__).resolve().parent / "telemetry_bench_job.py"
 T0 = 1_767_225_600_000  # 2026-01-01T00:00:00Z
@@ -223,7 +224,8 @@ def main() -> None:
                   f"{r['seconds_all_tasks']:.1f} s -> {r['records_per_s']} records/s (wall incl. submit "
                   f"{r['seconds_wall_incl_submit']} s, lake {r['lake_files']} files / {r['lake_mb']} MB, "
                   f"load {r['load_avg_1m']:.1f})", flush=True)
-            print(f"{'':<10} as ratio: {baseline.with_ratio(r['ratios']['us_per_record'], base['cpu']['us_per_op_best'], '.1f', ' us/record')} "
+            ratio = baseline.with_ratio(r['ratios']['us_per_record'], base['cpu']['us_per_op_best'], '.1f', ' us/record')
+            print(f"{'':<10} as ratio: {ratio} "
                   f"(calibration {base['cpu']['us_per_op_best']:.1f} us/op)", flush=True)
             with open(out_dir / "telemetry.jsonl", "a") as fh:
                 fh.write(json.dumps(r) + "\n")

@@ -11,11 +11,11 @@ import logging
 import signal
 import sys
 import threading
-from typing import Callable
+from collections.abc import Callable
 
 from bridge.uplink import UplinkBridge
-from fleet.logs import configure_logging, log_fields
 from fleet.config import Settings
+from fleet.logs import configure_logging, log_fields
 
 
 def start_active_check(settings: Settings, stop: threading.Event) -> Callable[[str], bool]:

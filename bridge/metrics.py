@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 import logging
 import threading
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Callable
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
@@ -88,7 +88,7 @@ class HttpEndpoint:
         handler.end_headers()
         handler.wfile.write(body)
 
-    def start(self) -> "HttpEndpoint":
+    def start(self) -> HttpEndpoint:
         self._thread.start()
         return self
 

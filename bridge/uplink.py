@@ -27,7 +27,7 @@ import socket
 import ssl
 import threading
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import paho.mqtt.client as mqtt
 from confluent_kafka import KafkaError, KafkaException, Producer
@@ -36,15 +36,22 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from bridge.metrics import BridgeMetrics, HttpEndpoint
-from fleet.mqtt.broker_log import BROKER_NOTICE_LOG_TOPIC, parse_disconnect
-from fleet.contract.envelope import INVALID_ENVELOPE, DeadLetter, RegistryUnavailable, Routed, dead_letter, handle_uplink
+from fleet.config import Settings
+from fleet.contract.envelope import (
+    INVALID_ENVELOPE,
+    DeadLetter,
+    RegistryUnavailable,
+    Routed,
+    dead_letter,
+    handle_uplink,
+)
+from fleet.contract.topics import Kafka, Uplink
+from fleet.contract.validation import UplinkValidators, default_validators
 from fleet.logs import log_fields
+from fleet.mqtt.broker_log import BROKER_NOTICE_LOG_TOPIC, parse_disconnect
 from fleet.mqtt.loop import MqttLoop
 from fleet.mqtt.paho_speedups import ack_many
 from fleet.mqtt.paho_speedups import install as install_paho_speedups
-from fleet.config import Settings
-from fleet.contract.topics import Kafka, Uplink
-from fleet.contract.validation import UplinkValidators, default_validators
 
 log = logging.getLogger("bridge")
 
@@ -93,7 +100,7 @@ class _Delivery:
 
     __slots__ = ("bridge", "mid", "qos", "gen", "epoch", "t0")
 
-    def __init__(self, bridge: "UplinkBridge", mid: int, qos: int, gen: int, epoch: int, t0: float):
+    def __init__(self, bridge: UplinkBridge, mid: int, qos: int, gen: int, epoch: int, t0: float):
         self.bridge, self.mid, self.qos, self.gen, self.epoch, self.t0 = bridge, mid, qos, gen, epoch, t0
 
     def __call__(self, err: KafkaError | None, msg) -> None:
@@ -164,7 +171,7 @@ class UplinkBridge:
     def _make_producer(self) -> Producer:
         return make_producer(self.settings, self.client_id)
 
-    def start(self) -> "UplinkBridge":
+    def start(self) -> UplinkBridge:
         """Connect to Kafka (fail fast if the topics are missing), then MQTT, then serve HTTP."""
         if self._producer is None:
             self._producer = self._make_producer()

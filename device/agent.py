@@ -23,8 +23,9 @@ import random
 import ssl
 import threading
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping
+from typing import Any
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.packettypes import PacketTypes
@@ -32,9 +33,9 @@ from paho.mqtt.properties import Properties
 
 from device.identity import DeviceIdentity
 from device.seqstore import SeqStore
+from fleet.contract.topics import device_topic
 from fleet.mqtt.loop import MqttLoop
 from fleet.mqtt.paho_speedups import install as install_paho_speedups
-from fleet.contract.topics import device_topic
 
 try:
     import orjson
@@ -70,7 +71,7 @@ class AgentConfig:
     session_expiry: int = 3600
 
     @classmethod
-    def from_settings(cls, settings: Any, **overrides: Any) -> "AgentConfig":
+    def from_settings(cls, settings: Any, **overrides: Any) -> AgentConfig:
         return cls(host=settings.mqtt_host, port=settings.mqtt_device_port, **overrides)
 
 
@@ -140,7 +141,7 @@ class DeviceAgent:
         self.loop.attach(c)
         return c
 
-    def start(self) -> "DeviceAgent":
+    def start(self) -> DeviceAgent:
         if self._own_loop:
             self.loop.start()
         self.loop.call_soon(self._connect)

@@ -63,7 +63,7 @@ class DeviceIdentity:
         key = load_or_create_key(self.key_path)
         same_key = cert.public_key().public_numbers() == key.public_key().public_numbers()
         cn = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
-        fresh = cert.not_valid_after_utc - dt.datetime.now(dt.timezone.utc) > min_remaining
+        fresh = cert.not_valid_after_utc - dt.datetime.now(dt.UTC) > min_remaining
         return same_key and fresh and bool(cn) and cn[0].value == self.device_id
 
 

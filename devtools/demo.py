@@ -14,13 +14,13 @@ import json
 import subprocess
 import sys
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
 
-from fleet.config import Settings
 from devtools.stack import launcher
 from devtools.stack.apps import PROJECT_ROOT, BridgeComponent, settings_env
+from fleet.config import Settings
 from fleet.contract.topics import Kafka
 
 JOBS_DIR = PROJECT_ROOT / "jobs"
@@ -101,7 +101,7 @@ def lake_delivery(settings: Settings, seq_ranges: dict[str, list[int]]) -> Deliv
 
     table = telemetry_dataset(settings.lake_path / "telemetry").to_table(
         columns=["device_id", "seq"], filter=pc.field("device_id").isin(sorted(seq_ranges)))
-    return delivery(seq_ranges, zip(table.column("device_id").to_pylist(), table.column("seq").to_pylist()))
+    return delivery(seq_ranges, zip(table.column("device_id").to_pylist(), table.column("seq").to_pylist(), strict=True))
 
 
 def wait_for_lake(settings: Settings, seq_ranges: dict[str, list[int]], timeout: float = 60.0) -> Delivery:

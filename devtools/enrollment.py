@@ -8,15 +8,15 @@ identity whose certificate the registry does not know any more (e.g. after ``sta
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 from cryptography import x509
 
 from device.identity import DeviceIdentity, install_certificate, prepare_csr
+from fleet.config import Settings
 from fleet.identity.devices import DeviceStatus
 from fleet.identity.onboarding import Onboarding
-from fleet.config import Settings
 
 
 def _local_serial(identity: DeviceIdentity) -> str | None:
@@ -34,7 +34,7 @@ class RegistryEnrollment:
         self.groups = list(groups)
 
     @classmethod
-    def open(cls, settings: Settings, **kwargs) -> "RegistryEnrollment":
+    def open(cls, settings: Settings, **kwargs) -> RegistryEnrollment:
         from fleet.infra.cassandra import CassandraSessions
 
         return cls(Onboarding(settings, CassandraSessions(settings).get()), **kwargs)

@@ -18,14 +18,14 @@ import random
 import sys
 import threading
 import time
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 from device.agent import AgentConfig, DeviceAgent
 from device.identity import DeviceIdentity
-from fleet.mqtt.loop import MqttLoop
 from fleet.config import Settings
+from fleet.mqtt.loop import MqttLoop
 
 # -- metric generators ----------------------------------------------------------------------
 

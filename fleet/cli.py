@@ -20,19 +20,20 @@ import argparse
 import shlex
 import sys
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
+from fleet.config import Settings
 from fleet.infra.cassandra import StoreUnavailable
 from fleet.infra.errors import InfraError
-from fleet.config import Settings
 
 
 def _init(settings: Settings, args) -> int:
     """Prepare external Kafka/Cassandra (compose, a real cluster): everything is idempotent."""
+    from fleet.contract.topics import Kafka
     from fleet.identity.pki import LocalPKI
     from fleet.infra.kafka import create_topics
     from fleet.infra.migrations import apply_migrations
-    from fleet.contract.topics import Kafka
 
     pki = LocalPKI(settings.pki_dir)
     pki.ensure(hostnames=("localhost", *args.broker_host))
@@ -67,8 +68,8 @@ def _admin_bootstrap(settings: Settings, args) -> int:
 
 
 def _admin_sync_crl(settings: Settings, args) -> int:
-    from fleet.infra.cassandra import CassandraSessions
     from fleet.identity.onboarding import Onboarding
+    from fleet.infra.cassandra import CassandraSessions
 
     sessions = CassandraSessions(settings)
     try:

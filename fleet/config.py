@@ -12,9 +12,10 @@ from __future__ import annotations
 import dataclasses
 import os
 import tomllib
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 ENV_PREFIX = "FLEET_"
 
@@ -149,7 +150,7 @@ class Settings:
         """Full Kafka topic name for a logical topic (see fleet.contract.topics.KafkaTopics)."""
         return f"{self.topic_prefix}{name}"
 
-    def replace(self, **changes: Any) -> "Settings":
+    def replace(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)
 
     def to_env(self) -> dict[str, str]:
@@ -163,7 +164,7 @@ class Settings:
         return env
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
         env = os.environ if env is None else env
         values: dict[str, Any] = {}
         config_file = env.get(ENV_PREFIX + "CONFIG_FILE")

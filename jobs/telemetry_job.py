@@ -46,19 +46,27 @@ import logging
 import os
 import sys
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Iterable, Protocol
+from typing import Protocol
 
 from pyflink.common import Types, WatermarkStrategy
 from pyflink.common.time import Time
-from pyflink.datastream import (DataStream, KeyedProcessFunction, KeyedStream, OutputTag, RuntimeContext,
-                                StreamExecutionEnvironment, TimeDomain)
+from pyflink.datastream import (
+    DataStream,
+    KeyedProcessFunction,
+    KeyedStream,
+    OutputTag,
+    RuntimeContext,
+    StreamExecutionEnvironment,
+    TimeDomain,
+)
 from pyflink.datastream.state import StateTtlConfig, ValueStateDescriptor
 from pyflink.java_gateway import get_gateway
 
-from fleet.telemetry import domain as dom
-from fleet.infra.job_config import REQUIRED_DEFAULTS, JobConfigError, check, configured_lake_path, missing_defaults
 from fleet.config import Settings
+from fleet.infra.job_config import REQUIRED_DEFAULTS, JobConfigError, check, configured_lake_path, missing_defaults
+from fleet.telemetry import domain as dom
 
 log = logging.getLogger("telemetry_job")
 

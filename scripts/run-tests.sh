@@ -7,6 +7,8 @@ export PYTHONUNBUFFERED=1
 # The architecture's import rules first (pyproject.toml [tool.importlinter]): production code
 # never imports devtools/, services sit on the core, no cycles between the core's packages.
 .venv/bin/lint-imports
+# Lint (pyproject.toml [tool.ruff]): pyflakes, pycodestyle, import order, bugbear, pyupgrade.
+.venv/bin/ruff check .
 status=0
 .venv/bin/python -m pytest -p no:cacheprovider "$@" || status=$?
 if [ $status -ne 0 ] && [ "${CI:-}" = "true" ]; then

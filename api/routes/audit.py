@@ -38,7 +38,7 @@ def list_audit(
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     before: Annotated[str | None, Query(description="next_before of the previous page")] = None,
 ) -> AuditPage:
-    day = day or dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d")
+    day = day or dt.datetime.now(dt.UTC).strftime("%Y-%m-%d")
     try:
         if not _DAY.match(day):
             raise ValueError

@@ -9,9 +9,9 @@ from pydantic import BaseModel, Field
 
 from api.deps import OnboardingDep, SettingsDep, UnscopedAdmin, raise_http
 from api.models import CutoffOut, Strict
+from fleet.contract.topics import is_valid_device_id
 from fleet.identity.devices import RegistryError
 from fleet.identity.provisioning import Claim
-from fleet.contract.topics import is_valid_device_id
 
 router = APIRouter(prefix="/v1/provisioning/claims", tags=["provisioning"])
 
@@ -34,7 +34,7 @@ class ClaimOut(BaseModel):
     revoked_at: dt.datetime | None
 
     @classmethod
-    def of(cls, c: Claim) -> "ClaimOut":
+    def of(cls, c: Claim) -> ClaimOut:
         return cls(**c.__dict__)
 
 

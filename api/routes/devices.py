@@ -7,10 +7,18 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Query, Request, status
 from pydantic import Field
 
-from api.deps import (OnboardingDep, Operator, Viewer, ensure_device_visible, ensure_groups_allowed, raise_http)
+from api.deps import OnboardingDep, Operator, Viewer, ensure_device_visible, ensure_groups_allowed, raise_http
 from api.models import CertificateOut, CutoffOut, DeviceOut, Strict
-from fleet.identity.devices import (DeviceFilter, DeviceStatus, RegistryError, check_device_id, check_name,
-                                  decode_cursor, encode_cursor, metadata_filters)
+from fleet.identity.devices import (
+    DeviceFilter,
+    DeviceStatus,
+    RegistryError,
+    check_device_id,
+    check_name,
+    decode_cursor,
+    encode_cursor,
+    metadata_filters,
+)
 
 router = APIRouter(prefix="/v1/devices", tags=["devices"])
 

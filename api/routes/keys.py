@@ -35,7 +35,7 @@ class KeyOut(BaseModel):
     revoked_at: dt.datetime | None
 
     @classmethod
-    def of(cls, k: ApiKey) -> "KeyOut":
+    def of(cls, k: ApiKey) -> KeyOut:
         return cls(id=k.id, name=k.name, role=k.role.value, groups=sorted(k.groups) if k.groups is not None else None,
                    created_at=k.created_at, created_by=k.created_by, expires_at=k.expires_at, revoked_at=k.revoked_at)
 
@@ -65,7 +65,7 @@ def create_key(body: KeyCreate, principal: Admin, keys: ApiKeys, request: Reques
         raise HTTPException(status.HTTP_400_BAD_REQUEST, str(exc)) from None
     role = Role(body.role)
     _check_delegation(principal, role, groups)
-    expires = (dt.datetime.now(dt.timezone.utc) + dt.timedelta(days=body.expires_in_days)
+    expires = (dt.datetime.now(dt.UTC) + dt.timedelta(days=body.expires_in_days)
                if body.expires_in_days else None)
     key, secret = keys.create(body.name, role, groups, expires, created_by=principal.id)
     request.state.audit_target = key.id

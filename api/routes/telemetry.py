@@ -15,8 +15,18 @@ from pydantic import BaseModel, Field
 from api.deps import CassandraSession, OnboardingDep, SettingsDep, Viewer, cached
 from api.routes.devices import _visible as visible_device
 from fleet.telemetry.query import (
-    MAX_AGG_RANGE_DAYS, MAX_LIMIT, MAX_RAW_RANGE_DAYS, Cursor, QueryError, TimeRange, check_bucket_count,
-    check_limit, parse_bucket, parse_functions, parse_metrics, rebucket,
+    MAX_AGG_RANGE_DAYS,
+    MAX_LIMIT,
+    MAX_RAW_RANGE_DAYS,
+    Cursor,
+    QueryError,
+    TimeRange,
+    check_bucket_count,
+    check_limit,
+    parse_bucket,
+    parse_functions,
+    parse_metrics,
+    rebucket,
 )
 from fleet.telemetry.store import TelemetryStore
 

@@ -45,7 +45,7 @@ class TemplateOut(BaseModel):
     updated_at: dt.datetime | None
 
     @classmethod
-    def of(cls, t: Template) -> "TemplateOut":
+    def of(cls, t: Template) -> TemplateOut:
         return cls(name=t.name, description=t.description, enabled=t.enabled,
                    allowed_serials=sorted(t.allowed_serials) if t.allowed_serials is not None else None,
                    webhook_url=t.webhook_url, device_id_prefix=t.device_id_prefix, device_type=t.device_type,

@@ -8,8 +8,8 @@ import sys
 import urllib.request
 from pathlib import Path
 
-from fleet.config import Settings
 from devtools.stack.process import ManagedProcess, ensure_port_free, port_open
+from fleet.config import Settings
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 

@@ -12,12 +12,16 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from fleet.config import Settings
-from fleet.infra.cassandra import open_session
 from devtools.stack import jars
 from devtools.stack.process import (
-    ManagedProcess, StackError, ensure_port_free, port_open, require_java,
+    ManagedProcess,
+    StackError,
+    ensure_port_free,
+    port_open,
+    require_java,
 )
+from fleet.config import Settings
+from fleet.infra.cassandra import open_session
 
 # Cassandra 5.0 runs on Java 11 or 17 only; the flags below are for 17.
 JAVA_MAJOR = 17

@@ -20,16 +20,17 @@ import os
 import shutil
 import sys
 import time
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 import yaml
 
-from fleet.infra import flink_jobs as deploy
-from fleet.infra.flink_jobs import PROJECT_PACKAGES, flatten, python_path
-from fleet.config import Settings
 from devtools.stack import jars
 from devtools.stack.process import ManagedProcess, StackError, ensure_port_free, port_open, run_checked, wait_until
+from fleet.config import Settings
+from fleet.infra import flink_jobs as deploy
+from fleet.infra.flink_jobs import PROJECT_PACKAGES, flatten, python_path
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 REPO_CONF = PROJECT_ROOT / "flink-conf" / "config.yaml"

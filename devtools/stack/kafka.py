@@ -9,15 +9,19 @@ from __future__ import annotations
 import base64
 import uuid
 from pathlib import Path
-from typing import Iterable
 
-from fleet.config import Settings
-from fleet.infra.kafka import admin_client, create_topics
 from devtools.stack import jars
 from devtools.stack.process import (
-    ManagedProcess, StackError, ensure_port_free, port_open, require_java, run_checked,
+    ManagedProcess,
+    StackError,
+    ensure_port_free,
+    port_open,
+    require_java,
+    run_checked,
 )
+from fleet.config import Settings
 from fleet.contract.topics import Kafka
+from fleet.infra.kafka import admin_client, create_topics
 
 NODE_ID = 1
 # 4.x dropped Java 11 for the broker.

@@ -10,12 +10,13 @@ from __future__ import annotations
 import importlib
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, TextIO
+from typing import TextIO
 
-from fleet.config import Settings
 from devtools.stack.process import StackError, tail, wait_until
+from fleet.config import Settings
 
 # name -> "module:Class"; imported lazily so `fleet stack status` works on a partial install.
 INFRA = {

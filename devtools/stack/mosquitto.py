@@ -24,9 +24,9 @@ import subprocess
 import uuid
 from pathlib import Path
 
-from fleet.identity.pki import LocalPKI
-from fleet.config import Settings
 from devtools.stack.process import ManagedProcess, StackError, ensure_port_free, port_open
+from fleet.config import Settings
+from fleet.identity.pki import LocalPKI
 
 # Shared with docker/mosquitto/mosquitto.conf (a unit test keeps the two in step): the broker's
 # store, with the bridge sessions' queued messages, is saved every 30 s (docs/device-contract.md).

@@ -9,8 +9,7 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass
 
-from fleet.access.auth import (KEY_KIND, TOKEN_KIND, Principal, Role, hashes_match, is_expired, new_secret,
-                        parse_secret)
+from fleet.access.auth import KEY_KIND, TOKEN_KIND, Principal, Role, hashes_match, is_expired, new_secret, parse_secret
 
 
 @dataclass(frozen=True)
@@ -31,12 +30,12 @@ class AuthFailure(Exception):
 
 def _utc(value: dt.datetime | None) -> dt.datetime | None:
     if value is not None and value.tzinfo is None:
-        return value.replace(tzinfo=dt.timezone.utc)
+        return value.replace(tzinfo=dt.UTC)
     return value
 
 
 def _now() -> dt.datetime:
-    return dt.datetime.now(dt.timezone.utc)
+    return dt.datetime.now(dt.UTC)
 
 
 class ApiKeyStore:

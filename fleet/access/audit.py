@@ -26,7 +26,7 @@ class AuditRecord:
 
 
 def day_of(ts: dt.datetime) -> str:
-    return ts.astimezone(dt.timezone.utc).strftime("%Y-%m-%d")
+    return ts.astimezone(dt.UTC).strftime("%Y-%m-%d")
 
 
 class AuditLog:
@@ -40,7 +40,7 @@ class AuditLog:
             "SELECT ts, actor, action, target, outcome, detail FROM audit_log WHERE day = ? AND ts < ? LIMIT ?")
 
     def _statement(self, actor: str, action: str, target: str | None, outcome: str, detail: dict | None):
-        now = dt.datetime.now(dt.timezone.utc)
+        now = dt.datetime.now(dt.UTC)
         return self._insert, (day_of(now), uuid_from_time(now), actor, action, target, outcome,
                               json.dumps(detail or {}, default=str, sort_keys=True))
 
@@ -56,5 +56,5 @@ class AuditLog:
             rows = self.session.execute(self._list_before, (day, uuid.UUID(before), limit))
         else:
             rows = self.session.execute(self._list, (day, limit))
-        return [AuditRecord(str(r.ts), datetime_from_uuid1(r.ts).replace(tzinfo=dt.timezone.utc), r.actor, r.action,
+        return [AuditRecord(str(r.ts), datetime_from_uuid1(r.ts).replace(tzinfo=dt.UTC), r.actor, r.action,
                             r.target, r.outcome, json.loads(r.detail or "{}")) for r in rows]

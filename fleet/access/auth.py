@@ -36,7 +36,7 @@ class Role(str, Enum):
     def rank(self) -> int:
         return _RANK[self]
 
-    def allows(self, needed: "Role") -> bool:
+    def allows(self, needed: Role) -> bool:
         """admin > operator > viewer: a role allows everything a lower one may do."""
         return self.rank >= needed.rank
 
@@ -100,7 +100,7 @@ def hashes_match(stored: str, presented: str) -> bool:
 def is_expired(expires_at: dt.datetime | None, now: dt.datetime | None = None) -> bool:
     if expires_at is None:
         return False
-    now = now or dt.datetime.now(dt.timezone.utc)
+    now = now or dt.datetime.now(dt.UTC)
     if expires_at.tzinfo is None:  # Cassandra returns naive UTC datetimes
-        expires_at = expires_at.replace(tzinfo=dt.timezone.utc)
+        expires_at = expires_at.replace(tzinfo=dt.UTC)
     return expires_at <= now

@@ -10,9 +10,10 @@ schemas/kafka/dead-letter.schema.json.
 from __future__ import annotations
 
 import base64
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any, Callable
+from typing import Any
 
 from fleet.contract.topics import Kafka, ParsedTopic, TopicError, Uplink, is_valid_device_id, parse_uplink_topic
 from fleet.contract.validation import UplinkValidators, default_validators, explain

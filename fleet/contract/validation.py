@@ -11,10 +11,11 @@ generator), and tests/unit/test_validation.py checks both engines agree on every
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache, lru_cache
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any
 
 import jsonschema
 
@@ -107,7 +108,7 @@ def default_validators(engine: str = "auto") -> UplinkValidators:
     return UplinkValidators(DEFAULT_SCHEMA_DIR, engine)
 
 
-@lru_cache(maxsize=None)
+@cache
 def kafka_schema(name: str) -> CompiledSchema:
     """schemas/kafka/<name>.schema.json, e.g. "envelope" or "dead-letter" (for tests and consumers)."""
     return compile_schema(name, load_schema(DEFAULT_SCHEMA_DIR / "kafka" / f"{name}.schema.json"))

@@ -40,7 +40,7 @@ class CertRecord:
 
 
 def _utc(value):
-    return value.replace(tzinfo=dt.timezone.utc) if value is not None and value.tzinfo is None else value
+    return value.replace(tzinfo=dt.UTC) if value is not None and value.tzinfo is None else value
 
 
 def _record(row) -> CertRecord:
@@ -65,7 +65,7 @@ class CertificateStore:
             "DELETE FROM pending_revocations WHERE shard = ? AND revoke_at = ? AND serial = ?")
 
     def add(self, owner: str, kind: str, cert: IssuedCertificate) -> CertRecord:
-        now = dt.datetime.now(dt.timezone.utc)
+        now = dt.datetime.now(dt.UTC)
         record = CertRecord(owner, str(cert.serial), kind, cert.fingerprint_sha256, CertStatus.active, now,
                             cert.not_before, cert.not_after, pem=cert.pem.decode())
         self.session.execute(self._insert, (owner, record.serial, kind, record.fingerprint, record.status.value, now,
@@ -82,7 +82,7 @@ class CertificateStore:
 
     def set_status(self, record: CertRecord, status: CertStatus, *, reason: str | None = None,
                    revoke_at: dt.datetime | None = None) -> None:
-        revoked_at = dt.datetime.now(dt.timezone.utc) if status is CertStatus.revoked else None
+        revoked_at = dt.datetime.now(dt.UTC) if status is CertStatus.revoked else None
         self.session.execute(self._set_status, (status.value, revoke_at, revoked_at, reason, record.owner, record.serial))
 
     def all(self):
@@ -95,7 +95,7 @@ class CertificateStore:
 
     def due(self, now: dt.datetime | None = None) -> list[tuple[dt.datetime, str, str, str]]:
         """(revoke_at, serial, owner, kind) of superseded certificates whose grace period is over."""
-        now = now or dt.datetime.now(dt.timezone.utc)
+        now = now or dt.datetime.now(dt.UTC)
         return [(_utc(r.revoke_at), r.serial, r.owner, r.kind) for r in self.session.execute(self._due, (_SHARD, now))]
 
     def unschedule(self, revoke_at: dt.datetime, serial: str) -> None:

@@ -26,9 +26,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from fleet.logs import log_fields
-from fleet.identity.pki import LocalPKI
 from fleet.config import Settings
+from fleet.identity.pki import LocalPKI
+from fleet.logs import log_fields
 
 log = logging.getLogger(__name__)
 

@@ -11,9 +11,9 @@ import datetime as dt
 import json
 import re
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from enum import Enum
-from typing import Mapping
 
 from fleet.contract.topics import is_valid_device_id
 
@@ -58,7 +58,7 @@ class Device:
     created_at: dt.datetime | None = None
     updated_at: dt.datetime | None = None
 
-    def with_changes(self, **changes) -> "Device":
+    def with_changes(self, **changes) -> Device:
         return replace(self, **changes)
 
 

@@ -14,17 +14,37 @@ import datetime as dt
 import logging
 from dataclasses import dataclass
 
-from fleet.identity.cutoff import BrokerControl, CutoffReport
-from fleet.identity.certstore import CertificateStore, CertRecord, CertStatus
-from fleet.identity.devices import (CertAction, Device, DeviceStatus, RegistryError, check_device_id, check_groups,
-                                  check_metadata, check_name, new_device_id, status_change)
-from fleet.logs import log_fields
-from fleet.identity.pki import CSRError, LocalPKI, csr_common_name, load_csr
-from fleet.identity.provisioning import (Claim, ClaimStore, NotOurs, Rejected, TemplateStore, Webhook, decide, device_id_for,
-                                http_webhook, parse_claim_request)
-from fleet.identity.registry import DeviceRegistry
 from fleet.config import Settings
 from fleet.contract.topics import is_valid_device_id
+from fleet.identity.certstore import CertificateStore, CertRecord, CertStatus
+from fleet.identity.cutoff import BrokerControl, CutoffReport
+from fleet.identity.devices import (
+    CertAction,
+    Device,
+    DeviceStatus,
+    RegistryError,
+    check_device_id,
+    check_groups,
+    check_metadata,
+    check_name,
+    new_device_id,
+    status_change,
+)
+from fleet.identity.pki import CSRError, LocalPKI, csr_common_name, load_csr
+from fleet.identity.provisioning import (
+    Claim,
+    ClaimStore,
+    NotOurs,
+    Rejected,
+    TemplateStore,
+    Webhook,
+    decide,
+    device_id_for,
+    http_webhook,
+    parse_claim_request,
+)
+from fleet.identity.registry import DeviceRegistry
+from fleet.logs import log_fields
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +53,7 @@ _LIVE = (CertStatus.active, CertStatus.superseded, CertStatus.on_hold)
 
 
 def _now() -> dt.datetime:
-    return dt.datetime.now(dt.timezone.utc)
+    return dt.datetime.now(dt.UTC)
 
 
 @dataclass(frozen=True)

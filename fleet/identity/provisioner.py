@@ -20,12 +20,19 @@ from concurrent.futures import ThreadPoolExecutor
 
 import paho.mqtt.client as mqtt
 
-from fleet.logs import log_fields
-from fleet.identity.onboarding import Onboarding
-from fleet.identity.provisioning import (RESPONSE_SUFFIX, NotOurs, Rejected, parse_csr_request,
-                                parse_provisioning_topic, parse_rotation_topic, provisioning_topic)
-from fleet.identity.devices import RegistryError
 from fleet.config import Settings
+from fleet.identity.devices import RegistryError
+from fleet.identity.onboarding import Onboarding
+from fleet.identity.provisioning import (
+    RESPONSE_SUFFIX,
+    NotOurs,
+    Rejected,
+    parse_csr_request,
+    parse_provisioning_topic,
+    parse_rotation_topic,
+    provisioning_topic,
+)
+from fleet.logs import log_fields
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +59,7 @@ class ProvisioningService:
         self.client.on_message = self._on_message
         self.client.reconnect_delay_set(0.5, 30)
 
-    def start(self) -> "ProvisioningService":
+    def start(self) -> ProvisioningService:
         self.client.connect_async(self.settings.mqtt_host, self.settings.mqtt_service_port, keepalive=30)
         self.client.loop_start()
         return self

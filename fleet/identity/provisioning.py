@@ -19,11 +19,11 @@ import datetime as dt
 import json
 import urllib.error
 import urllib.request
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Callable, Mapping
 
-from fleet.identity.devices import RegistryError, check_groups, check_metadata, check_name
 from fleet.contract.topics import is_valid_device_id
+from fleet.identity.devices import RegistryError, check_groups, check_metadata, check_name
 
 MAX_REQUEST_BYTES = 16384
 REQUEST_SUFFIX = "request"
@@ -200,7 +200,7 @@ def http_webhook(url: str, body: dict, timeout_s: float) -> dict:
 
 # -- stores ------------------------------------------------------------------------------------
 def _utc(value):
-    return value.replace(tzinfo=dt.timezone.utc) if value is not None and value.tzinfo is None else value
+    return value.replace(tzinfo=dt.UTC) if value is not None and value.tzinfo is None else value
 
 
 class TemplateStore:
@@ -236,14 +236,14 @@ class TemplateStore:
         return sorted((self._template(r) for r in rows), key=lambda t: t.name)
 
     def create(self, t: Template) -> Template:
-        now = dt.datetime.now(dt.timezone.utc)
+        now = dt.datetime.now(dt.UTC)
         t = Template(**{**t.__dict__, "created_at": now, "updated_at": now})
         if not self.session.execute(self._create, self._values(t)).was_applied:
             raise RegistryError("conflict", f"template {t.name!r} already exists")
         return t
 
     def put(self, t: Template) -> Template:
-        t = Template(**{**t.__dict__, "updated_at": dt.datetime.now(dt.timezone.utc)})
+        t = Template(**{**t.__dict__, "updated_at": dt.datetime.now(dt.UTC)})
         self.session.execute(self._put, self._values(t))
         return t
 
@@ -301,17 +301,17 @@ class ClaimStore:
             raise RegistryError("conflict", f"claim {claim.claim_id!r} already exists")
 
     def mark_revoked(self, claim_id: str) -> None:
-        self.session.execute(self._revoke, (dt.datetime.now(dt.timezone.utc), claim_id))
+        self.session.execute(self._revoke, (dt.datetime.now(dt.UTC), claim_id))
 
     def provisioned(self, template: str, serial: str) -> str | None:
         row = self.session.execute(self._serial_get, (template, serial)).one()
         return row.device_id if row else None
 
     def client_seen(self, claim_id: str, client_id: str) -> None:
-        self.session.execute(self._client_seen, (claim_id, client_id, dt.datetime.now(dt.timezone.utc)))
+        self.session.execute(self._client_seen, (claim_id, client_id, dt.datetime.now(dt.UTC)))
 
     def clients(self, claim_id: str) -> list[str]:
         return [r.client_id for r in self.session.execute(self._clients, (claim_id,))]
 
     def remember(self, template: str, serial: str, device_id: str, claim_id: str) -> None:
-        self.session.execute(self._serial_put, (template, serial, device_id, claim_id, dt.datetime.now(dt.timezone.utc)))
+        self.session.execute(self._serial_put, (template, serial, device_id, claim_id, dt.datetime.now(dt.UTC)))

@@ -23,11 +23,11 @@ _MAX_SCANNED = 20000
 
 
 def _utc(value: dt.datetime | None) -> dt.datetime | None:
-    return value.replace(tzinfo=dt.timezone.utc) if value is not None and value.tzinfo is None else value
+    return value.replace(tzinfo=dt.UTC) if value is not None and value.tzinfo is None else value
 
 
 def _now() -> dt.datetime:
-    return dt.datetime.now(dt.timezone.utc)
+    return dt.datetime.now(dt.UTC)
 
 
 def _device(row) -> Device:
@@ -152,7 +152,7 @@ class DeviceRegistry:
             # A lookup row without its device (a half-applied delete) yields None: skipped, but
             # paging still advances past it.
             return [(device_id, _device(row) if (row := future.result().one()) else None)
-                    for device_id, future in zip(ids, futures)]
+                    for device_id, future in zip(ids, futures, strict=True)]
         if after is None:
             rows = self.session.execute(self._scan_first, (_SCAN_CHUNK,))
         else:

@@ -33,9 +33,10 @@ import urllib.error
 import urllib.parse
 import urllib.request
 import zipfile
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePath
-from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 from fleet.infra.errors import InfraError
 
@@ -66,7 +67,7 @@ class Cluster:
     url: str
 
     @classmethod
-    def parse(cls, url: str) -> "Cluster":
+    def parse(cls, url: str) -> Cluster:
         parts = urllib.parse.urlsplit(url if "://" in url else f"http://{url}")
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise DeployError(f"--cluster wants a Flink REST URL like http://jobmanager:8081, got {url!r}")
@@ -74,7 +75,7 @@ class Cluster:
         return cls(f"{parts.scheme}://{parts.hostname}:{port}")
 
     @classmethod
-    def local(cls, rest_port: int) -> "Cluster":
+    def local(cls, rest_port: int) -> Cluster:
         return cls(f"http://127.0.0.1:{rest_port}")
 
     @property
@@ -268,14 +269,14 @@ def submit(argv: Sequence[str], env: Mapping[str, str], what: str, timeout: floa
     return job_id
 
 
-def client_dirs(settings: "Settings") -> dict[str, Path]:
+def client_dirs(settings: Settings) -> dict[str, Path]:
     """Where the client keeps what it generates (under FLEET_VAR_DIR/data/flink, like the stack)."""
     root = settings.data_dir / "flink"
     return {"lib": root / "lib", "archive": root / "pyfiles" / "fleet-project.zip",
             "client_conf": root / "client-conf", "log": settings.log_dir / "flink"}
 
 
-def submit_to(settings: "Settings", cluster: Cluster, job: str, savepoint: str | None = None,
+def submit_to(settings: Settings, cluster: Cluster, job: str, savepoint: str | None = None,
               parallelism: int | None = None, worker_python: str | None = None,
               allow_non_restored: bool = False, job_args: Sequence[str] = (), timeout: float = 300) -> str:
     """Submit ``jobs/<job>_job.py`` to any cluster with a client conf rendered from

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 from fleet.config import Settings
 from fleet.contract.topics import Kafka

@@ -40,9 +40,10 @@ import re
 import sys
 import time
 import uuid
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Sequence, TextIO
+from typing import TextIO
 
 from fleet.logs import log_fields
 
@@ -135,7 +136,7 @@ def partition_hour(path: str) -> dt.datetime | None:
     hour = int(m.group(2))
     if hour > 23:
         return None
-    return dt.datetime(day.year, day.month, day.day, hour, tzinfo=dt.timezone.utc)
+    return dt.datetime(day.year, day.month, day.day, hour, tzinfo=dt.UTC)
 
 
 def plan(partitions: Iterable[Partition], *, now: dt.datetime, min_age: dt.timedelta = DEFAULT_MIN_AGE,
@@ -245,7 +246,7 @@ class Manifest:
                            "sources": list(self.sources), "rows": self.rows}, indent=1)
 
     @classmethod
-    def load(cls, path: Path) -> "Manifest":
+    def load(cls, path: Path) -> Manifest:
         doc = json.loads(path.read_text())
         manifest = cls(str(doc["id"]), tuple(str(s) for s in doc["sources"]), int(doc["rows"]))
         if path.name != manifest.name or not all(is_data_file(s) and "/" not in s for s in manifest.sources):
@@ -381,7 +382,7 @@ class _Skip(Exception):
 
 
 def _new_id(now: dt.datetime) -> str:
-    return f"{now.astimezone(dt.timezone.utc):%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:8]}"
+    return f"{now.astimezone(dt.UTC):%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:8]}"
 
 
 def compact_group(part_dir: Path, group: MergeGroup, *, now: dt.datetime | None = None) -> GroupResult:
@@ -406,7 +407,7 @@ def compact_group(part_dir: Path, group: MergeGroup, *, now: dt.datetime | None 
             raise _Skip(f"{f.name} has a different schema than {group.files[0].name}")
         rows += pq.read_metadata(part_dir / f.name).num_rows
 
-    m = Manifest(_new_id(now or dt.datetime.now(dt.timezone.utc)), tuple(f.name for f in group.files), rows)
+    m = Manifest(_new_id(now or dt.datetime.now(dt.UTC)), tuple(f.name for f in group.files), rows)
     output, temp = part_dir / m.output, part_dir / m.temp
     if output.exists() or temp.exists():  # a uuid collision; never overwrite
         raise _Skip(f"{m.output} exists already")
@@ -552,7 +553,7 @@ def _run(table_dir, min_age, target_bytes, dry_run, now, out, started) -> int:
             blocked.add(r.partition)
         elif dry_run and r.action == "finished":
             blocked.add(r.partition)  # its sources would be deleted first: the plan would differ
-    now = now or dt.datetime.now(dt.timezone.utc)
+    now = now or dt.datetime.now(dt.UTC)
     partitions = [p for p in list_partitions(table_dir) if p.path not in blocked]
     plans = plan(partitions, now=now, min_age=min_age, target_bytes=target_bytes)
     if dry_run:

@@ -20,7 +20,8 @@ import socket
 import threading
 import time
 from collections import deque
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import paho.mqtt.client as mqtt
 
@@ -135,7 +136,7 @@ class MqttLoop:
         return threading.get_ident() == self._thread_id
 
     # -- running ----------------------------------------------------------------------------
-    def start(self) -> "MqttLoop":
+    def start(self) -> MqttLoop:
         self._thread = threading.Thread(target=self.run, name=self.name, daemon=True)
         self._thread.start()
         return self

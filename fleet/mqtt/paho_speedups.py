@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 import struct
-from typing import Iterable
+from collections.abc import Iterable
 
 import paho.mqtt
 import paho.mqtt.client as mqtt

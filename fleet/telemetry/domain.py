@@ -21,9 +21,10 @@ open gaps (usually none), whatever the dedup horizon. The horizon is the state's
 from __future__ import annotations
 
 import base64
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any, Iterable
+from typing import Any
 
 try:  # orjson parses several times faster than json (the job's hottest line).
     import orjson
@@ -492,8 +493,8 @@ def decode_state(tracker: list[int] | None, buckets: dict[str, list[float]] | No
         (state.max_seq, state.last_ts, state.clock, state.received, state.duplicates, state.late,
          state.lost) = tracker[:_HEADER]
         for i in range(_HEADER, len(tracker), _GAP_WIDTH):
-            f, l, a, b, r = tracker[i:i + _GAP_WIDTH]
-            state.gaps.append(Gap(f, l, a, b, bool(r)))
+            first, last, a, b, r = tracker[i:i + _GAP_WIDTH]
+            state.gaps.append(Gap(first, last, a, b, bool(r)))
     if buckets:
         for key, (mn, mx, sm, cnt, dirty) in buckets.items():
             start_text, name = key.split("|", 1)

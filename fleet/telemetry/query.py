@@ -8,12 +8,12 @@ import base64
 import datetime as dt
 import json
 import math
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Iterable, Iterator, Sequence
 
 from fleet.telemetry.domain import clamped_mean
 
-UTC = dt.timezone.utc
+UTC = dt.UTC
 MINUTE_MS = 60_000
 DAY_MS = 86_400_000
 
@@ -55,7 +55,7 @@ class TimeRange:
 
     @classmethod
     def from_params(cls, start: str | None, end: str | None, *, now_ms: int, default_span_ms: int,
-                    max_days: int) -> "TimeRange":
+                    max_days: int) -> TimeRange:
         end_ms = parse_time(end, "to")
         start_ms = parse_time(start, "from")
         end_ms = now_ms if end_ms is None else end_ms
@@ -123,7 +123,7 @@ class Cursor:
         return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
     @classmethod
-    def decode(cls, token: str | None) -> "Cursor | None":
+    def decode(cls, token: str | None) -> Cursor | None:
         if not token:
             return None
         try:

@@ -9,16 +9,24 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
 
 from fleet.telemetry.query import (
-    DAY_MS, MINUTE_MS, Bucket, Cursor, TimeRange, day_start_ms, hot_horizon_day, select_metrics, split_hot_cold,
+    DAY_MS,
+    MINUTE_MS,
+    Bucket,
+    Cursor,
+    TimeRange,
+    day_start_ms,
+    hot_horizon_day,
+    select_metrics,
+    split_hot_cold,
 )
 
 MIN_SEQ = -(2 ** 63)
-_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 
 
 @dataclass(frozen=True)
@@ -35,7 +43,7 @@ def _ms(value) -> int | None:
         return None
     if isinstance(value, dt.datetime):
         if value.tzinfo is None:
-            value = value.replace(tzinfo=dt.timezone.utc)
+            value = value.replace(tzinfo=dt.UTC)
         # Exact integer arithmetic: float timestamp() * 1000 can land one millisecond low.
         return (value - _EPOCH) // dt.timedelta(milliseconds=1)
     return int(value)
@@ -95,8 +103,8 @@ class TelemetryStore:
         return page, (Cursor(page[-1].ts_ms, page[-1].seq) if more and page else None)
 
     def _hot_points(self, device_id, day, start_ms, upper, limit) -> list[Point]:
-        lower_ts = dt.datetime.fromtimestamp(start_ms / 1000, dt.timezone.utc)
-        upper_ts = dt.datetime.fromtimestamp(upper[0] / 1000, dt.timezone.utc)
+        lower_ts = dt.datetime.fromtimestamp(start_ms / 1000, dt.UTC)
+        upper_ts = dt.datetime.fromtimestamp(upper[0] / 1000, dt.UTC)
         rows = self.session.execute(self._raw, (device_id, day, lower_ts, MIN_SEQ, upper_ts, upper[1], limit))
         return [Point(_ms(r.ts), r.seq, _ms(r.ingest_ts), dict(r.metrics or {}), _attrs(r.attrs)) for r in rows]
 
@@ -134,8 +142,8 @@ class TelemetryStore:
         ...)), so a year at 1d moves ~400 rows instead of ~500,000; the days are read concurrently.
         """
         hot, cold = split_hot_cold(rng.days_newest_first(), hot_horizon_day(now_ms, self.rollup_ttl_days))
-        lo = dt.datetime.fromtimestamp(rng.start_ms / 1000, dt.timezone.utc)
-        hi = dt.datetime.fromtimestamp(rng.end_ms / 1000, dt.timezone.utc)
+        lo = dt.datetime.fromtimestamp(rng.start_ms / 1000, dt.UTC)
+        hi = dt.datetime.fromtimestamp(rng.end_ms / 1000, dt.UTC)
         statement = self._grouped_rollup(bucket_ms)
         futures = [self.session.execute_async(statement, (device_id, day, metric, lo, hi)) for day in hot]
         out: list[Bucket] = []

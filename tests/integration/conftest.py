@@ -15,7 +15,6 @@ from fleet.config import Settings
 from tests.support.stack import running
 
 
-
 @pytest.fixture(scope="session")
 def security_stack(settings: Settings):
     """Mosquitto and Cassandra, reused if running, else started (and stopped at the end)."""

@@ -35,7 +35,7 @@ def test_mutations_are_recorded_with_actor_action_target_and_outcome(api, keys, 
     assert records[-1]["detail"] == {"http_status": 201}
     assert records[-2]["detail"] == {"fields": ["metadata"], "http_status": 200}
     ts = dt.datetime.fromisoformat(records[0]["ts"].replace("Z", "+00:00"))
-    assert abs(dt.datetime.now(dt.timezone.utc) - ts) < dt.timedelta(minutes=1)
+    assert abs(dt.datetime.now(dt.UTC) - ts) < dt.timedelta(minutes=1)
 
 
 def test_anonymous_attempts_are_recorded(api, keys, uid):

@@ -16,7 +16,7 @@ import pytest
 
 pytestmark = pytest.mark.integration
 
-UTC = dt.timezone.utc
+UTC = dt.UTC
 NOW = int(time.time() * 1000)
 MIN = 60_000
 LAKE_SCHEMA = pa.schema([

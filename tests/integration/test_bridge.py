@@ -174,7 +174,7 @@ class BridgeProcess:
         self.log = open(settings.log_dir / f"test-bridge-{instance}.log", "ab")
         self.proc: subprocess.Popen | None = None
 
-    def start(self, *extra: str) -> "BridgeProcess":
+    def start(self, *extra: str) -> BridgeProcess:
         self.proc = subprocess.Popen([sys.executable, "-m", "bridge", "--instance", str(self.instance), *extra],
                                      env=self.env, cwd=PROJECT_ROOT, stdout=self.log, stderr=self.log)
         return self

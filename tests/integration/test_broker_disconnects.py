@@ -10,8 +10,8 @@ import urllib.request
 
 import pytest
 
-from fleet.config import Settings
 from devtools.stack.mosquitto import max_packet_size
+from fleet.config import Settings
 from tests.support.mqtt import connect, device_credentials
 
 pytestmark = pytest.mark.integration

@@ -18,8 +18,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from fleet.identity.pki import LocalPKI
 from fleet.contract.topics import Kafka
+from fleet.identity.pki import LocalPKI
 from tests.support.kafka import end_offsets, read_json
 from tests.support.mqtt import connect, device_credentials
 

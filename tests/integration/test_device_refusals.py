@@ -85,7 +85,7 @@ def test_no_client_certificate_is_certificate_required(api_settings):
 
 
 def test_a_foreign_ca_or_an_expired_certificate_is_refused(api_settings, uid, tmp_path):
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     foreign_key = new_key()
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "foreign")])
     foreign = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(foreign_key.public_key())

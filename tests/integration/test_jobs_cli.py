@@ -23,10 +23,10 @@ from pathlib import Path
 
 import pytest
 
-from fleet.infra.flink_jobs import CHECKPOINTING_OFF_MS
 from devtools.stack import flink
 from devtools.stack.apps import settings_env
 from devtools.stack.process import StackError
+from fleet.infra.flink_jobs import CHECKPOINTING_OFF_MS
 from tests.integration.test_telemetry_faults import expected_keys, lake_keys, publish, wait_exactly_once
 
 pytestmark = pytest.mark.integration

@@ -11,8 +11,8 @@ import uuid
 import pytest
 
 from fleet.config import Settings
-from fleet.infra.kafka import create_topics
 from fleet.contract.topics import Kafka
+from fleet.infra.kafka import create_topics
 
 pytestmark = pytest.mark.integration
 

@@ -23,7 +23,8 @@ from tests.support.identity import csr_pem, new_key
 pytestmark = pytest.mark.integration
 
 
-def _csr(cn: str, key, algorithm=hashes.SHA256()) -> str:
+def _csr(cn: str, key, algorithm: hashes.HashAlgorithm | None = None) -> str:
+    algorithm = algorithm or hashes.SHA256()
     return (x509.CertificateSigningRequestBuilder()
             .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)]))
             .sign(key, algorithm).public_bytes(serialization.Encoding.PEM).decode())

@@ -115,7 +115,7 @@ def test_rotation_keeps_the_old_certificate_for_the_grace_period_only(api, keys,
     assert can_connect(api_settings, new_cert, new_key_path, device)
 
     onboarding = Onboarding(api_settings, cassandra, pki=LocalPKI(api_settings.pki_dir))
-    assert onboarding.run_due_revocations(now=dt.datetime.now(dt.timezone.utc) + dt.timedelta(seconds=61)) >= 1
+    assert onboarding.run_due_revocations(now=dt.datetime.now(dt.UTC) + dt.timedelta(seconds=61)) >= 1
     assert not can_connect(api_settings, old_cert, old_key, device)
     assert can_connect(api_settings, new_cert, new_key_path, device)
     statuses = {c["serial"]: c["status"] for c in api.get(f"/v1/devices/{device}/certificates",
@@ -138,7 +138,7 @@ def test_an_expired_certificate_cannot_connect(api_settings, uid, tmp_path):
     from cryptography.hazmat.primitives import serialization
 
     cert_path, key_path = write_identity(tmp_path, device, cert.public_bytes(serialization.Encoding.PEM), key)
-    assert cert.not_valid_after_utc < dt.datetime.now(dt.timezone.utc)
+    assert cert.not_valid_after_utc < dt.datetime.now(dt.UTC)
     assert not can_connect(api_settings, cert_path, key_path, device)
 
 

@@ -109,7 +109,7 @@ def test_the_api_returns_exactly_the_points_sent(api, viewer, sent):
     for device_id, points in sent.items():
         start, end = min(t for t, _ in points), max(t for t, _ in points) + 1
 
-        def check():
+        def check(device_id=device_id, start=start, end=end, points=points):
             got = all_points(api, viewer, device_id, start, end)
             return len(got) >= len(points), got
 
@@ -132,7 +132,7 @@ def test_rollups_match_values_computed_from_what_was_sent(api, viewer, sent):
         params = {"metric": "t", "from": min(expected), "to": max(expected) + MIN, "bucket": "1m",
                   "fn": "min,max,count,avg"}
 
-        def check():
+        def check(device_id=device_id, params=params, want=want):
             r = api.get(f"/v1/devices/{device_id}/telemetry/aggregate", params=params, headers=viewer)
             return r.status_code == 200 and r.json()["buckets"] == want, r.json()
 
@@ -190,7 +190,7 @@ def test_the_job_reports_its_counts_to_prometheus(stack, sent):
 
 def test_gap_report_says_nothing_went_missing(api, viewer, sent):
     for device_id in sent:
-        def check():
+        def check(device_id=device_id):
             body = api.get(f"/v1/devices/{device_id}/telemetry/gaps", headers=viewer).json()
             return body.get("received", 0) >= POINTS + 1, body
 

@@ -16,9 +16,9 @@ import pyarrow.dataset as ds
 import pytest
 
 from devtools.simulator import GENERATORS, run_worker
-from fleet.lake.dataset import telemetry_dataset
 from devtools.stack import flink
 from devtools.stack.apps import BridgeComponent
+from fleet.lake.dataset import telemetry_dataset
 
 pytestmark = pytest.mark.integration
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
@@ -43,7 +43,7 @@ def lake_keys(settings, devices: set[str]) -> list[tuple[str, int]]:
         return []
     table = telemetry_dataset(root) \
         .to_table(columns=["device_id", "seq"], filter=ds.field("device_id").isin(sorted(devices)))
-    return list(zip(table.column("device_id").to_pylist(), table.column("seq").to_pylist()))
+    return list(zip(table.column("device_id").to_pylist(), table.column("seq").to_pylist(), strict=True))
 
 
 def cassandra_keys(session, devices: set[str]) -> list[tuple[str, int]]:

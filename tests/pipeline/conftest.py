@@ -14,8 +14,8 @@ def _embedded_python_path():
     # The local cluster's JVM (started by the first StreamExecutionEnvironment) inherits these.
     # Thread mode embeds the base interpreter, which does not see the virtualenv by itself.
     require.module("pyflink", "pipeline tests need the [flink] extra")
-    from fleet.config import Settings
     from devtools.stack.flink import PROJECT_ROOT, prepare_lib, pyflink_home, python_path
+    from fleet.config import Settings
 
     # The cluster's lib/ (pip runtime + connectors + java/flink-fleet) for the local JVM too, so
     # the job's Java parts (keying, event time, sinks) are the ones the cluster runs.

@@ -91,4 +91,4 @@ def test_a_gap_row_is_its_last_version(written, session):
 def _day(ms: int):
     import datetime
 
-    return datetime.datetime.fromtimestamp(ms / 1000, datetime.timezone.utc).date()
+    return datetime.datetime.fromtimestamp(ms / 1000, datetime.UTC).date()

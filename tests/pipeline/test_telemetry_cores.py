@@ -84,8 +84,8 @@ def outputs(tmp_path_factory):
     from pyflink.common import Configuration, Types
     from pyflink.datastream import RuntimeExecutionMode, StreamExecutionEnvironment
 
-    from fleet.telemetry.domain import TelemetryRules
     from fleet.config import Settings
+    from fleet.telemetry.domain import TelemetryRules
     from jobs.telemetry_job import JobOptions, build, envelopes
     from tests.pipeline.collect import CollectingSinks, Collector
 

@@ -19,7 +19,6 @@ default Java one and the Python reference, ``JobOptions.core``) at parallelism 2
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 

@@ -74,7 +74,7 @@ def test_schema_and_exactly_once(lake):
     assert table.schema.field("ts").type == pa.timestamp("ms", tz="UTC")
     metrics = table.schema.field("metrics").type
     assert pa.types.is_map(metrics) and (metrics.key_type, metrics.item_type) == (pa.string(), pa.float64())
-    keys = sorted(zip(table["device_id"].to_pylist(), table["seq"].to_pylist()))
+    keys = sorted(zip(table["device_id"].to_pylist(), table["seq"].to_pylist(), strict=True))
     assert keys == sorted((f"d-{d}", s) for s in range(40) for d in range(3))
     row = table.filter(ds.field("seq") == 20).filter(ds.field("device_id") == "d-1").to_pylist()[0]
     assert row["ts"].timestamp() * 1000 == T0 + 60_000 + 1

@@ -6,13 +6,20 @@ import pytest
 from fastapi import APIRouter, FastAPI
 from fastapi.testclient import TestClient
 
-from api.deps import (Admin, CurrentPrincipal, Operator, UnscopedAdmin, Viewer, ensure_device_visible,
-                      ensure_groups_allowed)
+from api.deps import (
+    Admin,
+    CurrentPrincipal,
+    Operator,
+    UnscopedAdmin,
+    Viewer,
+    ensure_device_visible,
+    ensure_groups_allowed,
+)
 from fleet.access.apikeys import ApiKey, ApiKeyStore, AuthFailure
 from fleet.access.auth import Principal, Role, is_expired, new_secret, parse_secret
 from fleet.config import Settings
 
-NOW = dt.datetime.now(dt.timezone.utc)
+NOW = dt.datetime.now(dt.UTC)
 
 
 class FakeKeys:

@@ -3,11 +3,11 @@
 import pytest
 from fastapi.testclient import TestClient
 
-from api.deps import get_onboarding, get_principal, get_api_keys
+from api.deps import get_api_keys, get_onboarding, get_principal
 from api.main import create_app
 from fleet.access.auth import Principal, Role
-from fleet.infra.cassandra import StoreUnavailable
 from fleet.config import Settings
+from fleet.infra.cassandra import StoreUnavailable
 
 
 class NoStore:

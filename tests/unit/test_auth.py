@@ -48,7 +48,7 @@ def test_group_scope(groups, device_groups, sees):
 
 
 def test_expiry_handles_naive_cassandra_timestamps():
-    now = dt.datetime(2025, 1, 1, tzinfo=dt.timezone.utc)
+    now = dt.datetime(2025, 1, 1, tzinfo=dt.UTC)
     assert is_expired(None, now) is False
     assert is_expired(dt.datetime(2024, 12, 31), now) is True  # naive = UTC
-    assert is_expired(dt.datetime(2025, 1, 2, tzinfo=dt.timezone.utc), now) is False
+    assert is_expired(dt.datetime(2025, 1, 2, tzinfo=dt.UTC), now) is False

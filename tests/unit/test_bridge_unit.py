@@ -58,8 +58,8 @@ from collections import deque  # noqa: E402
 from types import SimpleNamespace  # noqa: E402
 
 from bridge import uplink  # noqa: E402
-from fleet.identity.pki import LocalPKI  # noqa: E402
 from fleet.config import Settings  # noqa: E402
+from fleet.identity.pki import LocalPKI  # noqa: E402
 
 
 class FakeProducer:
@@ -114,7 +114,7 @@ def on_loop(bridge, fn=lambda: None, *args):
     """Run fn on the loop thread, then let one more iteration (which polls reports) pass."""
     for step in (lambda: fn(*args), lambda: None):
         done = threading.Event()
-        bridge.loop.call_soon(lambda: (step(), done.set()))
+        bridge.loop.call_soon(lambda step=step, done=done: (step(), done.set()))
         assert done.wait(2)
 
 

@@ -6,6 +6,7 @@ import pytest
 
 from fleet.mqtt.broker_log import REASONS, Disconnect, parse_disconnect
 
+
 # Mosquitto 2.0's own wording, as it publishes it on $SYS/broker/log/N (epoch prefix) and as the
 # launcher's log_timestamp_format writes it.
 @pytest.mark.parametrize("line, expected", [

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import random
+import ssl as _ssl
 import stat
 
 import pytest
@@ -11,6 +12,7 @@ from cryptography import x509
 from cryptography.x509.oid import NameOID
 
 from device.identity import DeviceIdentity, enroll_locally, load_or_create_key, make_csr, prepare_csr
+from device.refusal import refusal, refusal_reason
 from device.seqstore import SeqStore
 from devtools.simulator import GENERATORS, MetricSource, device_ids
 from fleet.identity.pki import LocalPKI
@@ -107,10 +109,6 @@ def test_publish_packet_size_counts_the_variable_length_header(topic, payload, s
 
 
 # -- refusal reasons (device/refusal.py) ------------------------------------------------------
-import ssl as _ssl
-
-from device.refusal import refusal, refusal_reason
-
 
 def _ssl_error(reason: str) -> _ssl.SSLError:
     exc = _ssl.SSLError(1, f"[SSL: {reason}] alert")

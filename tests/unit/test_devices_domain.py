@@ -1,7 +1,18 @@
 import pytest
 
-from fleet.identity.devices import (CertAction, Device, DeviceFilter, DeviceStatus, RegistryError, check_groups,
-                                  check_metadata, decode_cursor, encode_cursor, metadata_filters, status_change)
+from fleet.identity.devices import (
+    CertAction,
+    Device,
+    DeviceFilter,
+    DeviceStatus,
+    RegistryError,
+    check_groups,
+    check_metadata,
+    decode_cursor,
+    encode_cursor,
+    metadata_filters,
+    status_change,
+)
 
 A, D, R = DeviceStatus.active, DeviceStatus.disabled, DeviceStatus.revoked
 

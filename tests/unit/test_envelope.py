@@ -77,7 +77,8 @@ REJECTED = [
 ]
 
 
-@pytest.mark.parametrize("topic,payload,reason,key,device_id,detail", REJECTED, ids=[f"{r[2]}-{i}" for i, r in enumerate(REJECTED)])
+@pytest.mark.parametrize("topic,payload,reason,key,device_id,detail", REJECTED,
+                         ids=[f"{r[2]}-{i}" for i, r in enumerate(REJECTED)])
 def test_rejected_messages_become_dead_letters(topic, payload, reason, key, device_id, detail):
     out = handle_uplink(topic, payload, NOW, MAX)
     assert isinstance(out, DeadLetter)
@@ -182,6 +183,7 @@ def test_nesting_exceeds(value, limit, exceeds):
 
 def test_registry_errors_are_the_only_redelivery_signal():
     import pytest
+
     from fleet.contract.envelope import RegistryUnavailable, handle_uplink
 
     def down(_device_id):

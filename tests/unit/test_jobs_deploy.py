@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from fleet.infra import flink_jobs as deploy
 from fleet.cli import build_parser
-from fleet.infra.flink_jobs import Cluster, DeployError
 from fleet.config import Settings
+from fleet.infra import flink_jobs as deploy
+from fleet.infra.flink_jobs import Cluster, DeployError
 from tests.support.require import module
 
 # GET /jobs/<id>/checkpoints/config of the telemetry job on the local stack.

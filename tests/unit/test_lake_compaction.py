@@ -19,7 +19,7 @@ from fleet.lake import compaction as lc
 from fleet.lake.compaction import FileInfo, Partition, plan
 from tests.support import require
 
-UTC = dt.timezone.utc
+UTC = dt.UTC
 NOW = dt.datetime(2024, 1, 2, 0, 0, tzinfo=UTC)
 H0 = 1_704_067_200_000  # 2024-01-01T00:00:00Z
 
@@ -83,7 +83,7 @@ def build_lake(root: Path, *, hours=(0, 1), devices=3, files_per_hour=6, per_fil
 
 def keys(table_dir: Path) -> list[tuple[str, int]]:
     t = ds.dataset(table_dir, format="parquet", partitioning="hive").to_table(columns=["device_id", "seq"])
-    return sorted(zip(t["device_id"].to_pylist(), t["seq"].to_pylist()))
+    return sorted(zip(t["device_id"].to_pylist(), t["seq"].to_pylist(), strict=True))
 
 
 def visible(hour_dir: Path) -> list[str]:
@@ -178,7 +178,8 @@ def test_compaction_keeps_every_row_once_with_the_same_schema(tmp_path):
     code, out = run(tmp_path)
 
     assert code == 0, out
-    assert "date=2024-01-01/hour=00: 6 files, " in out and " -> 1 file, " in out and out.splitlines()[-1].startswith("total: 2 partition(s), 12 files")
+    assert "date=2024-01-01/hour=00: 6 files, " in out and " -> 1 file, " in out
+    assert out.splitlines()[-1].startswith("total: 2 partition(s), 12 files")
     assert keys(table_dir) == before and len(before) == len(set(before)) == 60
     for hour in ("00", "01"):
         hour_dir = table_dir / f"date=2024-01-01/hour={hour}"
@@ -190,7 +191,7 @@ def test_compaction_keeps_every_row_once_with_the_same_schema(tmp_path):
         assert pf.metadata.row_group(0).column(0).compression == "SNAPPY"
         assert "key_value" in str(pf.schema)  # the sink's Parquet layout for the map
         t = pf.read()
-        order = list(zip(t["device_id"].to_pylist(), t["ts"].to_pylist(), t["seq"].to_pylist()))
+        order = list(zip(t["device_id"].to_pylist(), t["ts"].to_pylist(), t["seq"].to_pylist(), strict=True))
         assert order == sorted(order)
     table = ds.dataset(table_dir, format="parquet", partitioning="hive").to_table()
     assert table.num_rows == 60 and set(table["hour"].to_pylist()) == {0, 1}
@@ -206,12 +207,12 @@ def test_rows_are_sorted_across_row_groups(tmp_path, monkeypatch):
     pf = pq.ParquetFile(path)
     assert pf.metadata.num_row_groups == 5 and pf.metadata.num_rows == 30
     t = pf.read()
-    order = list(zip(t["device_id"].to_pylist(), t["ts"].to_pylist(), t["seq"].to_pylist()))
+    order = list(zip(t["device_id"].to_pylist(), t["ts"].to_pylist(), t["seq"].to_pylist(), strict=True))
     assert order == sorted(order)
 
 
 def test_a_second_run_changes_nothing(tmp_path):
-    table_dir = build_lake(tmp_path)
+    build_lake(tmp_path)
     assert run(tmp_path)[0] == 0
     before = snapshot(tmp_path)
     code, out = run(tmp_path)

@@ -12,7 +12,7 @@ from tests.unit.test_lake_compaction import H0, build_lake, write_part
 
 def _ids(dataset, device_ids):
     table = dataset.to_table(columns=["device_id", "seq"], filter=ds.field("device_id").isin(device_ids))
-    return sorted(zip(table["device_id"].to_pylist(), table["seq"].to_pylist()))
+    return sorted(zip(table["device_id"].to_pylist(), table["seq"].to_pylist(), strict=True))
 
 
 def test_a_missing_or_empty_lake_reads_as_an_empty_table_with_the_lake_columns(tmp_path):

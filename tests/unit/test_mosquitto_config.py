@@ -4,8 +4,8 @@ import re
 
 import pytest
 
-from fleet.config import Settings
 from devtools.stack.mosquitto import ACL_DEVICES, ACL_PROVISIONING, ACL_SERVICES, MosquittoComponent
+from fleet.config import Settings
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +41,7 @@ def test_each_listener_trusts_one_ca_and_has_its_own_acl(listeners, port_field, 
 def test_acls():
     assert ACL_DEVICES.strip().splitlines()[-1] == "pattern readwrite devices/%u/#"
     assert ACL_SERVICES.strip().splitlines()[-2:] == ["pattern read $SYS/#", "pattern readwrite #"]  # "topic" = anonymous only
-    rules = [l for l in ACL_PROVISIONING.splitlines() if l and not l.startswith("#")]
+    rules = [line for line in ACL_PROVISIONING.splitlines() if line and not line.startswith("#")]
     assert rules == ["pattern write provisioning/%u/%c/request", "pattern read provisioning/%u/%c/response"]
     assert "devices/" not in ACL_PROVISIONING
 

@@ -3,8 +3,18 @@ import json
 import pytest
 
 from fleet.identity.devices import RegistryError
-from fleet.identity.provisioning import (ClaimRequest, Rejected, Template, check_template, decide, device_id_for,
-                                parse_claim_request, parse_csr_request, parse_provisioning_topic, parse_rotation_topic)
+from fleet.identity.provisioning import (
+    ClaimRequest,
+    Rejected,
+    Template,
+    check_template,
+    decide,
+    device_id_for,
+    parse_claim_request,
+    parse_csr_request,
+    parse_provisioning_topic,
+    parse_rotation_topic,
+)
 
 REQ = ClaimRequest("SN-1", "csr", {"color": "red"})
 

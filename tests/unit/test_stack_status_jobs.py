@@ -2,8 +2,8 @@
 
 import pytest
 
-from fleet.config import Settings
 from devtools.stack import flink, launcher
+from fleet.config import Settings
 
 
 @pytest.mark.parametrize("jobs,state", [

@@ -7,8 +7,8 @@ import json
 
 import pytest
 
-from fleet.telemetry import domain as dom
 from fleet.contract.validation import kafka_schema
+from fleet.telemetry import domain as dom
 
 T0 = 1_704_067_200_000  # 2024-01-01T00:00:00Z, a minute boundary
 RULES = dom.TelemetryRules(allowed_lateness_ms=60_000, max_future_skew_ms=300_000, rollup_bucket_ms=60_000,

@@ -3,8 +3,22 @@ import datetime as dt
 import pytest
 
 from fleet.telemetry.query import (
-    DAY_MS, MINUTE_MS, Bucket, Cursor, QueryError, TimeRange, buckets_from_points, check_bucket_count,
-    check_limit, day_of, hot_horizon_day, parse_bucket, parse_functions, parse_metrics, parse_time, rebucket,
+    DAY_MS,
+    MINUTE_MS,
+    Bucket,
+    Cursor,
+    QueryError,
+    TimeRange,
+    buckets_from_points,
+    check_bucket_count,
+    check_limit,
+    day_of,
+    hot_horizon_day,
+    parse_bucket,
+    parse_functions,
+    parse_metrics,
+    parse_time,
+    rebucket,
     split_hot_cold,
 )
 
@@ -45,15 +59,15 @@ def test_bad_ranges_are_refused_with_the_bound(start, end, message):
 
 def test_days_newest_first_spans_partial_days():
     day = dt.date(2024, 3, 1)
-    start = int(dt.datetime(2024, 2, 28, 23, tzinfo=dt.timezone.utc).timestamp() * 1000)
-    end = int(dt.datetime(2024, 3, 1, 0, 0, tzinfo=dt.timezone.utc).timestamp() * 1000) + 1
+    start = int(dt.datetime(2024, 2, 28, 23, tzinfo=dt.UTC).timestamp() * 1000)
+    end = int(dt.datetime(2024, 3, 1, 0, 0, tzinfo=dt.UTC).timestamp() * 1000) + 1
     assert TimeRange(start, end).days_newest_first() == [day, dt.date(2024, 2, 29), dt.date(2024, 2, 28)]
     # An exclusive end at midnight does not touch the next day.
     assert TimeRange(start, end - 1).days_newest_first() == [dt.date(2024, 2, 29), dt.date(2024, 2, 28)]
 
 
 def test_hot_horizon_excludes_the_day_whose_start_has_expired():
-    now = int(dt.datetime(2024, 3, 31, 12, tzinfo=dt.timezone.utc).timestamp() * 1000)
+    now = int(dt.datetime(2024, 3, 31, 12, tzinfo=dt.UTC).timestamp() * 1000)
     horizon = hot_horizon_day(now, 30)
     assert horizon == dt.date(2024, 3, 2)  # 2024-03-01 00:00..12:00 already expired
     hot, cold = split_hot_cold([dt.date(2024, 3, 3), dt.date(2024, 3, 2), dt.date(2024, 3, 1)], horizon)

@@ -21,6 +21,6 @@ def test_the_vectors_are_there():
 def test_vector(path):
     vector = load(path)
     outputs = run(vector)
-    for index, (step, output) in enumerate(zip(vector["steps"], outputs)):
+    for index, (step, output) in enumerate(zip(vector["steps"], outputs, strict=True)):
         assert output == step["expect"], f"{vector['name']} step {index}: {step}"
     assert len(outputs) == len(vector["steps"])

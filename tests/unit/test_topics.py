@@ -1,6 +1,14 @@
 import pytest
 
-from fleet.contract.topics import Kafka, ParsedTopic, TopicError, Uplink, device_topic, is_valid_device_id, parse_uplink_topic
+from fleet.contract.topics import (
+    Kafka,
+    ParsedTopic,
+    TopicError,
+    Uplink,
+    device_topic,
+    is_valid_device_id,
+    parse_uplink_topic,
+)
 
 
 @pytest.mark.parametrize("topic, device_id, kind, command_id", [

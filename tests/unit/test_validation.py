@@ -8,7 +8,14 @@ import jsonschema
 import pytest
 
 from fleet.contract.topics import Uplink
-from fleet.contract.validation import DEFAULT_SCHEMA_DIR, SchemaViolation, UplinkValidators, compile_schema, fastjsonschema, load_schema
+from fleet.contract.validation import (
+    DEFAULT_SCHEMA_DIR,
+    SchemaViolation,
+    UplinkValidators,
+    compile_schema,
+    fastjsonschema,
+    load_schema,
+)
 from tests.support import require
 
 TS = 1_700_000_000_000
@@ -16,7 +23,8 @@ TS = 1_700_000_000_000
 # (kind, payload, valid?)
 CASES = [
     (Uplink.TELEMETRY, {"ts": TS, "seq": 0, "metrics": {"temp": 21.5}}, True),
-    (Uplink.TELEMETRY, {"ts": TS, "seq": 7, "metrics": {"a": 1, "b.c": -2.5e3, "x:y-z_1": 0}, "attrs": {"fw": "1.0", "n": [1]}}, True),
+    (Uplink.TELEMETRY, {"ts": TS, "seq": 7, "metrics": {"a": 1, "b.c": -2.5e3, "x:y-z_1": 0},
+                        "attrs": {"fw": "1.0", "n": [1]}}, True),
     (Uplink.TELEMETRY, {"ts": TS, "seq": 7, "metrics": {}}, True),
     (Uplink.TELEMETRY, {"ts": TS, "seq": 1.0, "metrics": {}}, True),  # 2020-12: integral floats are integers
     (Uplink.TELEMETRY, {"ts": TS, "seq": 1.5, "metrics": {}}, False),

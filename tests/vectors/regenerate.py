@@ -38,7 +38,7 @@ def raw(text: str) -> dict:
     return {"envelope": text}
 
 
-def valid_with(payload: str = '{"ts":%d,"seq":0,"metrics":{"temp":1}}' % T0, **top: str) -> dict:
+def valid_with(payload: str = f'{{"ts":{T0},"seq":0,"metrics":{{"temp":1}}}}', **top: str) -> dict:
     """Envelope text with one field replaced by literal JSON (to break one rule at a time)."""
     fields = {"device_id": '"d-1"', "type": '"telemetry"', "ts": str(T0), "ingest_ts": str(T0 + 50),
               "mqtt_topic": '"devices/d-1/telemetry"', "payload": payload}
@@ -121,7 +121,7 @@ SCENARIOS = {
 def main() -> None:
     for name, (description, rules, steps) in SCENARIOS.items():
         vector = {"name": name, "description": description, "rules": rules, "steps": steps}
-        for step, expect in zip(steps, run(vector)):
+        for step, expect in zip(steps, run(vector), strict=True):
             step["expect"] = expect
         text = json.dumps(vector, indent=1, ensure_ascii=False)
         (VECTOR_DIR / f"{name}.json").write_text(text + "\n")
