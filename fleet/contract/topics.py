@@ -20,27 +20,21 @@ def is_valid_device_id(device_id: str) -> bool:
 
 
 class Kafka:
-    """Logical Kafka topic names; the full name is ``settings.topic(name)`` (adds the prefix)."""
+    """Logical Kafka topic names; the full name is ``settings.topic(name)`` (adds the prefix).
+
+    Only topics something produces: each capability adds its own topics when it lands.
+    """
 
     TELEMETRY = "telemetry"
     SHADOW_REPORTED = "shadow-reported"
-    SHADOW_DESIRED = "shadow-desired"
-    COMMANDS = "commands"
     COMMAND_RESULTS = "command-results"
-    OTA_DEPLOYMENTS = "ota-deployments"
     OTA_STATUS = "ota-status"
-    OTA_NOTIFY = "ota-notify"
     DEVICE_EVENTS = "device-events"
-    RULES = "rules"
-    ALERTS = "alerts"
     DEAD_LETTER = "dead-letter"
 
-    ALL = (
-        TELEMETRY, SHADOW_REPORTED, SHADOW_DESIRED, COMMANDS, COMMAND_RESULTS, OTA_DEPLOYMENTS,
-        OTA_STATUS, OTA_NOTIFY, DEVICE_EVENTS, RULES, ALERTS, DEAD_LETTER,
-    )
-    # Topics holding the latest value per key rather than a history.
-    COMPACTED = (RULES,)
+    ALL = (TELEMETRY, SHADOW_REPORTED, COMMAND_RESULTS, OTA_STATUS, DEVICE_EVENTS, DEAD_LETTER)
+    # Topics holding the latest value per key rather than a history (none yet).
+    COMPACTED: tuple[str, ...] = ()
 
 
 class Uplink(str, Enum):

@@ -17,7 +17,7 @@ def test_environment_overrides_and_types(tmp_path):
                            "FLEET_TOPIC_PREFIX": "t1.", "FLEET_MQTT_DEVICE_PORT": "18883"})
     assert s.var_dir == tmp_path and isinstance(s.var_dir, Path)
     assert s.mqtt_device_port == 18883
-    assert s.topic("alerts") == "t1.alerts"
+    assert s.topic("telemetry") == "t1.telemetry"
 
 
 def test_file_then_environment_precedence(tmp_path):
