@@ -6,10 +6,11 @@ import json
 import logging
 import sys
 import time
+from typing import Any
 
 
 class JsonFormatter(logging.Formatter):
-    def __init__(self, service: str):
+    def __init__(self, service: str) -> None:
         super().__init__()
         self.service = service
 
@@ -40,6 +41,6 @@ def configure_logging(service: str, level: str = "INFO") -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
-def log_fields(**fields) -> dict:
+def log_fields(**fields: Any) -> dict[str, dict[str, Any]]:
     """``logger.info("msg", extra=log_fields(k=v))`` adds k=v to the JSON line."""
     return {"fields": fields}

@@ -8,8 +8,12 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, overload
 
 from fleet.access.auth import KEY_KIND, TOKEN_KIND, Principal, Role, hashes_match, is_expired, new_secret, parse_secret
+
+if TYPE_CHECKING:  # the driver ships no type hints: Any to mypy, a name for the reader
+    from cassandra.cluster import Session
 
 
 @dataclass(frozen=True)
@@ -28,6 +32,14 @@ class AuthFailure(Exception):
     """Why a credential was refused; ``str(exc)`` is safe to show the caller."""
 
 
+@overload
+def _utc(value: dt.datetime) -> dt.datetime: ...
+
+
+@overload
+def _utc(value: None) -> None: ...
+
+
 def _utc(value: dt.datetime | None) -> dt.datetime | None:
     if value is not None and value.tzinfo is None:
         return value.replace(tzinfo=dt.UTC)
@@ -39,7 +51,7 @@ def _now() -> dt.datetime:
 
 
 class ApiKeyStore:
-    def __init__(self, session):
+    def __init__(self, session: Session) -> None:
         self.session = session
         self._get_key = session.prepare(
             "SELECT key_id, name, role, groups, secret_hash, created_at, created_by, expires_at, revoked_at "
@@ -85,7 +97,7 @@ class ApiKeyStore:
                    and not is_expired(k.expires_at))
 
     @staticmethod
-    def _key(row) -> ApiKey:
+    def _key(row: Any) -> ApiKey:
         return ApiKey(row.key_id, row.name, Role(row.role), frozenset(row.groups) if row.groups else None,
                       _utc(row.created_at), row.created_by, _utc(row.expires_at), _utc(row.revoked_at))
 
@@ -119,11 +131,11 @@ class ApiKeyStore:
             raise AuthFailure("invalid credential")
         if is_expired(row.expires_at):
             raise AuthFailure("token expired")
-        key = self.get(row.key_id)
-        if key is None:
+        owner = self.get(row.key_id)
+        if owner is None:
             raise AuthFailure("invalid credential")
-        self._check_usable(key)  # revoking a key also ends the tokens minted from it
-        return Principal(key.id, key.name, Role(row.role), frozenset(row.groups) if row.groups else None,
+        self._check_usable(owner)  # revoking a key also ends the tokens minted from it
+        return Principal(owner.id, owner.name, Role(row.role), frozenset(row.groups) if row.groups else None,
                          via="token")
 
     @staticmethod

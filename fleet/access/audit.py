@@ -10,8 +10,13 @@ import datetime as dt
 import json
 import uuid
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from cassandra.util import datetime_from_uuid1, uuid_from_time
+
+if TYPE_CHECKING:  # the driver ships no type hints: these are Any to mypy, names for the reader
+    from cassandra.cluster import ResponseFuture, Session
+    from cassandra.query import PreparedStatement
 
 
 @dataclass(frozen=True)
@@ -22,7 +27,7 @@ class AuditRecord:
     action: str
     target: str | None
     outcome: str
-    detail: dict
+    detail: dict[str, Any]
 
 
 def day_of(ts: dt.datetime) -> str:
@@ -30,7 +35,7 @@ def day_of(ts: dt.datetime) -> str:
 
 
 class AuditLog:
-    def __init__(self, session):
+    def __init__(self, session: Session) -> None:
         self.session = session
         self._insert = session.prepare(
             "INSERT INTO audit_log (day, ts, actor, action, target, outcome, detail) VALUES (?, ?, ?, ?, ?, ?, ?)")
@@ -39,15 +44,18 @@ class AuditLog:
         self._list_before = session.prepare(
             "SELECT ts, actor, action, target, outcome, detail FROM audit_log WHERE day = ? AND ts < ? LIMIT ?")
 
-    def _statement(self, actor: str, action: str, target: str | None, outcome: str, detail: dict | None):
+    def _statement(self, actor: str, action: str, target: str | None, outcome: str,
+                   detail: dict[str, Any] | None) -> tuple[PreparedStatement, tuple[Any, ...]]:
         now = dt.datetime.now(dt.UTC)
         return self._insert, (day_of(now), uuid_from_time(now), actor, action, target, outcome,
                               json.dumps(detail or {}, default=str, sort_keys=True))
 
-    def record(self, actor: str, action: str, target: str | None, outcome: str, detail: dict | None = None) -> None:
+    def record(self, actor: str, action: str, target: str | None, outcome: str,
+               detail: dict[str, Any] | None = None) -> None:
         self.session.execute(*self._statement(actor, action, target, outcome, detail))
 
-    def record_async(self, actor: str, action: str, target: str | None, outcome: str, detail: dict | None = None):
+    def record_async(self, actor: str, action: str, target: str | None, outcome: str,
+                     detail: dict[str, Any] | None = None) -> ResponseFuture:
         """A cassandra ResponseFuture; for callers on an event loop that must not block."""
         return self.session.execute_async(*self._statement(actor, action, target, outcome, detail))
 

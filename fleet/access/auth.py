@@ -18,6 +18,7 @@ import hashlib
 import hmac
 import re
 import secrets
+from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import Enum
 
@@ -54,7 +55,7 @@ class Principal:
     groups: frozenset[str] | None  # None = every device; else only devices in one of these groups
     via: str = "api_key"           # "api_key" | "token"
 
-    def sees_groups(self, device_groups) -> bool:
+    def sees_groups(self, device_groups: Iterable[str] | None) -> bool:
         return self.groups is None or bool(self.groups & set(device_groups or ()))
 
 

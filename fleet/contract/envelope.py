@@ -18,6 +18,8 @@ from typing import Any
 from fleet.contract.topics import Kafka, ParsedTopic, TopicError, Uplink, is_valid_device_id, parse_uplink_topic
 from fleet.contract.validation import UplinkValidators, default_validators, explain
 
+_loads: Callable[[bytes | str], Any]
+_dumps: Callable[[Any], bytes]
 try:  # orjson parses and serialises small objects several times faster than json.
     import orjson
 
@@ -30,8 +32,10 @@ except ImportError:  # pragma: no cover - exercised only where orjson is absent
     _loads = json.loads
     _JSONError = ValueError
 
-    def _dumps(obj: Any) -> bytes:
+    def _json_dumps(obj: Any) -> bytes:
         return json.dumps(obj, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
+
+    _dumps = _json_dumps
 
 SOURCE = "bridge"
 # Raw bytes kept in a dead letter: enough for any sane payload, small enough for Kafka's

@@ -24,7 +24,8 @@ from fleet.contract.topics import Uplink
 try:  # Optional accelerator; the reference validator alone is correct, just slower.
     import fastjsonschema
 except ImportError:  # pragma: no cover - exercised only where fastjsonschema is absent
-    fastjsonschema = None
+    # A None module stands for "not installed"; a typed alternative would hide the module's own hints.
+    fastjsonschema = None  # type: ignore[assignment]
 
 DEFAULT_SCHEMA_DIR = Path(__file__).resolve().parents[2] / "schemas"
 
@@ -35,7 +36,7 @@ class SchemaViolation(ValueError):
 
 def load_schema(path: Path) -> dict[str, Any]:
     with open(path, "rb") as fh:
-        schema = json.load(fh)
+        schema: dict[str, Any] = json.load(fh)
     jsonschema.Draft202012Validator.check_schema(schema)
     return schema
 

@@ -7,8 +7,12 @@ built from their settings; nothing connects at import time.
 from __future__ import annotations
 
 import threading
+from typing import TYPE_CHECKING
 
 from fleet.config import Settings
+
+if TYPE_CHECKING:  # the driver ships no type hints: Any to mypy, names for the reader
+    from cassandra.cluster import Cluster, Session
 
 
 class StoreUnavailable(RuntimeError):
@@ -16,14 +20,14 @@ class StoreUnavailable(RuntimeError):
 
 
 class CassandraSessions:
-    def __init__(self, settings: Settings, *, connect_timeout: float = 10.0):
+    def __init__(self, settings: Settings, *, connect_timeout: float = 10.0) -> None:
         self.settings = settings
         self.connect_timeout = connect_timeout
         self._lock = threading.Lock()
-        self._cluster = None
-        self._session = None
+        self._cluster: Cluster | None = None
+        self._session: Session | None = None
 
-    def get(self):
+    def get(self) -> Session:
         """The shared ``cassandra.cluster.Session`` on the keyspace; connects on first use."""
         if self._session is not None:
             return self._session
@@ -32,7 +36,7 @@ class CassandraSessions:
                 self._session = self._connect()
         return self._session
 
-    def _connect(self):
+    def _connect(self) -> Session:
         from cassandra.cluster import NoHostAvailable
 
         s = self.settings
@@ -52,7 +56,7 @@ class CassandraSessions:
             self._cluster = self._session = None
 
 
-def open_session(settings: Settings, keyspace: str | None = None, connect_timeout: float = 10.0):
+def open_session(settings: Settings, keyspace: str | None = None, connect_timeout: float = 10.0) -> Session:
     """A cassandra-driver Session to the configured node; close it with ``session.cluster.shutdown()``."""
     from cassandra.cluster import EXEC_PROFILE_DEFAULT, Cluster, ExecutionProfile
     from cassandra.policies import DCAwareRoundRobinPolicy, TokenAwarePolicy

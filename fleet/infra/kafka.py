@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
 
 from fleet.config import Settings
 from fleet.contract.topics import Kafka
 from fleet.infra.errors import InfraError
 
+if TYPE_CHECKING:  # kafka-python ships no type hints: Any to mypy, a name for the reader
+    from kafka.admin import KafkaAdminClient
+
 _TOPIC_ALREADY_EXISTS = 36  # Kafka's error code
 
 
-def admin_client(settings: Settings, timeout_ms: int = 10000):
+def admin_client(settings: Settings, timeout_ms: int = 10000) -> KafkaAdminClient:
     from kafka.admin import KafkaAdminClient  # imported lazily: the launcher may not need it
 
     return KafkaAdminClient(
@@ -28,7 +32,7 @@ def create_topics(settings: Settings, names: Iterable[str], partitions: int | No
     of the topics created by this call (empty when all existed); all of them are in the metadata
     with a leader on return.
     """
-    wanted: dict[str, dict] = {}
+    wanted: dict[str, dict[str, Any]] = {}
     for name in names:
         configs = {"cleanup.policy": "compact"} if name in Kafka.COMPACTED else {}
         wanted[settings.topic(name)] = {

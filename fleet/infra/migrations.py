@@ -16,9 +16,13 @@ import logging
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from fleet.config import Settings
 from fleet.infra.errors import InfraError
+
+if TYPE_CHECKING:  # the driver ships no type hints: Any to mypy, a name for the reader
+    from cassandra.cluster import Session
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +99,7 @@ def discover(directory: Path = MIGRATIONS_DIR) -> list[Migration]:
     return migrations
 
 
-def apply_migrations(settings: Settings, session=None, keyspace: str | None = None,
+def apply_migrations(settings: Settings, session: Session | None = None, keyspace: str | None = None,
                      directory: Path = MIGRATIONS_DIR) -> list[str]:
     """Create the keyspace if absent and apply the pending migrations; returns the versions applied.
 
@@ -107,7 +111,7 @@ def apply_migrations(settings: Settings, session=None, keyspace: str | None = No
         raise InfraError(f"invalid keyspace name {keyspace!r}")
     migrations = discover(directory)
     own_session = session is None
-    if own_session:
+    if session is None:
         from fleet.infra.cassandra import open_session
 
         session = open_session(settings)

@@ -43,9 +43,13 @@ import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TextIO
+from types import TracebackType
+from typing import TYPE_CHECKING, TextIO
 
 from fleet.logs import log_fields
+
+if TYPE_CHECKING:  # pyarrow ships no type hints: Any to mypy, a name for the reader
+    import pyarrow as pa
 
 log = logging.getLogger("fleet.lake.compaction")
 
@@ -189,7 +193,7 @@ def parse_duration(text: str) -> dt.timedelta:
 # -- listing -----------------------------------------------------------------------------------
 def list_partitions(table_dir: Path) -> list[Partition]:
     """The table's ``date=*/hour=*`` directories and their visible ``*.parquet`` files."""
-    out = []
+    out: list[Partition] = []
     if not table_dir.is_dir():
         return out
     for date_dir in sorted(table_dir.glob("date=*")):
@@ -275,10 +279,11 @@ class Recovery:
 def _num_rows(path: Path) -> int:
     import pyarrow.parquet as pq
 
-    return pq.read_metadata(path).num_rows
+    rows: int = pq.read_metadata(path).num_rows
+    return rows
 
 
-def _read(path: Path):
+def _read(path: Path) -> pa.Table:
     """One file's rows, as stored (no partition columns from the path)."""
     import pyarrow.parquet as pq
 
@@ -502,20 +507,22 @@ def _result_line(p: PartitionPlan, r: PartitionResult) -> str:
 
 
 class _Lock:
-    def __init__(self, table_dir: Path):
+    def __init__(self, table_dir: Path) -> None:
         self.path = table_dir / LOCK_NAME
         self.fd: int | None = None
 
-    def __enter__(self):
-        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+    def __enter__(self) -> _Lock:
+        fd = self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
-            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            os.close(self.fd)
+            os.close(fd)
             raise LakeLocked(f"another compaction holds {self.path}") from None
         return self
 
-    def __exit__(self, *exc):
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        assert self.fd is not None  # set by __enter__, which succeeded
         fcntl.flock(self.fd, fcntl.LOCK_UN)
         os.close(self.fd)
 
@@ -540,7 +547,8 @@ def run(lake_dir: Path, *, min_age: dt.timedelta = DEFAULT_MIN_AGE, target_bytes
         return 1
 
 
-def _run(table_dir, min_age, target_bytes, dry_run, now, out, started) -> int:
+def _run(table_dir: Path, min_age: dt.timedelta, target_bytes: int, dry_run: bool, now: dt.datetime | None,
+         out: TextIO, started: float) -> int:
     failed = False
     recovered = recover(table_dir, dry_run=dry_run)
     blocked = set()

@@ -12,6 +12,7 @@ import json
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, overload
 
 from fleet.telemetry.query import (
     DAY_MS,
@@ -25,6 +26,11 @@ from fleet.telemetry.query import (
     split_hot_cold,
 )
 
+if TYPE_CHECKING:  # neither the driver nor pyarrow ships type hints: Any to mypy, names for the reader
+    import pyarrow as pa
+    from cassandra.cluster import Session
+    from cassandra.query import PreparedStatement
+
 MIN_SEQ = -(2 ** 63)
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 
@@ -35,10 +41,18 @@ class Point:
     seq: int
     ingest_ts_ms: int | None
     metrics: dict[str, float]
-    attrs: dict | None
+    attrs: dict[str, Any] | None
 
 
-def _ms(value) -> int | None:
+@overload
+def _ms(value: None) -> None: ...
+
+
+@overload
+def _ms(value: dt.datetime | int) -> int: ...
+
+
+def _ms(value: dt.datetime | int | None) -> int | None:
     if value is None:
         return None
     if isinstance(value, dt.datetime):
@@ -49,19 +63,20 @@ def _ms(value) -> int | None:
     return int(value)
 
 
-def _attrs(raw) -> dict | None:
+def _attrs(raw: Any) -> dict[str, Any] | None:
     if raw in (None, ""):
         return None
     if isinstance(raw, dict):
         return raw
     try:
-        return json.loads(raw)
+        parsed: dict[str, Any] = json.loads(raw)  # the job writes attrs as a JSON object
+        return parsed
     except ValueError:
         return {"_raw": raw}
 
 
 class TelemetryStore:
-    def __init__(self, session, lake_dir: Path, *, raw_ttl_days: int, rollup_ttl_days: int):
+    def __init__(self, session: Session, lake_dir: Path, *, raw_ttl_days: int, rollup_ttl_days: int) -> None:
         self.session = session
         self.lake = Path(lake_dir) / "telemetry"
         self.raw_ttl_days = raw_ttl_days
@@ -72,7 +87,7 @@ class TelemetryStore:
         self._rollup = session.prepare(
             "SELECT bucket_start, min, max, sum, count FROM telemetry_rollup_1m WHERE device_id = ? AND day = ? "
             "AND metric = ? AND bucket_start >= ? AND bucket_start < ?")
-        self._grouped: dict[int, object] = {}
+        self._grouped: dict[int, PreparedStatement] = {}
         self._gaps = session.prepare(
             "SELECT first_seq, last_seq, missing, after_ts, before_ts, status FROM telemetry_gaps "
             "WHERE device_id = ? LIMIT ?")
@@ -102,13 +117,14 @@ class TelemetryStore:
         page, more = out[:limit], len(out) > limit
         return page, (Cursor(page[-1].ts_ms, page[-1].seq) if more and page else None)
 
-    def _hot_points(self, device_id, day, start_ms, upper, limit) -> list[Point]:
+    def _hot_points(self, device_id: str, day: dt.date, start_ms: int, upper: tuple[int, int],
+                    limit: int) -> list[Point]:
         lower_ts = dt.datetime.fromtimestamp(start_ms / 1000, dt.UTC)
         upper_ts = dt.datetime.fromtimestamp(upper[0] / 1000, dt.UTC)
         rows = self.session.execute(self._raw, (device_id, day, lower_ts, MIN_SEQ, upper_ts, upper[1], limit))
         return [Point(_ms(r.ts), r.seq, _ms(r.ingest_ts), dict(r.metrics or {}), _attrs(r.attrs)) for r in rows]
 
-    def _lake_table(self, device_id: str, day: dt.date, columns: list[str]):
+    def _lake_table(self, device_id: str, day: dt.date, columns: list[str]) -> pa.Table | None:
         import pyarrow.dataset as ds
 
         from fleet.lake.dataset import telemetry_dataset
@@ -118,7 +134,8 @@ class TelemetryStore:
             return None
         return telemetry_dataset(part).to_table(columns=columns, filter=ds.field("device_id") == device_id)
 
-    def _cold_points(self, device_id, day, start_ms, upper, limit) -> list[Point]:
+    def _cold_points(self, device_id: str, day: dt.date, start_ms: int, upper: tuple[int, int],
+                     limit: int) -> list[Point]:
         table = self._lake_table(device_id, day, ["ts", "seq", "ingest_ts", "metrics", "attrs"])
         if table is None:
             return []
@@ -155,7 +172,7 @@ class TelemetryStore:
             out.extend(self._cold_minutes(device_id, metric, day, rng))
         return out
 
-    def _grouped_rollup(self, bucket_ms: int):
+    def _grouped_rollup(self, bucket_ms: int) -> PreparedStatement:
         """The rollup read for ``bucket_ms``: plain rows at 1 minute, else grouped by Cassandra
         into epoch-aligned buckets (floor() counts from 1970-01-01 UTC, as rebucket does)."""
         if bucket_ms <= MINUTE_MS or bucket_ms % MINUTE_MS or bucket_ms > DAY_MS:
@@ -170,13 +187,13 @@ class TelemetryStore:
                 f"GROUP BY metric, floor(bucket_start, {duration})")
         return statement
 
-    def _cold_minutes(self, device_id, metric, day, rng: TimeRange) -> Iterable[Bucket]:
+    def _cold_minutes(self, device_id: str, metric: str, day: dt.date, rng: TimeRange) -> Iterable[Bucket]:
         from fleet.telemetry.query import buckets_from_points
 
         table = self._lake_table(device_id, day, ["ts", "metrics"])
         if table is None:
             return []
-        points = []
+        points: list[tuple[int, float]] = []
         for row in table.to_pylist():
             ts = _ms(row["ts"])
             value = dict(row["metrics"] or {}).get(metric)
@@ -185,12 +202,12 @@ class TelemetryStore:
         return buckets_from_points(points, MINUTE_MS)
 
     # -- delivery report -----------------------------------------------------------------------
-    def gaps(self, device_id: str, limit: int) -> list[dict]:
+    def gaps(self, device_id: str, limit: int) -> list[dict[str, Any]]:
         return [{"first_seq": r.first_seq, "last_seq": r.last_seq, "missing": r.missing,
                  "after_ts": _ms(r.after_ts), "before_ts": _ms(r.before_ts), "status": r.status}
                 for r in self.session.execute(self._gaps, (device_id, limit))]
 
-    def stats(self, device_id: str) -> dict | None:
+    def stats(self, device_id: str) -> dict[str, Any] | None:
         row = self.session.execute(self._stats, (device_id,)).one()
         if row is None:
             return None
