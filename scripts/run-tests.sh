@@ -9,6 +9,8 @@ export PYTHONUNBUFFERED=1
 .venv/bin/lint-imports
 # Lint (pyproject.toml [tool.ruff]): pyflakes, pycodestyle, import order, bugbear, pyupgrade.
 .venv/bin/ruff check .
+# Types (pyproject.toml [tool.mypy]): the production tree, --strict on the core's packages.
+.venv/bin/mypy
 status=0
 .venv/bin/python -m pytest -p no:cacheprovider "$@" || status=$?
 if [ $status -ne 0 ] && [ "${CI:-}" = "true" ]; then
