@@ -27,7 +27,7 @@ from typing import Any
 import yaml
 
 from devtools.stack import jars
-from devtools.stack.process import ManagedProcess, StackError, ensure_port_free, port_open, run_checked, wait_until
+from devtools.stack.process import ManagedProcess, StackError, ensure_port_free, run_checked, wait_until
 from fleet.config import Settings
 from fleet.infra import flink_jobs as deploy
 from fleet.infra.flink_jobs import PROJECT_PACKAGES, flatten, python_path
@@ -300,10 +300,6 @@ def taskmanager_ids(settings: Settings) -> list[str]:
         return []
 
 
-def cluster_up(settings: Settings) -> bool:
-    return port_open("127.0.0.1", settings.flink_rest_port)
-
-
 def submit_job(settings: Settings, job_py: Path | str, args: Sequence[str] = (), detached: bool = True,
                savepoint: str | None = None, allow_non_restored: bool = False,
                parallelism: int | None = None, timeout: float = 300) -> str:
@@ -435,31 +431,12 @@ def cancel_job(settings: Settings, job_id: str, wait: bool = True) -> None:
         wait_for_job_state(settings, job_id, ["CANCELED", "FINISHED", "FAILED"], timeout=60)
 
 
-def _await_savepoint(settings: Settings, job_id: str, trigger_id: str, what: str, timeout: float) -> str:
-    """Poll a savepoint operation until it completes; its path, or a StackError with the cause."""
-    with _stack_errors():
-        return deploy.await_savepoint(local_cluster(settings), job_id, trigger_id, what, timeout)
-
-
 def stop_with_savepoint(settings: Settings, job_id: str, target_dir: Path | None = None,
                         drain: bool = False, timeout: float = 300) -> str:
     """Stop the job with a savepoint (Kafka offsets, state, committed lake files); returns its path."""
     target = target_dir or FlinkLayout(settings).savepoint_dir
     with _stack_errors():
         return deploy.stop_with_savepoint(local_cluster(settings), job_id, target.as_uri(), drain, timeout)
-
-
-def trigger_savepoint(settings: Settings, job_id: str, timeout: float = 300) -> str:
-    """A savepoint without stopping the job; returns its path."""
-    target = FlinkLayout(settings).savepoint_dir
-    trigger_id = rest(settings, "POST", f"/jobs/{job_id}/savepoints",
-                      {"target-directory": target.as_uri(), "cancel-job": False})["request-id"]
-    return _await_savepoint(settings, job_id, trigger_id, "savepoint", timeout)
-
-
-def latest_checkpoint(settings: Settings, job_id: str) -> dict[str, Any] | None:
-    latest = rest(settings, "GET", f"/jobs/{job_id}/checkpoints").get("latest", {})
-    return latest.get("completed")
 
 
 def wait_for_restore(settings: Settings, job_id: str, after_ms: int, timeout: float = 180) -> dict[str, Any]:

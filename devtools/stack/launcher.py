@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
-from devtools.stack.process import StackError, tail, wait_until
+from devtools.stack.process import StackError, wait_until
 from fleet.config import Settings
 
 # name -> "module:Class"; imported lazily so `fleet stack status` works on a partial install.
@@ -221,10 +221,3 @@ def print_endpoints(components, out: TextIO | None = None) -> None:
             out.write(f"  {c.name:<10} {label:<18} {where}\n")
         for log in c.log_files():
             out.write(f"  {c.name:<10} {'log':<18} {log}\n")
-
-
-def print_log_tails(settings: Settings, names: list[str], lines: int = 20, out: TextIO | None = None) -> None:
-    out = out or sys.stderr
-    for path in log_files(settings, None):
-        if any(path.name.startswith(n) for n in names):
-            out.write(f"--- {path} ---\n{tail(path, lines)}\n")
