@@ -1,0 +1,1 @@
+"""Device shadows (desired/reported state sync): the shadow job's domain rules."""
