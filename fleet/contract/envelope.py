@@ -18,7 +18,7 @@ from typing import Any
 from fleet.contract.topics import Kafka, ParsedTopic, TopicError, Uplink, is_valid_device_id, parse_uplink_topic
 from fleet.contract.validation import UplinkValidators, default_validators, explain
 
-_loads: Callable[[bytes | str], Any]
+_loads: Callable[[bytes | bytearray | str], Any]
 _dumps: Callable[[Any], bytes]
 try:  # orjson parses and serialises small objects several times faster than json.
     import orjson
@@ -105,7 +105,7 @@ def _device_id_of(topic: str) -> str | None:
 
 
 def dead_letter(
-    topic: str, raw: bytes, now_ms: int, reason: str, detail: str, *,
+    topic: str, raw: bytes | bytearray, now_ms: int, reason: str, detail: str, *,
     source: str = SOURCE, raw_limit: int = DEAD_LETTER_RAW_LIMIT,
 ) -> DeadLetter:
     device_id = _device_id_of(topic)
@@ -142,7 +142,7 @@ def nesting_exceeds(value: Any, limit: int) -> bool:
 
 
 def handle_uplink(
-    topic: str, raw: bytes, now_ms: int, max_bytes: int,
+    topic: str, raw: bytes | bytearray, now_ms: int, max_bytes: int,
     validators: UplinkValidators | None = None, is_active: Callable[[str], bool] | None = None,
 ) -> Routed | DeadLetter:
     """Decide what one device message becomes.
