@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import urllib.request
 from pathlib import Path
 
-from devtools.stack.process import ManagedProcess, ensure_port_free, port_open
+from devtools.stack.component import ProcessComponent
+from devtools.stack.process import port_open
 from fleet.config import Settings
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
@@ -30,66 +30,41 @@ def settings_env(settings: Settings) -> dict[str, str]:
     return env
 
 
-class BridgeComponent:
+class BridgeComponent(ProcessComponent):
     """One MQTT->Kafka bridge process (more can join the same shared subscription)."""
 
     name = "bridge"
     start_timeout = 30.0
 
     def __init__(self, settings: Settings, instance: int = 0):
-        self.settings = settings.replace(bridge_metrics_port=settings.bridge_metrics_port + instance) \
-            if instance else settings
-        suffix = f"-{instance}" if instance else ""
-        self.name = f"bridge{suffix}"
-        self.process = ManagedProcess(
-            name=self.name, argv=[sys.executable, "-m", "bridge", "--instance", str(instance)],
-            log_file=settings.log_dir / f"{self.name}.log", pid_file=settings.run_dir / f"{self.name}.pid",
-            env=settings_env(self.settings), cwd=PROJECT_ROOT,
-        )
+        if instance:
+            settings = settings.replace(bridge_metrics_port=settings.bridge_metrics_port + instance)
+            self.name = f"bridge-{instance}"
+        super().__init__(settings, [sys.executable, "-m", "bridge", "--instance", str(instance)],
+                         env=settings_env(settings), cwd=PROJECT_ROOT)
 
-    def prepare(self) -> None:
-        pass
-
-    def start(self) -> None:
-        if not self.process.is_running():
-            ensure_port_free("127.0.0.1", self.settings.bridge_metrics_port, self.name)
-            self.process.start()
+    def ports(self) -> list[tuple[str, int, str]]:
+        return [("127.0.0.1", self.settings.bridge_metrics_port, self.name)]
 
     def healthy(self) -> bool:
         return _http_ok(f"http://127.0.0.1:{self.settings.bridge_metrics_port}/health")
-
-    def post_start(self) -> None:
-        pass
-
-    def stop(self) -> None:
-        self.process.stop(timeout=30)
-
-    def is_running(self) -> bool:
-        return self.process.is_running()
 
     def endpoints(self) -> dict[str, str]:
         port = self.settings.bridge_metrics_port
         return {"health": f"http://127.0.0.1:{port}/health", "metrics": f"http://127.0.0.1:{port}/metrics"}
 
-    def log_files(self) -> list[Path]:
-        return [self.process.log_file]
 
-
-class ApiComponent:
+class ApiComponent(ProcessComponent):
     """The API under uvicorn; with ``api_tls`` it serves HTTPS with a platform-CA certificate."""
 
     name = "api"
     start_timeout = 30.0
+    stop_timeout = 15.0
 
     def __init__(self, settings: Settings):
-        self.settings = settings
-        self.process = ManagedProcess(
-            name=self.name,
-            argv=[sys.executable, "-m", "uvicorn", "api.main:create_app", "--factory",
-                  "--host", settings.api_host, "--port", str(settings.api_port), "--no-access-log"],
-            log_file=settings.log_dir / "api.log", pid_file=settings.run_dir / "api.pid",
-            env=settings_env(settings), cwd=PROJECT_ROOT,
-        )
+        super().__init__(settings, [sys.executable, "-m", "uvicorn", "api.main:create_app", "--factory",
+                                    "--host", settings.api_host, "--port", str(settings.api_port), "--no-access-log"],
+                         env=settings_env(settings), cwd=PROJECT_ROOT)
 
     @property
     def base_url(self) -> str:
@@ -104,12 +79,10 @@ class ApiComponent:
             pki.ensure()
             cert, key = pki.server_identity("fleet-api-server", hostnames=("localhost",),
                                             ips=tuple({"127.0.0.1", self.settings.api_host} - {"0.0.0.0"}))
-            self.process.argv += ["--ssl-certfile", str(cert), "--ssl-keyfile", str(key)]
+            self.process.argv = [*self.process.argv, "--ssl-certfile", str(cert), "--ssl-keyfile", str(key)]
 
-    def start(self) -> None:
-        if not self.process.is_running():
-            ensure_port_free(self.settings.api_host, self.settings.api_port, "the API")
-            self.process.start()
+    def ports(self) -> list[tuple[str, int, str]]:
+        return [(self.settings.api_host, self.settings.api_port, "the API")]
 
     def _tls_context(self):
         if not self.settings.api_tls:
@@ -122,22 +95,6 @@ class ApiComponent:
         return port_open(self.settings.api_host, self.settings.api_port) and \
             _http_ok(f"{self.base_url}/health", context=self._tls_context())
 
-    def post_start(self) -> None:
-        pass
-
-    def stop(self) -> None:
-        self.process.stop(timeout=15)
-
-    def is_running(self) -> bool:
-        return self.process.is_running()
-
     def endpoints(self) -> dict[str, str]:
         base = self.base_url
         return {"api": base, "openapi": f"{base}/docs", "metrics": f"{base}/metrics"}
-
-    def log_files(self) -> list[Path]:
-        return [self.process.log_file]
-
-
-def describe(obj) -> str:
-    return json.dumps(obj, indent=2, default=str)

@@ -13,13 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from devtools.stack import jars
-from devtools.stack.process import (
-    ManagedProcess,
-    StackError,
-    ensure_port_free,
-    port_open,
-    require_java,
-)
+from devtools.stack.component import JarComponent
+from devtools.stack.process import StackError, port_open, require_java
 from fleet.config import Settings
 from fleet.infra.cassandra import open_session
 
@@ -161,31 +156,20 @@ def _without_memlock_privilege(argv: list[str]) -> list[str]:
     return argv
 
 
-class CassandraComponent:
+class CassandraComponent(JarComponent):
     name = "cassandra"
     start_timeout = 180.0
+    # SIGTERM runs Cassandra's drain-on-shutdown hook (flush memtables, close the commitlog),
+    # so the next start replays nothing.
+    stop_timeout = 90.0
 
     def __init__(self, settings: Settings, jmx_port: int | None = None):
         """``jmx_port``: local-only JMX (for nodetool) on this port; None (default) runs without
         JMX so the node never clashes with another JVM's 7199."""
-        self.settings = settings
+        super().__init__(settings)
         self.jmx_port = jmx_port
-        self.home = settings.data_dir / "cassandra"
         self.config_file = self.home / "cassandra.yaml"
         self.logback_file = self.home / "logback.xml"
-        self.log_file = settings.log_dir / "cassandra.log"
-        self._jar_dir: Path | None = None
-        # The launcher's wait_until watches this to fail fast if the JVM dies during start-up.
-        self.process = ManagedProcess(
-            name=self.name, argv=[], log_file=self.log_file,
-            pid_file=settings.run_dir / "cassandra.pid", cwd=self.home,
-        )
-
-    @property
-    def jar_dir(self) -> Path:
-        if self._jar_dir is None:
-            self._jar_dir = jars.resolve("cassandra", self.settings.jar_dir)
-        return self._jar_dir
 
     def java_argv(self, java: str) -> list[str]:
         heap = self.settings.cassandra_heap
@@ -236,14 +220,16 @@ class CassandraComponent:
             return
         if not self.config_file.exists():
             raise StackError("cassandra: not prepared (no cassandra.yaml); call prepare() first")
-        java = require_java(JAVA_MAJOR)
+        self.process.argv = self.java_argv(require_java(JAVA_MAJOR))
+        super().start()
+
+    def ports(self) -> list[tuple[str, int, str]]:
         host = self.settings.cassandra_contact_points[0]
-        ensure_port_free(host, self.settings.cassandra_port, "Cassandra (CQL native port)")
-        ensure_port_free(host, self.settings.cassandra_storage_port, "Cassandra (storage port)")
+        ports = [(host, self.settings.cassandra_port, "Cassandra (CQL native port)"),
+                 (host, self.settings.cassandra_storage_port, "Cassandra (storage port)")]
         if self.jmx_port is not None:
-            ensure_port_free("127.0.0.1", self.jmx_port, "Cassandra (JMX)")
-        self.process.argv = self.java_argv(java)
-        self.process.start()
+            ports.append(("127.0.0.1", self.jmx_port, "Cassandra (JMX)"))
+        return ports
 
     def healthy(self) -> bool:
         host = self.settings.cassandra_contact_points[0]
@@ -265,16 +251,5 @@ class CassandraComponent:
 
         apply_migrations(self.settings)
 
-    def stop(self) -> None:
-        # SIGTERM runs Cassandra's drain-on-shutdown hook (flush memtables, close the commitlog),
-        # so the next start replays nothing.
-        self.process.stop(timeout=90.0)
-
-    def is_running(self) -> bool:
-        return self.process.is_running()
-
     def endpoints(self) -> dict[str, str]:
         return {"cql": f"{self.settings.cassandra_contact_points[0]}:{self.settings.cassandra_port}"}
-
-    def log_files(self) -> list[Path]:
-        return [self.log_file]

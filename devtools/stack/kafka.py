@@ -11,14 +11,8 @@ import uuid
 from pathlib import Path
 
 from devtools.stack import jars
-from devtools.stack.process import (
-    ManagedProcess,
-    StackError,
-    ensure_port_free,
-    port_open,
-    require_java,
-    run_checked,
-)
+from devtools.stack.component import JarComponent
+from devtools.stack.process import StackError, port_open, require_java, run_checked
 from fleet.config import Settings
 from fleet.contract.topics import Kafka
 from fleet.infra.kafka import admin_client, create_topics
@@ -26,8 +20,6 @@ from fleet.infra.kafka import admin_client, create_topics
 NODE_ID = 1
 # 4.x dropped Java 11 for the broker.
 JAVA_MAJOR = 17
-
-# Error codes in CreateTopics responses that mean "nothing to do".
 
 
 def bootstrap_host_port(settings: Settings) -> tuple[str, int]:
@@ -123,31 +115,18 @@ def new_cluster_id() -> str:
             return cid
 
 
-class KafkaComponent:
+class KafkaComponent(JarComponent):
     name = "kafka"
     start_timeout = 90.0
+    # A KRaft node flushes and closes its logs on SIGTERM; give it time so the next start
+    # skips log recovery.
+    stop_timeout = 60.0
 
     def __init__(self, settings: Settings):
-        self.settings = settings
-        self.home = settings.data_dir / "kafka"
+        super().__init__(settings)
         self.config_file = self.home / "server.properties"
         self.log4j_file = self.home / "log4j2.properties"
         self.log_dirs = self.home / "data"
-        self.log_file = settings.log_dir / "kafka.log"
-        self._jar_dir: Path | None = None
-        # The launcher's wait_until watches this to fail fast if the JVM dies during start-up.
-        self.process = ManagedProcess(
-            name=self.name, argv=[], log_file=self.log_file,
-            pid_file=settings.run_dir / "kafka.pid", cwd=self.home,
-        )
-
-    # --- paths and process -------------------------------------------------------------
-
-    @property
-    def jar_dir(self) -> Path:
-        if self._jar_dir is None:
-            self._jar_dir = jars.resolve("kafka", self.settings.jar_dir)
-        return self._jar_dir
 
     def _java_argv(self, java: str, main: str, *args: str) -> list[str]:
         heap = self.settings.kafka_heap
@@ -190,11 +169,13 @@ class KafkaComponent:
         if not self.config_file.exists() or not self.is_formatted():
             raise StackError("kafka: not prepared (no server.properties or unformatted storage); call prepare() first")
         java = require_java(JAVA_MAJOR)
-        host, port = bootstrap_host_port(self.settings)
-        ensure_port_free(host, port, "Kafka (broker listener)")
-        ensure_port_free(host, self.settings.kafka_controller_port, "Kafka (controller listener)")
         self.process.argv = self._java_argv(java, "kafka.Kafka", str(self.config_file))
-        self.process.start()
+        super().start()
+
+    def ports(self) -> list[tuple[str, int, str]]:
+        host, port = bootstrap_host_port(self.settings)
+        return [(host, port, "Kafka (broker listener)"),
+                (host, self.settings.kafka_controller_port, "Kafka (controller listener)")]
 
     def healthy(self) -> bool:
         host, port = bootstrap_host_port(self.settings)
@@ -219,16 +200,5 @@ class KafkaComponent:
     def post_start(self) -> None:
         create_topics(self.settings, Kafka.ALL)
 
-    def stop(self) -> None:
-        # A KRaft node flushes and closes its logs on SIGTERM; give it time so the next start
-        # skips log recovery.
-        self.process.stop(timeout=60.0)
-
-    def is_running(self) -> bool:
-        return self.process.is_running()
-
     def endpoints(self) -> dict[str, str]:
         return {"bootstrap": self.settings.kafka_bootstrap}
-
-    def log_files(self) -> list[Path]:
-        return [self.log_file]

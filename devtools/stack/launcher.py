@@ -11,7 +11,7 @@ import importlib
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
 
@@ -62,10 +62,9 @@ class Progress:
 
     # Resolved when a Progress is made, not when this module is imported: sys.stderr may be
     # swapped in between (pytest's capture, a redirected CLI), and an old one may be closed.
-    out: TextIO | None = None
+    out: TextIO = field(default_factory=lambda: sys.stderr)
 
-    def __post_init__(self):
-        self.out = self.out or sys.stderr
+    def __post_init__(self) -> None:
         self.tty = self.out.isatty()
         self._last_print = 0.0
 
