@@ -19,16 +19,15 @@ from __future__ import annotations
 import logging
 import os
 import signal
-import socket
-import ssl
 import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from fleet.config import Settings
-from fleet.identity.pki import LocalPKI
+from fleet.identity.ca import CertificateAuthority, pki_from_settings
 from fleet.logs import log_fields
+from fleet.mqtt.client import connect_once
 
 log = logging.getLogger(__name__)
 
@@ -37,38 +36,13 @@ class BrokerError(RuntimeError):
     """The broker could not be reloaded or reached."""
 
 
-def _remaining_length(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte, n = n % 128, n // 128
-        out.append(byte | (0x80 if n else 0))
-        if not n:
-            return bytes(out)
-
-
-def connect_packet(client_id: str, keepalive: int = 10) -> bytes:
-    """An MQTT 3.1.1 CONNECT with a clean session (a takeover also discards the old session)."""
-    cid = client_id.encode()
-    body = b"\x00\x04MQTT\x04\x02" + keepalive.to_bytes(2, "big") + len(cid).to_bytes(2, "big") + cid
-    return b"\x10" + _remaining_length(len(body)) + body
-
-
 def mqtt_connects(host: str, port: int, ca_file: Path, cert: Path, key: Path, client_id: str,
                   timeout: float = 2.0) -> bool:
-    """True when TLS and MQTT CONNECT succeed with this certificate (then disconnects cleanly)."""
-    ctx = ssl.create_default_context(cafile=str(ca_file))
-    ctx.load_cert_chain(str(cert), str(key))
-    try:
-        with socket.create_connection((host, port), timeout=timeout) as raw, \
-                ctx.wrap_socket(raw, server_hostname=host) as tls:
-            tls.sendall(connect_packet(client_id))
-            connack = tls.recv(4)
-            ok = len(connack) == 4 and connack[0] == 0x20 and connack[3] == 0
-            if ok:
-                tls.sendall(b"\xe0\x00")  # DISCONNECT: no will message for the taken-over id
-            return ok
-    except (OSError, ssl.SSLError):
-        return False
+    """True when TLS and MQTT CONNECT succeed with this certificate (then disconnects cleanly).
+
+    A clean session: with a live client's id this takes over its session and ends it.
+    """
+    return connect_once(host, port, ca_file, cert, key, client_id, timeout=timeout)
 
 
 @dataclass
@@ -84,9 +58,9 @@ class CutoffReport:
 
 
 class BrokerControl:
-    def __init__(self, settings: Settings, pki: LocalPKI | None = None):
+    def __init__(self, settings: Settings, pki: CertificateAuthority | None = None):
         self.settings = settings
-        self.pki = pki or LocalPKI(settings.pki_dir)
+        self.pki = pki or pki_from_settings(settings)
         self.service_name = settings.api_service_identity
 
     def _listener(self, ca: str) -> int:

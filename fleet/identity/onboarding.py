@@ -1,6 +1,6 @@
 """Device identity operations: register, issue, rotate, disable/revoke with cut-off, claim.
 
-The one place where the registry (Cassandra), the CA (fleet.identity.pki) and the broker (fleet.identity.cutoff)
+The one place where the registry (Cassandra), the CA (fleet.identity.ca) and the broker (fleet.identity.cutoff)
 change together, used by the API routes and the MQTT provisioning service alike. Order of each
 operation: the registry first (source of truth), then the CA's CRL, then the broker. A failure
 after the registry write is reported (``CutoffReport.error``) and repaired by ``fleet admin
@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 from fleet.config import Settings
 from fleet.contract.topics import is_valid_device_id
+from fleet.identity.ca import CertificateAuthority, pki_from_settings
 from fleet.identity.certstore import CertificateStore, CertRecord, CertStatus
 from fleet.identity.cutoff import BrokerControl, CutoffReport
 from fleet.identity.devices import (
@@ -30,7 +31,7 @@ from fleet.identity.devices import (
     new_device_id,
     status_change,
 )
-from fleet.identity.pki import CSRError, LocalPKI, csr_common_name, load_csr
+from fleet.identity.pki import CSRError, csr_common_name, load_csr
 from fleet.identity.provisioning import (
     Claim,
     ClaimStore,
@@ -64,10 +65,10 @@ class Issued:
 
 
 class Onboarding:
-    def __init__(self, settings: Settings, session, pki: LocalPKI | None = None, broker: BrokerControl | None = None,
-                 webhook: Webhook = http_webhook):
+    def __init__(self, settings: Settings, session, pki: CertificateAuthority | None = None,
+                 broker: BrokerControl | None = None, webhook: Webhook = http_webhook):
         self.settings = settings
-        self.pki = pki or LocalPKI(settings.pki_dir, validity_days=settings.cert_validity_days)
+        self.pki = pki or pki_from_settings(settings)
         self.broker = broker or BrokerControl(settings, self.pki)
         self.devices = DeviceRegistry(session)
         self.certs = CertificateStore(session)

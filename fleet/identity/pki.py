@@ -148,11 +148,6 @@ def csr_common_name(csr: x509.CertificateSigningRequest) -> str | None:
     return str(names[0].value) if names else None
 
 
-def cert_common_name(cert: x509.Certificate) -> str | None:
-    names = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
-    return str(names[0].value) if names else None
-
-
 def check_csr(csr_pem: bytes | str, common_name: str) -> x509.CertificateSigningRequest:
     """The CSR, if it is well-formed, names ``common_name`` and carries a strong enough key."""
     csr = load_csr(csr_pem)
@@ -166,7 +161,7 @@ def check_csr(csr_pem: bytes | str, common_name: str) -> x509.CertificateSigning
 
 
 class LocalPKI:
-    """File-backed CAs for the local stack and small installations.
+    """File-backed CAs for the local stack and small installations (a fleet.identity.ca.CertificateAuthority).
 
     Safe for concurrent use by threads (one lock) and processes (a lock file around every
     read-modify-write of CA state), e.g. the API and a CLI command revoking at the same time.
@@ -313,9 +308,6 @@ class LocalPKI:
         key = serialization.load_pem_private_key(files.key_path.read_bytes(), None)
         cert = x509.load_pem_x509_certificate(files.cert_path.read_bytes())
         return key, cert
-
-    def _issuing(self):
-        return self._ca_material("issuing")
 
     def _issue(self, public_key, common_name: str, *, server: bool = False, sans=None,
                days: int | None = None, ca: str = "issuing", hours: float | None = None) -> x509.Certificate:

@@ -7,18 +7,16 @@ the requests:
     provisioning/<claim id>/<client id>/request  ->  provisioning/<claim id>/<client id>/response
     devices/<id>/certificate/request             ->  devices/<id>/certificate/response
 
-Requests are handled on a small thread pool (a webhook may take seconds), never on paho's thread.
+The client runs on its own MqttLoop thread; requests are handled on a small thread pool (a webhook
+may take seconds), never on the loop thread, and answers go back to it with ``call_soon``.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import ssl
 import threading
 from concurrent.futures import ThreadPoolExecutor
-
-import paho.mqtt.client as mqtt
 
 from fleet.config import Settings
 from fleet.identity.devices import RegistryError
@@ -33,6 +31,8 @@ from fleet.identity.provisioning import (
     provisioning_topic,
 )
 from fleet.logs import log_fields
+from fleet.mqtt.client import Reconnector, tls_client
+from fleet.mqtt.loop import MqttLoop
 
 log = logging.getLogger(__name__)
 
@@ -50,34 +50,55 @@ class ProvisioningService:
         group = settings.provisioning_share_group
         self.filters = [f"$share/{group}/provisioning/+/+/request", f"$share/{group}/devices/+/certificate/request"]
         cert, key = onboarding.pki.service_identity(settings.api_service_identity)
-        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5,
-                                  client_id=f"{settings.api_service_identity}-provisioning-{id(self):x}")
-        self.client.tls_set(ca_certs=str(onboarding.pki.ca_chain_path), certfile=str(cert), keyfile=str(key),
-                            cert_reqs=ssl.CERT_REQUIRED)
+        self.loop = MqttLoop(name="provisioning-mqtt")
+        self.client = tls_client(f"{settings.api_service_identity}-provisioning-{id(self):x}",
+                                 onboarding.pki.ca_chain_path, cert, key)
         self.client.on_connect = self._on_connect
+        self.client.on_disconnect = self._on_disconnect
         self.client.on_subscribe = lambda *a: self._subscribed.set()
         self.client.on_message = self._on_message
-        self.client.reconnect_delay_set(0.5, 30)
+        self.loop.attach(self.client)
+        self._connection = Reconnector(self.loop, self.client, settings.mqtt_host, settings.mqtt_service_port,
+                                       keepalive=30, min_delay=0.5, max_delay=30)
+        self._disconnected = threading.Event()
+        self._started = False
 
     def start(self) -> ProvisioningService:
-        self.client.connect_async(self.settings.mqtt_host, self.settings.mqtt_service_port, keepalive=30)
-        self.client.loop_start()
+        self._started = True
+        self.loop.start()
+        self._connection.start()
         return self
 
     def wait_ready(self, timeout: float = 10.0) -> bool:
         return self._subscribed.wait(timeout)
 
     def stop(self) -> None:
-        self.client.disconnect()
-        self.client.loop_stop()
+        self._connection.stop()
+        if self._started:
+            self._disconnected.clear()
+            self.loop.call_soon(self._disconnect)
+            self._disconnected.wait(5)  # so the DISCONNECT is written before the loop ends
+            self.loop.stop()
         self._pool.shutdown(wait=True, cancel_futures=True)
+        self.loop.close()
+
+    def _disconnect(self) -> None:
+        if self.client.socket() is None:
+            self._disconnected.set()
+        else:
+            self.client.disconnect()
 
     def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
         if reason_code.is_failure:
             log.error("broker refused the provisioning service", extra=log_fields(reason=str(reason_code)))
-            return
+            return  # paho then reports a disconnect, which schedules the retry
+        self._connection.connected()
         client.subscribe([(f, 1) for f in self.filters])
         log.info("provisioning service subscribed", extra=log_fields(filters=self.filters))
+
+    def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
+        self._disconnected.set()
+        self._connection.lost()
 
     def _on_message(self, client, userdata, msg) -> None:
         self._pool.submit(self.handle, msg.topic, bytes(msg.payload))
@@ -94,7 +115,7 @@ class ProvisioningService:
             answer = self._retry_later(topic)
         if answer is not None:
             response_topic, body = answer
-            self.client.publish(response_topic, json.dumps(body), qos=1)
+            self.loop.call_soon(self.client.publish, response_topic, json.dumps(body), 1)  # paho on its thread
         return answer
 
     @staticmethod

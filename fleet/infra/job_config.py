@@ -31,10 +31,10 @@ def configured_lake_path(environ: Mapping[str, str]) -> str | None:
     TOML file named by FLEET_CONFIG_FILE (the environment wins, as in Settings), else None."""
     given: dict[str, str] = {}
     if environ.get("FLEET_CONFIG_FILE"):
-        import tomllib
+        from fleet.config import read_config_file  # flat names, whether the file uses [lake] or not
 
-        with open(environ["FLEET_CONFIG_FILE"], "rb") as fh:
-            given = {k: str(v) for k, v in tomllib.load(fh).items() if k in ("lake_dir", "var_dir") and v}
+        given = {k: str(v) for k, v in read_config_file(environ["FLEET_CONFIG_FILE"]).items()
+                 if k in ("lake_dir", "var_dir") and v}
     lake = environ.get("FLEET_LAKE_DIR") or given.get("lake_dir")
     if lake:
         return lake

@@ -73,10 +73,6 @@ class MqttLoop:
         client.on_socket_unregister_write = self._on_unregister_write
         self._clients[client] = None
 
-    def detach(self, client: mqtt.Client) -> None:
-        self._drop_socket(client)
-        self._clients.pop(client, None)
-
     def _on_socket_open(self, client: mqtt.Client, userdata: Any, sock: socket.socket) -> None:
         self._drop_socket(client)
         self._clients[client] = sock
@@ -147,7 +143,16 @@ class MqttLoop:
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(timeout)
 
+    def close(self) -> None:
+        """Release the selector and the wake-up sockets once the loop has stopped (a no-op before)."""
+        if self._running or (self._thread is not None and self._thread.is_alive()):
+            return
+        self._selector.close()
+        self._wake_r.close()
+        self._wake_w.close()
+
     def run(self) -> None:
+        """Drive the clients until ``stop()``: on the thread ``start()`` makes, or on the caller's."""
         self._running = True
         self._thread_id = threading.get_ident()
         next_misc = time.monotonic() + self.misc_interval

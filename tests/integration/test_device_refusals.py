@@ -19,9 +19,9 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509.oid import NameOID
 
 from device.refusal import refusal_reason
-from fleet.identity.cutoff import connect_packet
 from fleet.identity.pki import LocalPKI
 from tests.support.identity import csr_pem, new_key, write_identity
+from tests.support.mqtt_packets import connect_packet
 
 pytestmark = pytest.mark.integration
 

@@ -1,6 +1,6 @@
 import pytest
 
-from fleet.identity.cutoff import _remaining_length, connect_packet
+from tests.support.mqtt_packets import _remaining_length, connect_packet
 
 
 @pytest.mark.parametrize("n, encoded", [
