@@ -464,7 +464,7 @@ def apply_update(doc: ShadowDocument, update: ShadowUpdate, rules: ShadowRules =
         if section not in SECTIONS:
             return Rejection(INVALID_REQUEST, f"state.{section} is not a section (desired, reported)", token)
         if section != allowed:
-            return Rejection(FORBIDDEN_SECTION, f"a {update.source.kind} may write only state.{allowed}", token)
+            return Rejection(FORBIDDEN_SECTION, f"updates from a {update.source.kind} may write only state.{allowed}", token)
     if update.version is not None and update.version != doc.version:
         return Rejection(VERSION_CONFLICT, f"version {update.version} is not the current version {doc.version}",
                          token, doc.version)

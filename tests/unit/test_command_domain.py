@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from fleet.commands import domain as dom
 from fleet.commands.domain import State as S
+from tests.vectors import command_replay
 
 T0 = 1_767_225_600_000
 RULES = dom.CommandRules()
@@ -322,3 +325,20 @@ def test_lifecycle_properties(events):
         state, rounds = step.state, rounds + 1
     assert rounds <= len(state.commands)
     assert all(c.state.final for c in state.commands.values())
+
+
+# --- the shared vectors (tests/vectors/commands), for a second core to replay too --------------
+
+COMMAND_VECTORS = command_replay.vector_files()
+
+
+def test_the_command_vectors_are_there():
+    assert len(COMMAND_VECTORS) >= 5
+
+
+@pytest.mark.parametrize("path", COMMAND_VECTORS, ids=[p.stem for p in COMMAND_VECTORS])
+def test_command_vector(path):
+    vector = json.loads(path.read_text())
+    outputs = command_replay.run(vector)
+    for index, (step, output) in enumerate(zip(vector["steps"], outputs, strict=True)):
+        assert output == step["expect"], f"{vector['name']} step {index}: {step}"

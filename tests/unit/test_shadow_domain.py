@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from fleet.shadow import domain as dom
+from tests.vectors import shadow_replay
 
 T0 = 1_767_225_600_000
 DEV = dom.Source(dom.DEVICE, "d-1")
@@ -442,3 +445,20 @@ def test_diff_is_the_smallest_patch_that_replays(old_patch, new_patch):
     assert dom.json_equal(dom.merge(old, patch), new)
     assert dom.diff(new, new) == {}
     assert (patch == {}) == dom.json_equal(old, new)
+
+
+# --- the shared vectors (tests/vectors/shadow), for a second core to replay too ----------------
+
+SHADOW_VECTORS = shadow_replay.vector_files()
+
+
+def test_the_shadow_vectors_are_there():
+    assert len(SHADOW_VECTORS) >= 6
+
+
+@pytest.mark.parametrize("path", SHADOW_VECTORS, ids=[p.stem for p in SHADOW_VECTORS])
+def test_shadow_vector(path):
+    vector = json.loads(path.read_text())
+    outputs = shadow_replay.run(vector)
+    for index, (step, output) in enumerate(zip(vector["steps"], outputs, strict=True)):
+        assert output == step["expect"], f"{vector['name']} step {index}: {step}"
