@@ -104,8 +104,8 @@ def ensure_telemetry_job(settings: Settings) -> str:
     for job in flink.list_jobs(settings):
         if job["name"] == "telemetry" and job["state"] == "RUNNING":
             return job["id"]
-    print("no RUNNING 'telemetry' job: submitting jobs/telemetry_job.py ...", file=sys.stderr)
-    job_id = flink.submit_job(settings, PROJECT_ROOT / "jobs" / "telemetry_job.py")
+    print("no RUNNING 'telemetry' job: submitting jobs/telemetry/job.py ...", file=sys.stderr)
+    job_id = flink.submit_job(settings, PROJECT_ROOT / "jobs" / "telemetry" / "job.py")
     flink.wait_for_job_state(settings, job_id, ["RUNNING"], timeout=240, all_tasks_running=True)
     return job_id
 

@@ -1,6 +1,6 @@
 """The telemetry job's pipeline on a file of envelopes, for bench/telemetry_bench.py.
 
-Same build() as jobs/telemetry_job.py; the source is a Java FileSource (one JSON envelope per
+Same build() as jobs/telemetry/job.py (jobs.telemetry.pipeline); the source is a Java FileSource (one JSON envelope per
 line) so no Python produces records, and the sinks are chosen per run:
   discard      every output to a DiscardingSink (source + key + core only)
   lake         points -> TelemetryLakeSink (Parquet), the rest discarded
@@ -19,10 +19,12 @@ from pathlib import Path
 from pyflink.common import Configuration, WatermarkStrategy
 from pyflink.datastream import StreamExecutionEnvironment
 from pyflink.datastream.connectors.file_system import FileSource, StreamFormat
-from pyflink.java_gateway import get_gateway
 
 from fleet.config import Settings
-from jobs.telemetry_job import JobOptions, ProductionSinks, build, discard, envelopes
+from jobs.telemetry.options import JobOptions
+from jobs.telemetry.pipeline import build, envelopes
+from jobs.telemetry.pyflink_internals import discard, envelope_rows
+from jobs.telemetry.sinks import ProductionSinks
 
 
 class BenchSinks:
@@ -47,10 +49,8 @@ class BenchSinks:
     def _lake_sql(self, ds):
         from pyflink.table import StreamTableEnvironment
 
-        from jobs.telemetry_job import to_rows
-
         t_env = StreamTableEnvironment.create(self.env)
-        rows = to_rows(ds, get_gateway().jvm.fleet.flink.sinks.Rows.envelopeToPoint(), "envelope-to-row")
+        rows = envelope_rows(ds, "envelope-to-row")
         t_env.create_temporary_view("points", rows)
         base = (self.settings.lake_path / "telemetry-sql").resolve().as_uri()
         t_env.execute_sql(f"""

@@ -27,7 +27,8 @@ JOBS_DIR = PROJECT_ROOT / "jobs"
 
 
 def discover_jobs() -> list[Path]:
-    return sorted(JOBS_DIR.glob("*_job.py"))
+    """Each job's entry point, jobs/<name>/job.py."""
+    return sorted(JOBS_DIR.glob("*/job.py"))
 
 
 def submit_jobs(settings: Settings, out=None) -> None:
@@ -37,7 +38,7 @@ def submit_jobs(settings: Settings, out=None) -> None:
     running = {job["name"] for job in flink.list_jobs(settings) if job.get("state") in ("RUNNING", "CREATED",
                                                                                       "INITIALIZING")}
     for job_file in discover_jobs():
-        job_name = job_file.stem.replace("_job", "")
+        job_name = job_file.parent.name
         if any(job_name in name for name in running):
             out.write(f"  {'flink':<10} job {job_name} already running\n")
             continue

@@ -211,7 +211,7 @@ def build_parser() -> argparse.ArgumentParser:
     jobs = sub.add_parser("jobs", help="the Flink jobs on any cluster (see docs/deploy.md)") \
         .add_subparsers(dest="action", required=True)
     cluster_help = "Flink REST URL (default: the local stack's, http://127.0.0.1:FLEET_FLINK_REST_PORT)"
-    p = jobs.add_parser("submit", help="submit a job (jobs/<JOB>_job.py), then check it runs exactly-once")
+    p = jobs.add_parser("submit", help="submit a job (jobs/<JOB>/job.py), then check it runs exactly-once")
     p.add_argument("job", nargs="?", default="telemetry", metavar="JOB", help="job name (default: telemetry)")
     p.add_argument("--from-savepoint", metavar="PATH", help="resume from this savepoint (or retained checkpoint)")
     p.add_argument("--allow-non-restored-state", action="store_true",
@@ -222,7 +222,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the Python the cluster's TaskManagers run (default: this one, sys.executable)")
     p.add_argument("--job-args", type=shlex.split, default=[], metavar="'ARGS'",
                    help="the job's own options, quoted as one argument, e.g. --job-args '--lake-part-mb 64' "
-                        "(python jobs/telemetry_job.py --help lists them)")
+                        "(python -m jobs.telemetry.job --help lists them)")
     p.add_argument("--timeout", type=float, default=240.0, help="seconds to wait for RUNNING (default 240)")
     p.set_defaults(func=_jobs_submit)
     p = jobs.add_parser("stop", help="stop a job with a savepoint and print the savepoint's path")

@@ -61,7 +61,7 @@ def telemetry_job(stack: Settings):
     from devtools.stack import flink
 
     if not any(job["name"] == "telemetry" and job["state"] == "RUNNING" for job in flink.list_jobs(stack)):
-        job_py = Path(__file__).resolve().parents[1] / "jobs" / "telemetry_job.py"
+        job_py = Path(__file__).resolve().parents[1] / "jobs" / "telemetry" / "job.py"
         job_id = flink.submit_job(stack, job_py)
         flink.wait_for_job_state(stack, job_id, ["RUNNING"], timeout=240, all_tasks_running=True)
     yield TelemetryJob(stack)

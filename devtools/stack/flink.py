@@ -323,7 +323,7 @@ def submit_job(settings: Settings, job_py: Path | str, args: Sequence[str] = (),
                                detached=detached, job_args=args)
         env = deploy.client_env(settings.to_env(), layout.conf_dir, layout.lib_dir, layout.log_dir,
                                 base=layout.env())
-        job_id = deploy.submit(argv, env, f"submitting {job_py.name} to Flink", timeout=timeout)
+        job_id = deploy.submit(argv, env, f"submitting {job_py.parent.name}/{job_py.name} to Flink", timeout=timeout)
     code.record()
     return job_id
 

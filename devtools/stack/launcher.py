@@ -181,9 +181,10 @@ def status(settings: Settings) -> list[dict]:
 
 
 def expected_jobs() -> list[str]:
-    """The jobs the platform runs: one per jobs/<name>_job.py."""
-    jobs_dir = Path(__file__).resolve().parents[2] / "jobs"
-    return sorted(p.stem.removesuffix("_job") for p in jobs_dir.glob("*_job.py"))
+    """The jobs the platform runs: one package per job, jobs/<name>/job.py."""
+    from fleet.infra.flink_jobs import available_jobs
+
+    return available_jobs()
 
 
 def job_states(settings: Settings) -> dict[str, str]:

@@ -45,6 +45,8 @@ if TYPE_CHECKING:
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 JOBS_DIR = PROJECT_ROOT / "jobs"
+# Each job is a package jobs/<name>/ whose main() is in this module.
+JOB_ENTRY = "job.py"
 REPO_CONF = PROJECT_ROOT / "flink-conf" / "config.yaml"
 # Packages shipped with every job (--pyFiles), so a cluster without the project installed works.
 PROJECT_PACKAGES = ("fleet", "jobs")
@@ -90,12 +92,13 @@ class Cluster:
 # --- the job and its Python archive -------------------------------------------------------------
 
 def available_jobs() -> list[str]:
-    """The jobs the platform runs: one per jobs/<name>_job.py."""
-    return sorted(p.stem.removesuffix("_job") for p in JOBS_DIR.glob("*_job.py"))
+    """The jobs the platform runs: one package per job, jobs/<name>/ with its entry point job.py."""
+    return sorted(p.parent.name for p in JOBS_DIR.glob(f"*/{JOB_ENTRY}"))
 
 
 def job_script(name: str) -> Path:
-    script = JOBS_DIR / f"{name}_job.py"
+    """The file ``flink run --python`` runs for job ``name``: jobs/<name>/job.py."""
+    script = JOBS_DIR / name / JOB_ENTRY
     if not script.is_file():
         raise DeployError(f"no job {name!r}; the platform's jobs are: {', '.join(available_jobs())}")
     return script
@@ -279,7 +282,7 @@ def client_dirs(settings: Settings) -> dict[str, Path]:
 def submit_to(settings: Settings, cluster: Cluster, job: str, savepoint: str | None = None,
               parallelism: int | None = None, worker_python: str | None = None,
               allow_non_restored: bool = False, job_args: Sequence[str] = (), timeout: float = 300) -> str:
-    """Submit ``jobs/<job>_job.py`` to any cluster with a client conf rendered from
+    """Submit ``jobs/<job>/job.py`` to any cluster with a client conf rendered from
     flink-conf/config.yaml; the job id. (The local stack's own conf is used by
     devtools/stack/flink.py's submit_job, which also keeps its TaskManager's Python fresh.)"""
     fleet_env = settings.to_env()
@@ -295,7 +298,7 @@ def submit_to(settings: Settings, cluster: Cluster, job: str, savepoint: str | N
     argv = run_argv(cluster, script, build_archive(dirs["archive"]), savepoint=savepoint,
                     allow_non_restored=allow_non_restored, parallelism=parallelism, job_args=job_args)
     env = client_env(fleet_env, conf_dir, lib_dir, dirs["log"])
-    return submit(argv, env, f"submitting {script.name} to {cluster.url}", timeout=timeout)
+    return submit(argv, env, f"submitting {script.relative_to(PROJECT_ROOT)} to {cluster.url}", timeout=timeout)
 
 
 # --- REST ---------------------------------------------------------------------------------------

@@ -1,6 +1,6 @@
 """Telemetry rules, free of Flink: envelope validation, per-device dedup and gap tracking, rollups.
 
-The telemetry job (jobs/telemetry_job.py) is a thin shell: it loads one device's ``DeviceState``
+The telemetry job (jobs/telemetry/) is a thin shell: it loads one device's ``DeviceState``
 from Flink state, calls ``observe`` (or ``on_time`` from a timer), stores the state and emits what
 the returned ``Step`` says. Everything here is tested table-driven in tests/unit/test_telemetry_domain.py.
 

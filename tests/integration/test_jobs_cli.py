@@ -31,7 +31,7 @@ from tests.integration.test_telemetry_faults import expected_keys, lake_keys, pu
 
 pytestmark = pytest.mark.integration
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
-JOB_PY = PROJECT_ROOT / "jobs" / "telemetry_job.py"
+JOB_PY = PROJECT_ROOT / "jobs" / "telemetry" / "job.py"
 _VENV_FLEET = Path(sys.executable).with_name("fleet")
 FLEET = [str(_VENV_FLEET)] if _VENV_FLEET.exists() else [sys.executable, "-m", "fleet.cli"]
 

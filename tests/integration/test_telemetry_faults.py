@@ -113,7 +113,7 @@ def test_stop_with_savepoint_and_resume(stack, enrollment, telemetry_job, cassan
     savepoint = flink.stop_with_savepoint(stack, telemetry_job.id)
     assert Path(savepoint.removeprefix("file:")).exists()
     time.sleep(3)  # the job is down: the bridge keeps writing to Kafka meanwhile
-    job_id = flink.submit_job(stack, PROJECT_ROOT / "jobs" / "telemetry_job.py", savepoint=savepoint)
+    job_id = flink.submit_job(stack, PROJECT_ROOT / "jobs" / "telemetry" / "job.py", savepoint=savepoint)
     flink.wait_for_job_state(stack, job_id, ["RUNNING"], timeout=240, all_tasks_running=True)
     thread.join(120)
     expected = expected_keys(result["report"])

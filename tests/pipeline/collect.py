@@ -68,7 +68,7 @@ class Collector:
 
 
 class CollectingSinks:
-    """The telemetry job's sinks (jobs.telemetry_job.TelemetrySinks), each stream collected under
+    """The telemetry job's sinks (jobs.telemetry.pipeline.TelemetrySinks), each stream collected under
     its own name: "points", "rollups", "gaps", "stats", "dead_letters"."""
 
     def __init__(self, collector: Collector):

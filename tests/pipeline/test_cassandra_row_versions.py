@@ -37,7 +37,8 @@ def written(stack):
     from pyflink.common import Configuration, Types
     from pyflink.datastream import StreamExecutionEnvironment
 
-    from jobs.telemetry_job import JobOptions, ProductionSinks
+    from jobs.telemetry.options import JobOptions
+    from jobs.telemetry.sinks import ProductionSinks
 
     device = f"versions-{uuid.uuid4().hex[:10]}"
     config = Configuration()

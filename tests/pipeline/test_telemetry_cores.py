@@ -1,4 +1,4 @@
-"""The Java core (fleet.flink.telemetry.TelemetryCore) and the Python reference (jobs.telemetry_job.TelemetryCore
+"""The Java core (fleet.flink.telemetry.TelemetryCore) and the Python reference (jobs.telemetry.python_core.TelemetryCore
 over fleet.telemetry.domain) emit the same records for the same input, in a local Flink.
 
 The input is generated (seeded): a few devices sending in order, with redeliveries, gaps, gap
@@ -86,7 +86,8 @@ def outputs(tmp_path_factory):
 
     from fleet.config import Settings
     from fleet.telemetry.domain import TelemetryRules
-    from jobs.telemetry_job import JobOptions, build, envelopes
+    from jobs.telemetry.options import JobOptions
+    from jobs.telemetry.pipeline import build, envelopes
     from tests.pipeline.collect import CollectingSinks, Collector
 
     def run(core: str) -> dict[str, list]:

@@ -108,7 +108,8 @@ def run_job(tmp_path_factory):
     from pyflink.datastream import RuntimeExecutionMode, StreamExecutionEnvironment
 
     from fleet.config import Settings
-    from jobs.telemetry_job import JobOptions, build, envelopes
+    from jobs.telemetry.options import JobOptions
+    from jobs.telemetry.pipeline import build, envelopes
     from tests.pipeline.collect import CollectingSinks, Collector
 
     def run(core: str, parallelism: int) -> Collector:

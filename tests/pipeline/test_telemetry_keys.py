@@ -30,7 +30,9 @@ def test_a_record_keyed_under_another_device_is_dead_lettered(tmp_path, core):
     from pyflink.java_gateway import get_gateway
 
     from fleet.config import Settings
-    from jobs.telemetry_job import ENVELOPE_TYPE, JobOptions, build
+    from jobs.telemetry.options import JobOptions
+    from jobs.telemetry.pipeline import build
+    from jobs.telemetry.records import ENVELOPE_TYPE
     from tests.pipeline.collect import CollectingSinks, Collector
 
     collector = Collector(tmp_path)

@@ -32,7 +32,9 @@ def lake(request, tmp_path_factory):
     from pyflink.datastream import StreamExecutionEnvironment
 
     from fleet.config import Settings
-    from jobs.telemetry_job import JobOptions, ProductionSinks, build, envelopes
+    from jobs.telemetry.options import JobOptions
+    from jobs.telemetry.pipeline import build, envelopes
+    from jobs.telemetry.sinks import ProductionSinks
     from tests.pipeline.collect import Collector
 
     root = tmp_path_factory.mktemp(f"lake-test-{request.param}")

@@ -101,7 +101,7 @@ def test_the_local_cluster_is_the_settings_rest_port():
 
 def test_unknown_jobs_are_refused_with_the_known_ones():
     assert "telemetry" in deploy.available_jobs()
-    assert deploy.job_script("telemetry").name == "telemetry_job.py"
+    assert deploy.job_script("telemetry").relative_to(deploy.PROJECT_ROOT).as_posix() == "jobs/telemetry/job.py"
     with pytest.raises(DeployError, match="telemetry"):
         deploy.job_script("nope")
 
@@ -194,7 +194,7 @@ def test_the_archive_holds_the_project_packages_and_nothing_else(tmp_path):
     archive = deploy.build_archive(tmp_path / "out" / "fleet-project.zip")
     names = zipfile.ZipFile(archive).namelist()
     assert {"fleet/__init__.py", "fleet/infra/flink_jobs.py", "fleet/infra/job_config.py", "jobs/__init__.py",
-            "jobs/telemetry_job.py"} <= set(names)
+            "jobs/telemetry/__init__.py", "jobs/telemetry/job.py", "jobs/telemetry/pipeline.py"} <= set(names)
     assert all(n.endswith(".py") and "__pycache__" not in n for n in names)
     assert {n.split("/")[0] for n in names} == {"fleet", "jobs"}
     assert not list(archive.parent.glob("*.tmp"))
@@ -213,13 +213,13 @@ def test_the_archive_keeps_the_packages_importable(tmp_path):
 
 def test_run_arguments_target_the_cluster_and_ship_the_archive():
     module("pyflink", "the Flink CLI ships with apache-flink")
-    argv = deploy.run_argv(Cluster.parse("http://jm:8082"), Path("/p/jobs/telemetry_job.py"), Path("/a.zip"),
+    argv = deploy.run_argv(Cluster.parse("http://jm:8082"), Path("/p/jobs/telemetry/job.py"), Path("/a.zip"),
                            savepoint="file:/sp/1", parallelism=4, job_args=["--lake-part-mb", "64"])
     assert argv[0].endswith("/pyflink/bin/flink") and argv[1:4] == ["run", "--target", "remote"]
     assert "-Drest.address=jm" in argv and "-Drest.port=8082" in argv and "--detached" in argv
     assert argv[argv.index("--fromSavepoint") + 1] == "file:/sp/1"
     assert argv[argv.index("--parallelism") + 1] == "4"
-    assert argv[-6:] == ["--python", "/p/jobs/telemetry_job.py", "--pyFiles", "/a.zip", "--lake-part-mb", "64"]
+    assert argv[-6:] == ["--python", "/p/jobs/telemetry/job.py", "--pyFiles", "/a.zip", "--lake-part-mb", "64"]
     plain = deploy.run_argv(Cluster.parse("jm:8081"), Path("/j.py"), Path("/a.zip"))
     assert "--fromSavepoint" not in plain and "--parallelism" not in plain
 

@@ -33,7 +33,7 @@ import fleet.flink.telemetry.TelemetryLogic.Step;
 
 /**
  * The telemetry job's core in Java: per device, validate, dedup by seq, per-device lateness, gaps
- * and 1-minute rollups. A port of the Python operator in jobs/telemetry_job.py (TelemetryCore)
+ * and 1-minute rollups. A port of the Python operator in jobs/telemetry/python_core.py (TelemetryCore)
  * over fleet/telemetry/domain.py, which stay the readable reference and the spec; the job runs
  * this one by default (--core java) because the Python operator was the pipeline's largest CPU
  * cost per record.
