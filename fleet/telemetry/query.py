@@ -8,7 +8,7 @@ import base64
 import datetime as dt
 import json
 import math
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from fleet.telemetry.domain import clamped_mean
@@ -192,7 +192,3 @@ def rebucket(minutes: Iterable[Bucket], bucket_ms: int) -> list[Bucket]:
 def buckets_from_points(points: Iterable[tuple[int, float]], bucket_ms: int) -> list[Bucket]:
     """Aggregate raw (ts_ms, value) points, for ranges only the lake still holds."""
     return rebucket((Bucket(ts, v, v, v, 1) for ts, v in points), bucket_ms)
-
-
-def iter_range_days(rng: TimeRange) -> Iterator[dt.date]:
-    return iter(reversed(rng.days_newest_first()))
