@@ -12,6 +12,7 @@ import logging
 
 from fastapi import FastAPI, Request
 
+from api.deps import get_audit
 from fleet.access.audit import AuditLog
 from fleet.infra.cassandra import StoreUnavailable
 from fleet.logs import log_fields
@@ -59,15 +60,22 @@ async def _record(request: Request, status_code: int) -> None:
     if principal and principal.via != "api_key":
         detail["via"] = principal.via
     try:
-        sessions = request.app.state.cassandra
-        stores = request.app.state.stores
-        audit = stores.get(AuditLog)
-        if audit is None:
-            audit = stores[AuditLog] = AuditLog(await asyncio.to_thread(sessions.get))
+        audit = await _audit_log(request.app)
         future = audit.record_async(actor, _action(request), _target(request), outcome_of(status_code), detail)
         await _wait(future)
     except (StoreUnavailable, Exception) as exc:  # the response is already decided; never fail it here
         log.error("audit record not written", extra=log_fields(action=_action(request), error=str(exc)))
+
+
+async def _audit_log(app: FastAPI) -> AuditLog:
+    """The audit log the routes get; a test's ``app.dependency_overrides[get_audit]`` (no arguments) too."""
+    override = app.dependency_overrides.get(get_audit)
+    if override is not None:
+        return override()
+    stores = app.state.stores
+    if stores.ready("audit"):
+        return stores.audit
+    return await asyncio.to_thread(lambda: stores.audit)  # connecting blocks: not on the event loop
 
 
 async def _wait(response_future) -> None:

@@ -10,20 +10,24 @@ from __future__ import annotations
 
 import logging
 import threading
+from typing import TYPE_CHECKING
 
-from fleet.identity.onboarding import Onboarding
+from api.stores import Stores
 from fleet.logs import log_fields
+
+if TYPE_CHECKING:
+    from fleet.identity.provisioner import ProvisioningService
 
 log = logging.getLogger(__name__)
 
 
 class SecurityWorkers:
-    def __init__(self, app):
-        self.app = app
-        self.settings = app.state.settings
+    def __init__(self, stores: Stores):
+        self.stores = stores
+        self.settings = stores.settings
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self.provisioner = None
+        self.provisioner: ProvisioningService | None = None
 
     def start(self) -> SecurityWorkers:
         if self.settings.provisioning_service or self.settings.revocation_interval_s > 0:
@@ -31,17 +35,11 @@ class SecurityWorkers:
             self._thread.start()
         return self
 
-    def _onboarding(self) -> Onboarding:
-        stores = self.app.state.stores
-        if Onboarding not in stores:
-            stores[Onboarding] = Onboarding(self.settings, self.app.state.cassandra.get(), pki=self.app.state.pki)
-        return stores[Onboarding]
-
     def _run(self) -> None:
         interval = self.settings.revocation_interval_s or 5
         while not self._stop.is_set():
             try:
-                onboarding = self._onboarding()
+                onboarding = self.stores.onboarding  # the routes' own
                 if self.settings.provisioning_service and self.provisioner is None:
                     from fleet.identity.provisioner import ProvisioningService
 

@@ -1,37 +1,39 @@
-"""Typed dependencies for every route: settings, the Cassandra session, the caller and its role.
+"""Typed dependencies for every route: settings, the stores, the caller, its role, the device it may see.
 
-    @router.get("/v1/things")
-    def list_things(principal: Viewer, session: CassandraSession, settings: SettingsDep): ...
+    @router.get("/v1/devices/{device_id}/things")
+    def list_things(principal: Viewer, device: VisibleDevice, onboarding: OnboardingDep): ...
 
 Credentials: ``Authorization: Bearer <api key or token>`` or ``X-API-Key: <api key>``. Roles
 nest (admin > operator > viewer). A key scoped to device groups sees only devices in one of
-them: use ``ensure_device_visible`` on every device-level route.
+them: device-level routes take the device as ``VisibleDevice``, declared after the role (so a
+caller without the role gets its 403 before the device is looked up).
+
+Tests substitute any of these with ``app.dependency_overrides[get_...]``.
 """
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable, Iterable
-from typing import Annotated, TypeVar
+from typing import Annotated
 
 from fastapi import Depends, HTTPException, Request, status
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 
+from api.stores import Stores
 from fleet.access.apikeys import ApiKeyStore, AuthFailure
 from fleet.access.audit import AuditLog
 from fleet.access.auth import Principal, Role, parse_secret
 from fleet.config import Settings
-from fleet.identity.devices import RegistryError
+from fleet.identity.ca import CertificateAuthority
+from fleet.identity.devices import Device, RegistryError, check_device_id
 from fleet.identity.onboarding import Onboarding
-from fleet.infra.cassandra import CassandraSessions, StoreUnavailable
+from fleet.telemetry.store import TelemetryStore
 
 __all__ = [
-    "SettingsDep", "CassandraSession", "Principal", "Role", "CurrentPrincipal", "Viewer", "Operator", "Admin",
-    "UnscopedAdmin", "ensure_device_visible", "ensure_groups_allowed", "require_role", "app_store",
-    "OnboardingDep", "ApiKeys", "Audit", "raise_http",
+    "SettingsDep", "StoresDep", "Principal", "Role", "CurrentPrincipal", "Viewer", "Operator", "Admin",
+    "UnscopedAdmin", "VisibleDevice", "ensure_device_visible", "ensure_groups_allowed", "require_role",
+    "OnboardingDep", "ApiKeys", "Audit", "Telemetry", "Pki",
 ]
-
-T = TypeVar("T")
 
 # auto_error=False: we answer missing credentials ourselves with one clear 401.
 _bearer = HTTPBearer(auto_error=False, description="an API key (fk_...) or a token (ft_...)")
@@ -39,6 +41,7 @@ _api_key = APIKeyHeader(name="X-API-Key", auto_error=False, description="an API 
 
 MISSING_CREDENTIAL = "missing credential: send 'Authorization: Bearer <token>' or 'X-API-Key: <key>'"
 _CHALLENGE = {"WWW-Authenticate": 'Bearer realm="fleet"'}
+_INVALID = {"WWW-Authenticate": 'Bearer realm="fleet", error="invalid_token"'}
 
 
 def get_settings(request: Request) -> Settings:
@@ -48,52 +51,63 @@ def get_settings(request: Request) -> Settings:
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 
 
-def get_cassandra(request: Request):
-    sessions: CassandraSessions = request.app.state.cassandra
-    try:
-        return sessions.get()
-    except StoreUnavailable as exc:
-        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, f"the registry store is unavailable: {exc}") from exc
+def get_stores(request: Request) -> Stores:
+    """The stores the app's lifespan made (api/main.py)."""
+    return request.app.state.stores
 
 
-# A cassandra.cluster.Session on settings.cassandra_keyspace, shared by the whole app.
-CassandraSession = Annotated[object, Depends(get_cassandra)]
-
-_store_lock = threading.Lock()
+StoresDep = Annotated[Stores, Depends(get_stores)]
 
 
-def cached(request: Request, key: type, make: Callable[[], T]) -> T:
-    """The app's one ``key`` object, made on first use. ``key`` is the class: a key made per
-    request (a lambda) would build, and keep, a new object on every request."""
-    stores: dict = request.app.state.stores
-    if key not in stores:
-        with _store_lock:
-            if key not in stores:
-                stores[key] = make()
-    return stores[key]
+def get_api_keys(stores: StoresDep) -> ApiKeyStore:
+    return stores.api_keys
 
 
-def app_store(request: Request, factory: Callable[[object], T], session=None) -> T:
-    """One repository object per app and class (they prepare statements once)."""
-    return cached(request, factory,
-                   lambda: factory(session if session is not None else get_cassandra(request)))
+def get_audit(stores: StoresDep) -> AuditLog:
+    return stores.audit
+
+
+def get_onboarding(stores: StoresDep) -> Onboarding:
+    return stores.onboarding
+
+
+def get_telemetry(stores: StoresDep) -> TelemetryStore:
+    return stores.telemetry
+
+
+def get_pki(stores: StoresDep) -> CertificateAuthority:
+    return stores.pki
+
+
+ApiKeys = Annotated[ApiKeyStore, Depends(get_api_keys)]
+Audit = Annotated[AuditLog, Depends(get_audit)]
+OnboardingDep = Annotated[Onboarding, Depends(get_onboarding)]
+Telemetry = Annotated[TelemetryStore, Depends(get_telemetry)]
+Pki = Annotated[CertificateAuthority, Depends(get_pki)]
+
+
+def get_credential(
+    bearer: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+    api_key: Annotated[str | None, Depends(_api_key)],
+) -> str:
+    """The credential, if it is shaped like ours (401 otherwise, without touching the store)."""
+    credential = bearer.credentials if bearer else api_key
+    if not credential:
+        raise HTTPException(status.HTTP_401_UNAUTHORIZED, MISSING_CREDENTIAL, headers=_CHALLENGE)
+    if parse_secret(credential) is None:
+        raise HTTPException(status.HTTP_401_UNAUTHORIZED, "invalid credential", headers=_INVALID)
+    return credential
 
 
 def get_principal(
     request: Request,
-    bearer: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
-    api_key: Annotated[str | None, Depends(_api_key)],
+    credential: Annotated[str, Depends(get_credential)],  # first: a 401 before the store is needed
+    keys: ApiKeys,
 ) -> Principal:
-    credential = bearer.credentials if bearer else api_key
-    if not credential:
-        raise HTTPException(status.HTTP_401_UNAUTHORIZED, MISSING_CREDENTIAL, headers=_CHALLENGE)
-    invalid = {"WWW-Authenticate": 'Bearer realm="fleet", error="invalid_token"'}
-    if parse_secret(credential) is None:  # not even shaped like ours: no store round trip
-        raise HTTPException(status.HTTP_401_UNAUTHORIZED, "invalid credential", headers=invalid)
     try:
-        principal = app_store(request, ApiKeyStore).authenticate(credential)
+        principal = keys.authenticate(credential)
     except AuthFailure as exc:
-        raise HTTPException(status.HTTP_401_UNAUTHORIZED, str(exc), headers=invalid) from None
+        raise HTTPException(status.HTTP_401_UNAUTHORIZED, str(exc), headers=_INVALID) from None
     request.state.principal = principal  # for the audit log
     return principal
 
@@ -127,38 +141,27 @@ def require_unscoped_admin(principal: Admin) -> Principal:
 UnscopedAdmin = Annotated[Principal, Depends(require_unscoped_admin)]
 
 
-def get_api_keys(request: Request) -> ApiKeyStore:
-    return app_store(request, ApiKeyStore)
-
-
-def get_audit(request: Request) -> AuditLog:
-    return app_store(request, AuditLog)
-
-
-def get_onboarding(request: Request) -> Onboarding:
-    return cached(request, Onboarding, lambda: Onboarding(request.app.state.settings, get_cassandra(request),
-                                                           pki=request.app.state.pki))
-
-
-ApiKeys = Annotated[ApiKeyStore, Depends(get_api_keys)]
-Audit = Annotated[AuditLog, Depends(get_audit)]
-OnboardingDep = Annotated[Onboarding, Depends(get_onboarding)]
-
-_HTTP_STATUS = {"bad_request": status.HTTP_400_BAD_REQUEST, "not_found": status.HTTP_404_NOT_FOUND,
-                "conflict": status.HTTP_409_CONFLICT, "forbidden": status.HTTP_403_FORBIDDEN}
-
-
-def raise_http(exc: RegistryError):
-    """Registry rule violations as 4xx with the rule's message as ``detail``."""
-    raise HTTPException(_HTTP_STATUS.get(exc.code, status.HTTP_400_BAD_REQUEST), str(exc)) from None
-
-
 def ensure_device_visible(principal: Principal, device_groups: Iterable[str] | None,
                           device_id: str | None = None) -> None:
     """404 (same as a missing device, so a scoped key cannot probe ids) outside the key's groups."""
     if not principal.sees_groups(device_groups):
         what = f"device {device_id!r}" if device_id else "device"
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"{what} not found")
+
+
+def get_visible_device(device_id: str, principal: CurrentPrincipal, onboarding: OnboardingDep) -> Device:
+    """The path's device, if the caller may see it; 404 otherwise (missing, ill-formed or outside its groups)."""
+    try:
+        device = onboarding.devices.require(check_device_id(device_id))
+    except RegistryError as exc:
+        if exc.code == "bad_request":  # an id that cannot exist is simply not found
+            raise RegistryError("not_found", f"device {device_id!r} not found") from None
+        raise
+    ensure_device_visible(principal, device.groups, device_id)
+    return device
+
+
+VisibleDevice = Annotated[Device, Depends(get_visible_device)]
 
 
 def ensure_groups_allowed(principal: Principal, groups: Iterable[str] | None) -> None:

@@ -1,4 +1,9 @@
-"""Error responses that cannot themselves fail, and a cap on request body size.
+"""Error responses: domain errors as 4xx, answers that cannot themselves fail, a cap on body size.
+
+Routes raise the domain's errors (``RegistryError``, ``QueryError``) and the handlers here turn
+them into ``{"detail": "<message>"}`` with the status the error means; a query parameter's
+validator may raise them too (or :class:`BadRequest`), and the answer is the same 400 as if the
+route had. ``responses()`` documents those answers in OpenAPI.
 
 FastAPI echoes invalid input in its 422 body. That input may be raw bytes (a non-JSON
 Content-Type), bytes that are not UTF-8, a lone surrogate, or megabytes long: jsonable_encoder
@@ -15,6 +20,11 @@ from fastapi import FastAPI, Request, Response, status
 from fastapi.exceptions import RequestValidationError
 from prometheus_client import Counter
 
+from api.schemas.base import ErrorOut
+from fleet.identity.devices import RegistryError
+from fleet.infra.cassandra import StoreUnavailable
+from fleet.telemetry.query import QueryError
+
 log = logging.getLogger("api.errors")
 
 EXCERPT_CHARS = 200
@@ -22,11 +32,57 @@ EXCERPT_CHARS = 200
 BODY_TOO_LARGE = Counter("fleet_api_request_body_too_large_total",
                          "Requests refused with 413 because their body exceeded api_max_body_bytes")
 
-# For OpenAPI: the error answers every body-taking route may give.
-ERROR_RESPONSES = {
-    413: {"description": "Request body larger than the configured maximum (api_max_body_bytes)"},
-    422: {"description": "Invalid request (body not JSON, not UTF-8, or not matching the schema)"},
+
+class BadRequest(ValueError):
+    """A 400 with this message; for checks in a parameter's validator, where HTTPException cannot be raised."""
+
+
+_REGISTRY_STATUS = {"bad_request": status.HTTP_400_BAD_REQUEST, "not_found": status.HTTP_404_NOT_FOUND,
+                    "conflict": status.HTTP_409_CONFLICT, "forbidden": status.HTTP_403_FORBIDDEN}
+# The errors that carry a message for the client (and so may answer a request that raised them).
+CLIENT_ERRORS = (RegistryError, QueryError, BadRequest)
+
+# For OpenAPI (``responses=`` on routes and routers): what each error answer means.
+DESCRIPTIONS = {
+    400: "Bad request: the message names the rule or the bound",
+    401: "Missing or invalid credential",
+    403: "The credential's role or group scope does not allow this",
+    404: "Not found (a device outside the key's groups is not found either)",
+    409: "Conflicts with the current state (exists already, already revoked, ...)",
+    413: "Request body larger than the configured maximum (api_max_body_bytes)",
+    422: "Invalid request (body not JSON, not UTF-8, or not matching the schema)",
+    503: "The registry store (Cassandra) is unavailable; retry later",
 }
+
+
+def responses(*codes: int) -> dict[int | str, dict]:
+    """OpenAPI ``responses=`` for these error statuses: ``{"detail": str}`` (422: FastAPI's own model)."""
+    return {code: {"description": DESCRIPTIONS[code]} if code == 422 else
+            {"model": ErrorOut, "description": DESCRIPTIONS[code]} for code in codes}
+
+
+def status_of(exc: Exception) -> int:
+    if isinstance(exc, RegistryError):
+        return _REGISTRY_STATUS.get(exc.code, status.HTTP_400_BAD_REQUEST)
+    if isinstance(exc, StoreUnavailable):
+        return status.HTTP_503_SERVICE_UNAVAILABLE
+    return status.HTTP_400_BAD_REQUEST
+
+
+def detail_of(exc: Exception) -> str:
+    if isinstance(exc, StoreUnavailable):
+        return f"the registry store is unavailable: {exc}"
+    return str(exc)
+
+
+def _json(detail, status_code: int) -> Response:
+    return Response(json.dumps({"detail": detail}, ensure_ascii=True, default=repr), status_code=status_code,
+                    media_type="application/json")
+
+
+async def client_error(request: Request, exc: Exception) -> Response:
+    """Domain errors (and a store that is down) as 4xx/503 with the error's message as ``detail``."""
+    return _json(detail_of(exc), status_of(exc))
 
 
 def excerpt(value: object) -> object:
@@ -56,14 +112,27 @@ def _safe_error(error: dict) -> dict:
     return out
 
 
-async def request_validation_error(request: Request, exc: RequestValidationError) -> Response:
+def _raised_by_parameters(errors: list[dict]) -> Exception | None:
+    """The first client error raised by a parameter's validator, when that is all that is wrong."""
+    raised = [e.get("ctx", {}).get("error") for e in errors]
+    if errors and all(isinstance(r, CLIENT_ERRORS) for r in raised) and \
+            all(e.get("loc", ("body",))[0] != "body" for e in errors):
+        return raised[0]
+    return None
+
+
+async def request_validation_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, RequestValidationError)  # registered for it alone
     try:
-        detail = [_safe_error(e) for e in exc.errors()[:20]]
+        errors = list(exc.errors())
+        raised = _raised_by_parameters(errors)
+        if raised is not None:
+            return _json(detail_of(raised), status_of(raised))
+        detail = [_safe_error(e) for e in errors[:20]]
     except Exception:  # never let the error answer itself fail
         log.exception("could not render a validation error")
         detail = [{"msg": "invalid request"}]
-    body = json.dumps({"detail": detail}, ensure_ascii=True, default=repr)
-    return Response(body, status_code=status.HTTP_422_UNPROCESSABLE_CONTENT, media_type="application/json")
+    return _json(detail, status.HTTP_422_UNPROCESSABLE_CONTENT)
 
 
 class _TooLarge(Exception):
@@ -113,4 +182,6 @@ def body_limit(app, max_bytes: int):
 
 def install(app: FastAPI, max_body_bytes: int) -> None:
     app.add_exception_handler(RequestValidationError, request_validation_error)
+    for error in (*CLIENT_ERRORS, StoreUnavailable):
+        app.add_exception_handler(error, client_error)
     app.add_middleware(lambda inner: body_limit(inner, max_body_bytes))

@@ -10,10 +10,13 @@ from api import audit, errors
 from api.background import SecurityWorkers
 from api.routes import audit as audit_routes
 from api.routes import auth, ca, certificates, claims, devices, health, keys, telemetry, templates
+from api.stores import Stores
 from fleet.config import Settings
-from fleet.identity.pki import LocalPKI
-from fleet.infra.cassandra import CassandraSessions
 from fleet.logs import configure_logging
+
+# Every /v1 route: authentication (401) reads the key store (503 while it is down). FastAPI adds
+# the 422 to routes with parameters; routes add their own (api/errors.py responses()).
+V1_RESPONSES = errors.responses(401, 503)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -22,37 +25,36 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        # Counted, because test clients may open a second lifespan on the same app: only the
-        # last one to end stops the workers and closes the store (and forgets what used it).
+        # Counted, because a test client may open a second lifespan on the same app (schemathesis
+        # does, beside the TestClient): they share one set of stores and workers, and only the
+        # last one to end stops the workers and closes the stores.
         app.state.lifespans += 1
         if app.state.lifespans == 1:
-            app.state.workers = SecurityWorkers(app).start()
+            app.state.stores = Stores(settings)
+            app.state.workers = SecurityWorkers(app.state.stores).start()
         try:
             yield
         finally:
             app.state.lifespans -= 1
             if app.state.lifespans == 0:
                 app.state.workers.stop()
-                app.state.stores.clear()
-                app.state.cassandra.shutdown()
+                app.state.stores.close()
 
     app = FastAPI(
         title="Fleet Platform API",
         version="0.1.0",
         description="Register devices, read shadows and telemetry, send commands, roll out firmware. "
-                    "Every /v1 route needs an API key ('X-API-Key' or 'Authorization: Bearer').",
+                    "Every /v1 route needs an API key ('X-API-Key' or 'Authorization: Bearer'). "
+                    "Errors are 4xx (503 while the store is down) with a JSON body {\"detail\": message}. "
+                    "Lists that page take 'limit' and 'page_token' and return 'next_page_token' (null on "
+                    "the last page).",
         lifespan=lifespan,
-        responses=errors.ERROR_RESPONSES,
     )
     app.state.settings = settings
-    # Connected lazily on the first request that needs it (see api/deps.py).
-    app.state.cassandra = CassandraSessions(settings)
-    app.state.stores = {}
     app.state.lifespans = 0
-    app.state.pki = LocalPKI(settings.pki_dir, validity_days=settings.cert_validity_days)
     audit.install(app)
     errors.install(app, settings.api_max_body_bytes)
     app.include_router(health.router)
     for module in (devices, telemetry, certificates, keys, auth, audit_routes, templates, claims, ca):
-        app.include_router(module.router)
+        app.include_router(module.router, responses=V1_RESPONSES)
     return app

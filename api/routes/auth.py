@@ -2,41 +2,19 @@
 
 from __future__ import annotations
 
-import datetime as dt
-from typing import Literal
-
 from fastapi import APIRouter, HTTPException, Request, status
-from pydantic import BaseModel, Field
 
 from api.deps import ApiKeys, SettingsDep, Viewer
-from api.models import Strict
+from api.errors import responses
+from api.schemas.auth import Me, Token, TokenRequest
 from fleet.access.apikeys import AuthFailure
 from fleet.access.auth import Role
 
 router = APIRouter(prefix="/v1", tags=["auth"])
 
 
-class TokenRequest(Strict):
-    ttl_s: int | None = Field(None, ge=60, description="lifetime; default api_token_ttl_s, at most api_token_max_ttl_s")
-    role: Literal["viewer", "operator", "admin"] | None = Field(None, description="a lower role than the key's")
-
-
-class Token(BaseModel):
-    token: str = Field(description="send as 'Authorization: Bearer <token>'; shown only now")
-    token_type: Literal["bearer"] = "bearer"
-    role: str
-    expires_at: dt.datetime
-
-
-class Me(BaseModel):
-    id: str
-    name: str
-    role: str
-    groups: list[str] | None
-    via: str
-
-
-@router.post("/tokens", status_code=status.HTTP_201_CREATED, response_model=Token, summary="Mint a bearer token")
+@router.post("/tokens", status_code=status.HTTP_201_CREATED, response_model=Token, summary="Mint a bearer token",
+             responses=responses(400, 403, 413, 422))
 def create_token(body: TokenRequest, principal: Viewer, keys: ApiKeys, settings: SettingsDep, request: Request) -> Token:
     ttl = body.ttl_s or settings.api_token_ttl_s
     if ttl > settings.api_token_max_ttl_s:
@@ -44,7 +22,7 @@ def create_token(body: TokenRequest, principal: Viewer, keys: ApiKeys, settings:
     role = Role(body.role) if body.role else principal.role
     try:
         token, expires = keys.mint_token(principal, ttl, role)
-    except AuthFailure as exc:
+    except AuthFailure as exc:  # here a refusal (a role above the caller's), not a bad credential: 403
         raise HTTPException(status.HTTP_403_FORBIDDEN, str(exc)) from None
     request.state.audit_detail = {"role": role.value, "ttl_s": ttl}
     return Token(token=token, role=role.value, expires_at=expires)

@@ -3,45 +3,17 @@
 from __future__ import annotations
 
 import datetime as dt
-from typing import Literal
 
 from fastapi import APIRouter, HTTPException, Request, status
-from pydantic import BaseModel, Field
 
 from api.deps import Admin, ApiKeys
-from api.models import Strict
+from api.errors import responses
+from api.schemas.keys import KeyCreate, KeyCreated, KeyOut
 from fleet.access.apikeys import ApiKey
 from fleet.access.auth import Principal, Role
-from fleet.identity.devices import RegistryError, check_groups
+from fleet.identity.devices import check_groups
 
-router = APIRouter(prefix="/v1/keys", tags=["keys"])
-
-
-class KeyCreate(Strict):
-    name: str = Field(min_length=1, max_length=100)
-    role: Literal["viewer", "operator", "admin"]
-    groups: list[str] | None = Field(None, description="scope the key to devices in these groups; omit for all")
-    expires_in_days: int | None = Field(None, ge=1, le=3650)
-
-
-class KeyOut(BaseModel):
-    id: str
-    name: str
-    role: str
-    groups: list[str] | None
-    created_at: dt.datetime
-    created_by: str | None
-    expires_at: dt.datetime | None
-    revoked_at: dt.datetime | None
-
-    @classmethod
-    def of(cls, k: ApiKey) -> KeyOut:
-        return cls(id=k.id, name=k.name, role=k.role.value, groups=sorted(k.groups) if k.groups is not None else None,
-                   created_at=k.created_at, created_by=k.created_by, expires_at=k.expires_at, revoked_at=k.revoked_at)
-
-
-class KeyCreated(KeyOut):
-    key: str = Field(description="the secret: shown only now; send it as 'X-API-Key' or 'Authorization: Bearer'")
+router = APIRouter(prefix="/v1/keys", tags=["keys"], responses=responses(403))
 
 
 def _check_delegation(principal: Principal, role: Role, groups: frozenset[str] | None) -> None:
@@ -55,14 +27,12 @@ def _check_delegation(principal: Principal, role: Role, groups: frozenset[str] |
                             "a key it creates must be scoped within them")
 
 
-@router.post("", status_code=status.HTTP_201_CREATED, response_model=KeyCreated, summary="Create an API key")
+@router.post("", status_code=status.HTTP_201_CREATED, response_model=KeyCreated, summary="Create an API key",
+             responses=responses(400, 413, 422))
 def create_key(body: KeyCreate, principal: Admin, keys: ApiKeys, request: Request) -> KeyCreated:
     if body.groups is not None and not body.groups:
         raise HTTPException(status.HTTP_400_BAD_REQUEST, "groups must not be empty; omit it for an unscoped key")
-    try:
-        groups = check_groups(body.groups) if body.groups is not None else None
-    except RegistryError as exc:
-        raise HTTPException(status.HTTP_400_BAD_REQUEST, str(exc)) from None
+    groups = check_groups(body.groups) if body.groups is not None else None
     role = Role(body.role)
     _check_delegation(principal, role, groups)
     expires = (dt.datetime.now(dt.UTC) + dt.timedelta(days=body.expires_in_days)
@@ -86,12 +56,13 @@ def _get(keys, principal: Principal, key_id: str) -> ApiKey:
     return key
 
 
-@router.get("/{key_id}", response_model=KeyOut, summary="One API key")
+@router.get("/{key_id}", response_model=KeyOut, summary="One API key", responses=responses(404))
 def get_key(key_id: str, principal: Admin, keys: ApiKeys) -> KeyOut:
     return KeyOut.of(_get(keys, principal, key_id))
 
 
-@router.delete("/{key_id}", response_model=KeyOut, summary="Revoke an API key (and the tokens minted from it)")
+@router.delete("/{key_id}", response_model=KeyOut, summary="Revoke an API key (and the tokens minted from it)",
+               responses=responses(404, 409))
 def revoke_key(key_id: str, principal: Admin, keys: ApiKeys, request: Request) -> KeyOut:
     key = _get(keys, principal, key_id)
     request.state.audit_target = key_id

@@ -59,7 +59,7 @@ def test_a_scoped_admin_cannot_read_the_audit_log(api, keys, uid):
 @pytest.mark.parametrize("params, detail", [
     ({"day": "yesterday"}, "day 'yesterday' is not a date like 2024-05-31"),
     ({"day": "2024-02-30"}, "day '2024-02-30' is not a date like 2024-05-31"),
-    ({"before": "nope"}, "invalid 'before': pass back next_before"),
+    ({"page_token": "nope"}, "'page_token' is not a token this API issued"),
 ])
 def test_bad_audit_queries_are_400(api, keys, params, detail):
     r = api.get("/v1/audit", headers=keys.admin, params=params)
@@ -70,7 +70,7 @@ def test_audit_pages(api, keys, uid):
     for _ in range(3):
         api.post("/v1/devices", headers=keys.operator, json={"device_id": uid("page")}).raise_for_status()
     first = api.get("/v1/audit", headers=keys.admin, params={"limit": 2}).json()
-    second = api.get("/v1/audit", headers=keys.admin, params={"limit": 2, "before": first["next_before"]}).json()
+    second = api.get("/v1/audit", headers=keys.admin, params={"limit": 2, "page_token": first["next_page_token"]}).json()
     assert len(first["items"]) == 2 and second["items"]
     assert first["items"][-1]["ts"] >= second["items"][0]["ts"]
     assert not {i["id"] for i in first["items"]} & {i["id"] for i in second["items"]}

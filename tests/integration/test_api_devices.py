@@ -126,19 +126,19 @@ def test_list_filters_by_status_group_type_and_metadata_and_pages(api, keys, uid
     assert listed(status="disabled") == [ids[1]]
     assert [d["device_id"] for d in api.get("/v1/devices", headers=keys.viewer,
                                             params={"status": "disabled"}).json()["items"]].count(ids[1]) == 1
-    pages, cursor = [], None
+    pages, token = [], None
     while True:
-        params = {"group": group, "limit": 2, **({"cursor": cursor} if cursor else {})}
+        params = {"group": group, "limit": 2, **({"page_token": token} if token else {})}
         page = api.get("/v1/devices", headers=keys.viewer, params=params).json()
         pages.append([d["device_id"] for d in page["items"]])
-        cursor = page["next_cursor"]
-        if not cursor:
+        token = page["next_page_token"]
+        if not token:
             break
     assert [d for p in pages for d in p] == ids and all(len(p) <= 2 for p in pages)
 
 
 @pytest.mark.parametrize("params, detail", [
-    ({"cursor": "garbage"}, "invalid cursor: pass back the next_cursor of the previous page"),
+    ({"page_token": "garbage"}, "'page_token' is not a token this API issued"),
     ({"group": "bad group"}, "group 'bad group' is not well-formed: 1-64 letters, digits, '_', '.', ':' or '-', "
                              "starting with a letter or digit"),
 ])

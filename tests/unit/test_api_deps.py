@@ -14,10 +14,10 @@ from api.deps import (
     Viewer,
     ensure_device_visible,
     ensure_groups_allowed,
+    get_api_keys,
 )
 from fleet.access.apikeys import ApiKey, ApiKeyStore, AuthFailure
 from fleet.access.auth import Principal, Role, is_expired, new_secret, parse_secret
-from fleet.config import Settings
 
 NOW = dt.datetime.now(dt.UTC)
 
@@ -47,9 +47,8 @@ class FakeKeys:
 @pytest.fixture(scope="module")
 def world():
     app = FastAPI()
-    app.state.settings = Settings.from_env({})
     keys = FakeKeys()
-    app.state.stores = {ApiKeyStore: keys}
+    app.dependency_overrides[get_api_keys] = lambda: keys
     router = APIRouter()
 
     @router.get("/me")

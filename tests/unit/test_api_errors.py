@@ -3,28 +3,28 @@
 import pytest
 from fastapi.testclient import TestClient
 
-from api.deps import get_api_keys, get_onboarding, get_principal
+from api.deps import get_api_keys, get_audit, get_onboarding, get_principal, get_visible_device
 from api.main import create_app
 from fleet.access.auth import Principal, Role
 from fleet.config import Settings
 from fleet.infra.cassandra import StoreUnavailable
 
 
-class NoStore:
-    def get(self):
+class NoAudit:
+    def record_async(self, *args):
         raise StoreUnavailable("no store in unit tests")
-
-    def shutdown(self):
-        pass
 
 
 @pytest.fixture(scope="module")
 def client():
-    app = create_app(Settings.from_env({}).replace(api_max_body_bytes=1 << 20))
-    app.state.cassandra = NoStore()
+    # No background workers: nothing here may reach a broker or Cassandra.
+    app = create_app(Settings.from_env({}).replace(api_max_body_bytes=1 << 20, provisioning_service=False,
+                                                   revocation_interval_s=0))
     app.dependency_overrides[get_principal] = lambda: Principal("k1", "admin", Role.admin, None)
     app.dependency_overrides[get_onboarding] = lambda: object()
     app.dependency_overrides[get_api_keys] = lambda: object()
+    app.dependency_overrides[get_visible_device] = lambda: object()
+    app.dependency_overrides[get_audit] = NoAudit
     with TestClient(app, raise_server_exceptions=False) as c:
         yield c
 
