@@ -155,4 +155,3 @@ class TelemetryCore(KeyedProcessFunction):
 
 def _now_ms() -> int:
     return int(time.time() * 1000)
-
