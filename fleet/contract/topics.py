@@ -31,8 +31,16 @@ class Kafka:
     OTA_STATUS = "ota-status"
     DEVICE_EVENTS = "device-events"
     DEAD_LETTER = "dead-letter"
+    # Operator changes to a shadow's desired state (API -> shadow job; schemas/kafka/shadow-desired).
+    SHADOW_DESIRED = "shadow-desired"
+    # The shadow job's answer to each operator change (shadow job -> API; schemas/kafka/shadow-verdict).
+    SHADOW_VERDICTS = "shadow-verdicts"
+    # Messages for devices (jobs -> bridge -> devices/{id}/...; schemas/kafka/downlink). Written
+    # at least once without waiting for a checkpoint; devices deduplicate by version / command id.
+    DOWNLINK = "downlink"
 
-    ALL = (TELEMETRY, SHADOW_REPORTED, COMMAND_RESULTS, OTA_STATUS, DEVICE_EVENTS, DEAD_LETTER)
+    ALL = (TELEMETRY, SHADOW_REPORTED, COMMAND_RESULTS, OTA_STATUS, DEVICE_EVENTS, DEAD_LETTER,
+           SHADOW_DESIRED, SHADOW_VERDICTS, DOWNLINK)
     # Topics holding the latest value per key rather than a history (none yet).
     COMPACTED: tuple[str, ...] = ()
 
@@ -114,3 +122,37 @@ def parse_uplink_topic(topic: str) -> ParsedTopic:
 def device_topic(device_id: str, suffix: str) -> str:
     """devices/{device_id}/{suffix}, for both directions."""
     return f"devices/{device_id}/{suffix}"
+
+
+class Downlink(str, Enum):
+    """Platform-to-device MQTT topic suffixes under devices/{id}/ (see docs/device-contract.md).
+
+    A named shadow's topics are shadow/name/{name}/<kind> instead of shadow/<kind>.
+    """
+
+    SHADOW_ACCEPTED = "shadow/accepted"
+    SHADOW_REJECTED = "shadow/rejected"
+    SHADOW_DELTA = "shadow/delta"
+    SHADOW_DOCUMENT = "shadow/document"
+    COMMANDS = "commands"
+
+
+SHADOW_NAME_PATTERN = re.compile(r"^[A-Za-z0-9:_-]{1,64}$")
+
+
+def shadow_topic_suffix(kind: str, shadow: str = "") -> str:
+    """shadow/<kind> for the classic shadow, shadow/name/{shadow}/<kind> for a named one."""
+    return f"shadow/{kind}" if not shadow else f"shadow/name/{shadow}/{kind}"
+
+
+def is_downlink_suffix(suffix: str) -> bool:
+    """Whether a job may ask the bridge to publish to devices/{id}/{suffix}."""
+    if suffix == Downlink.COMMANDS.value:
+        return True
+    parts = suffix.split("/")
+    kinds = {"accepted", "rejected", "delta", "document"}
+    if len(parts) == 2:
+        return parts[0] == "shadow" and parts[1] in kinds
+    return (len(parts) == 4 and parts[0] == "shadow" and parts[1] == "name"
+            and bool(SHADOW_NAME_PATTERN.fullmatch(parts[2])) and parts[3] in kinds)
+
