@@ -51,5 +51,6 @@ class RegistryEnrollment:
                                                  csr=csr.decode())
         else:
             _, record = self.onboarding.rotate(device_id, csr.decode(), grace_s=0)
+        assert record.pem is not None  # a record just issued always carries its PEM
         install_certificate(identity, record.pem.encode(), self.onboarding.ca_chain.encode())
         return identity

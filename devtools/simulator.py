@@ -196,7 +196,7 @@ def simulate(settings: Settings, *, devices: int, rate: float, duration: float, 
     latest: dict[int, WorkerReport] = {}
     finals: dict[int, WorkerReport] = {}
     started = time.monotonic()
-    errors = []
+    errors: list[str] = []
     while len(finals) + len(errors) < processes:
         try:
             item = queue.get(timeout=duration + drain + 60)

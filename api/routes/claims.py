@@ -44,4 +44,7 @@ def get_claim(claim_id: str, principal: UnscopedAdmin, onboarding: OnboardingDep
 def revoke_claim(claim_id: str, principal: UnscopedAdmin, onboarding: OnboardingDep, request: Request) -> ClaimRevoked:
     request.state.audit_target = claim_id
     report = onboarding.revoke_claim(claim_id)
-    return ClaimRevoked(claim=ClaimOut.of(onboarding.claims.get(claim_id)), cutoff=CutoffOut.of(report))
+    claim = onboarding.claims.get(claim_id)  # re-read: now revoked
+    if claim is None:  # claims are never deleted; only a store emptied meanwhile gets here
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"claim {claim_id!r} not found")
+    return ClaimRevoked(claim=ClaimOut.of(claim), cutoff=CutoffOut.of(report))

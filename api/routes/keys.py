@@ -71,4 +71,4 @@ def revoke_key(key_id: str, principal: Admin, keys: ApiKeys, request: Request) -
     if key.role is Role.admin and key.groups is None and keys.count_active_admins() <= 1:
         raise HTTPException(status.HTTP_409_CONFLICT, "cannot revoke the last active admin key; create another first")
     keys.revoke(key_id)
-    return KeyOut.of(keys.get(key_id))
+    return KeyOut.of(_get(keys, principal, key_id))  # re-read: now with its revoked_at

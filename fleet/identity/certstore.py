@@ -6,6 +6,7 @@ registry - not the CA's files - is the source of truth, and the CRL can be rebui
 
 from __future__ import annotations
 
+import builtins
 import datetime as dt
 from dataclasses import dataclass
 from enum import Enum
@@ -93,7 +94,8 @@ class CertificateStore:
         self.set_status(record, CertStatus.superseded, reason="rotated", revoke_at=revoke_at)
         self.session.execute(self._schedule, (_SHARD, revoke_at, record.serial, record.owner, record.kind))
 
-    def due(self, now: dt.datetime | None = None) -> list[tuple[dt.datetime, str, str, str]]:
+    # builtins.list: the method ``list`` above shadows the builtin in this class body.
+    def due(self, now: dt.datetime | None = None) -> builtins.list[tuple[dt.datetime, str, str, str]]:
         """(revoke_at, serial, owner, kind) of superseded certificates whose grace period is over."""
         now = now or dt.datetime.now(dt.UTC)
         return [(_utc(r.revoke_at), r.serial, r.owner, r.kind) for r in self.session.execute(self._due, (_SHARD, now))]

@@ -13,6 +13,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 from dataclasses import dataclass
+from typing import overload
 
 from fleet.config import Settings
 from fleet.contract.topics import is_valid_device_id
@@ -81,6 +82,16 @@ class Onboarding:
         return self.pki.ca_chain_path.read_text()
 
     # -- registration and certificates --------------------------------------------------------
+    # With a CSR the device gets a certificate; without one, none.
+    @overload
+    def register(self, device_id: str | None, *, device_type: str | None = None, metadata=None, groups=None,
+                 csr: str) -> tuple[Device, CertRecord]: ...
+    @overload
+    def register(self, device_id: str | None, *, device_type: str | None = None, metadata=None, groups=None,
+                 csr: None = None) -> tuple[Device, None]: ...
+    @overload
+    def register(self, device_id: str | None, *, device_type: str | None = None, metadata=None, groups=None,
+                 csr: str | None = None) -> tuple[Device, CertRecord | None]: ...
     def register(self, device_id: str | None, *, device_type: str | None = None, metadata=None, groups=None,
                  csr: str | None = None) -> tuple[Device, CertRecord | None]:
         if device_id is None and csr is not None:
@@ -156,7 +167,10 @@ class Onboarding:
             raise RegistryError("conflict", f"certificate {serial!r} is already revoked")
         self._revoke_records([record], reason="revoked by operator")
         report = self.broker.cut_off([device_id])
-        return self.certs.get(device_id, serial), report
+        revoked = self.certs.get(device_id, serial)
+        if revoked is None:  # deleted since the read above (the device was deleted meanwhile)
+            raise RegistryError("not_found", f"certificate {serial!r} of device {device_id!r} not found")
+        return revoked, report
 
     # -- status changes, delete ----------------------------------------------------------------
     def update(self, device_id: str, *, device_type=None, metadata=None, groups=None,

@@ -15,6 +15,7 @@ MQTT service is fleet.identity.provisioner.
 
 from __future__ import annotations
 
+import builtins
 import datetime as dt
 import json
 import urllib.error
@@ -310,7 +311,8 @@ class ClaimStore:
     def client_seen(self, claim_id: str, client_id: str) -> None:
         self.session.execute(self._client_seen, (claim_id, client_id, dt.datetime.now(dt.UTC)))
 
-    def clients(self, claim_id: str) -> list[str]:
+    # builtins.list: the method ``list`` above shadows the builtin in this class body.
+    def clients(self, claim_id: str) -> builtins.list[str]:
         return [r.client_id for r in self.session.execute(self._clients, (claim_id,))]
 
     def remember(self, template: str, serial: str, device_id: str, claim_id: str) -> None:

@@ -8,6 +8,7 @@ step in the same logged batch, so a list by status or group reads one partition.
 
 from __future__ import annotations
 
+import builtins
 import datetime as dt
 
 from cassandra.query import BatchStatement, BatchType
@@ -104,7 +105,9 @@ class DeviceRegistry:
     def _index_changes(self, batch, old: Device | None, new: Device | None) -> None:
         old_status = old.status.value if old else None
         new_status = new.status.value if new else None
-        device_id = (new or old).device_id
+        subject = new or old
+        assert subject is not None, "an index change needs the old or the new device"
+        device_id = subject.device_id
         if old_status and old_status != new_status:
             batch.add(self._del_status, (old_status, device_id))
         if new_status and old_status != new_status:
@@ -141,11 +144,13 @@ class DeviceRegistry:
                 return out, None
         return out, cursor
 
-    def _chunk(self, flt: DeviceFilter, after: str | None) -> list[tuple[str, Device | None]]:
+    # builtins.list: the method ``list`` above shadows the builtin in this class body.
+    def _chunk(self, flt: DeviceFilter, after: str | None) -> builtins.list[tuple[str, Device | None]]:
         if flt.status is not None or flt.group is not None:
             if flt.group is not None:
                 ids = self.session.execute(self._by_group, (flt.group, after or "", _SCAN_CHUNK))
             else:
+                assert flt.status is not None  # the outer test: a status or a group
                 ids = self.session.execute(self._by_status, (flt.status.value, after or "", _SCAN_CHUNK))
             ids = [r.device_id for r in ids]
             futures = [self.session.execute_async(self._get, (i,)) for i in ids]
