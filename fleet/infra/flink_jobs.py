@@ -303,7 +303,7 @@ def submit_to(settings: Settings, cluster: Cluster, job: str, savepoint: str | N
 
 # --- REST ---------------------------------------------------------------------------------------
 
-def rest(cluster: Cluster, method: str, path: str, body: dict | None = None, timeout: float = 10) -> Any:
+def rest(cluster: Cluster, method: str, path: str, body: dict[str, Any] | None = None, timeout: float = 10) -> Any:
     url = f"{cluster.url}{path}"
     data = json.dumps(body).encode() if body is not None else None
     req = urllib.request.Request(url, data=data, method=method,
@@ -333,14 +333,15 @@ def poll(check: Callable[[], Any], what: str, timeout: float, interval: float = 
 
 def list_jobs(cluster: Cluster) -> list[dict[str, Any]]:
     """REST /jobs/overview: dicts with jid, name, state, start-time, ..."""
-    return rest(cluster, "GET", "/jobs/overview").get("jobs", [])
+    jobs: list[dict[str, Any]] = rest(cluster, "GET", "/jobs/overview").get("jobs", [])
+    return jobs
 
 
 def resolve_job(jobs: Sequence[Mapping[str, Any]], name_or_id: str) -> str:
     """The id of the one RUNNING job named ``name_or_id``, or ``name_or_id`` if it is a job id."""
     if JOB_ID.match(name_or_id):
         return name_or_id
-    running = [j["jid"] for j in jobs if j.get("name") == name_or_id and j.get("state") == "RUNNING"]
+    running: list[str] = [j["jid"] for j in jobs if j.get("name") == name_or_id and j.get("state") == "RUNNING"]
     if not running:
         states = sorted({j.get("state", "?") for j in jobs if j.get("name") == name_or_id})
         seen = f" (seen: {', '.join(states)})" if states else ""
@@ -401,7 +402,7 @@ def wait_running(cluster: Cluster, job_id: str, timeout: float = 240) -> None:
 def verify_exactly_once(cluster: Cluster, job_id: str, timeout: float = 240) -> dict[str, Any]:
     """The job RUNNING with exactly-once checkpointing; its checkpoint config, else DeployError."""
     wait_running(cluster, job_id, timeout)
-    config = rest(cluster, "GET", f"/jobs/{job_id}/checkpoints/config")
+    config: dict[str, Any] = rest(cluster, "GET", f"/jobs/{job_id}/checkpoints/config")
     found = checkpoint_problems(config)
     if found:
         raise DeployError(f"job {job_id} runs WITHOUT exactly-once delivery: {'; '.join(found)}. Stop it "
@@ -420,7 +421,7 @@ def savepoint_target(directory: str | None) -> str | None:
 
 def await_savepoint(cluster: Cluster, job_id: str, trigger_id: str, what: str, timeout: float) -> str:
     """Poll a savepoint operation until it completes; its path, or a DeployError with the cause."""
-    def completed() -> dict | None:
+    def completed() -> dict[str, Any] | None:
         status = rest(cluster, "GET", f"/jobs/{job_id}/savepoints/{trigger_id}")
         if status.get("status", {}).get("id") != "COMPLETED":
             return None
@@ -430,7 +431,8 @@ def await_savepoint(cluster: Cluster, job_id: str, trigger_id: str, what: str, t
     if "failure-cause" in operation:
         cause = operation["failure-cause"].get("stack-trace", "")[:3000]
         raise DeployError(f"{what} of job {job_id} failed:\n{cause}")
-    return operation["location"]
+    location: str = operation["location"]
+    return location
 
 
 def stop_with_savepoint(cluster: Cluster, job_id: str, target: str | None = None, drain: bool = False,
@@ -447,8 +449,9 @@ def stop_with_savepoint(cluster: Cluster, job_id: str, target: str | None = None
 
 def wait_ended(cluster: Cluster, job_id: str, timeout: float = 60) -> str:
     """Until the job is in a terminal state (its slots are free again); that state."""
-    return poll(lambda: (lambda s: s if s in TERMINAL_STATES else None)(
+    state: str = poll(lambda: (lambda s: s if s in TERMINAL_STATES else None)(
         rest(cluster, "GET", f"/jobs/{job_id}").get("state")), f"job {job_id} to end", timeout)
+    return state
 
 
 def restored_from(cluster: Cluster, job_id: str) -> str | None:
@@ -465,11 +468,11 @@ def describe(job: Mapping[str, Any], config: Mapping[str, Any] | None,
     head = f"{job.get('jid', '?'):<32}  {job.get('name', '?'):<12} {job.get('state', '?'):<10}"
     if config is None:
         return f"{head} checkpointing: unknown"
-    interval = config.get("interval")
-    if checkpoint_problems(config):
-        mode = f"checkpointing NOT exactly-once ({'; '.join(checkpoint_problems(config))})"
-    else:
-        mode = f"checkpointing {config.get('mode')} every {interval / 1000:g}s"
+    problems = checkpoint_problems(config)
+    if problems:
+        mode = f"checkpointing NOT exactly-once ({'; '.join(problems)})"
+    else:  # no problems: the interval is there, a positive int
+        mode = f"checkpointing {config.get('mode')} every {config['interval'] / 1000:g}s"
     completed = ((checkpoints or {}).get("latest") or {}).get("completed")
     if completed:
         at = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(completed.get("latest_ack_timestamp", 0) / 1000))

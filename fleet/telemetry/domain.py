@@ -21,15 +21,15 @@ open gaps (usually none), whatever the dedup horizon. The horizon is the state's
 from __future__ import annotations
 
 import base64
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any
+from typing import Any, TypeGuard
 
 try:  # orjson parses several times faster than json (the job's hottest line).
     import orjson
 
-    _loads = orjson.loads
+    _loads: Callable[[str | bytes], Any] = orjson.loads
     _JSONError: type[Exception] = orjson.JSONDecodeError
 
     def dumps(obj: Any) -> str:
@@ -101,7 +101,7 @@ class Rejected:
 
 # --- envelope validation ---------------------------------------------------------------------
 
-def _is_int(value: Any) -> bool:
+def _is_int(value: object) -> TypeGuard[int]:
     return type(value) is int  # bool is an int subclass and never a valid ts/seq
 
 
