@@ -49,7 +49,7 @@ from fleet.contract.topics import Kafka, Uplink
 from fleet.contract.validation import UplinkValidators, default_validators
 from fleet.logs import log_fields
 from fleet.mqtt.broker_log import BROKER_NOTICE_LOG_TOPIC, parse_disconnect
-from fleet.mqtt.loop import MqttLoop
+from fleet.mqtt.loop import MqttLoop, Timer
 from fleet.mqtt.paho_speedups import ack_many
 from fleet.mqtt.paho_speedups import install as install_paho_speedups
 
@@ -140,7 +140,7 @@ class UplinkBridge:
         self._n_produced: dict[str, int] = {}
         self._last_progress = time.monotonic()
         self._backoff = 0.5
-        self._reconnect_timer = None
+        self._reconnect_timer: Timer | None = None
         self._connect_attempted = False
         self._connected = threading.Event()
         self._drained = threading.Condition()
@@ -307,10 +307,12 @@ class UplinkBridge:
         self._send(out, msg.mid, msg.qos)
 
     def _send(self, out: Routed | DeadLetter, mid: int, qos: int) -> None:
+        producer = self._producer
+        assert producer is not None  # start() makes it before the first message can arrive
         delivery = _Delivery(self, mid, qos, self._gen, self._epoch, time.perf_counter())
         self._inflight += 1
         try:
-            self._producer.produce(self._topic_names[out.topic], out.value, out.key, on_delivery=delivery)
+            producer.produce(self._topic_names[out.topic], out.value, out.key, on_delivery=delivery)
         except (BufferError, KafkaException) as exc:  # not acked, so not lost: redelivered
             self._delivery_failed(delivery, exc)
 
@@ -384,12 +386,18 @@ class UplinkBridge:
     def _replace_producer(self, why: str) -> None:
         log.error("replacing the Kafka producer; unconfirmed messages will be redelivered",
                   extra=log_fields(why=why, inflight=self._inflight))
-        old, self._producer = self._producer, self._make_producer()
+        old = self._producer
+        assert old is not None  # replaced only by the watchdog and delivery reports, which follow start()
+        self._producer = self._make_producer()
         self._epoch += 1
         self._inflight = 0
         self._last_progress = time.monotonic()
         # Dispose of the old one off the loop thread: its reports now only hit the epoch check.
-        threading.Thread(target=lambda: (old.purge(), old.flush(5)), name="producer-dispose", daemon=True).start()
+        def dispose() -> None:
+            old.purge()
+            old.flush(5)
+
+        threading.Thread(target=dispose, name="producer-dispose", daemon=True).start()
         if self.client.is_connected():
             self.client.disconnect()  # on_disconnect schedules the reconnect; the session is resumed
 

@@ -34,13 +34,13 @@ from paho.mqtt.properties import Properties
 from device.identity import DeviceIdentity
 from device.seqstore import SeqStore
 from fleet.contract.topics import device_topic
-from fleet.mqtt.loop import MqttLoop
+from fleet.mqtt.loop import MqttLoop, Timer
 from fleet.mqtt.paho_speedups import install as install_paho_speedups
 
 try:
     import orjson
 
-    _dumps = orjson.dumps
+    _dumps: Callable[[Any], bytes] = orjson.dumps
 except ImportError:  # pragma: no cover
     import json
 
@@ -119,7 +119,7 @@ class DeviceAgent:
         self._stopping = False
         self._connected = threading.Event()
         self._idle = threading.Condition()
-        self._reconnect_timer = None
+        self._reconnect_timer: Timer | None = None
         # The broker's Maximum Packet Size from its last CONNACK (None: not told, no limit known).
         self.max_packet_size: int | None = None
         self.client = self._make_client()
@@ -299,12 +299,21 @@ class DeviceAgent:
     def stop(self, timeout: float = 10.0) -> None:
         """Publish offline, wait (bounded) for outstanding acks, disconnect cleanly."""
         done = threading.Event()
-        self.loop.call_soon(lambda: (self.begin_stop(), done.set()))
+
+        def begin() -> None:
+            self.begin_stop()
+            done.set()
+
+        def finish() -> None:
+            self.finish_stop()
+            done.set()
+
+        self.loop.call_soon(begin)
         done.wait(timeout)
         if self.connected:
             self.wait_acked(timeout)
         done.clear()
-        self.loop.call_soon(lambda: (self.finish_stop(), done.set()))
+        self.loop.call_soon(finish)
         done.wait(timeout)
         if self._own_loop:
             time.sleep(0.05)  # let the DISCONNECT leave before the loop stops writing

@@ -61,10 +61,16 @@ class DeviceIdentity:
             return False
         cert = x509.load_pem_x509_certificate(self.cert_path.read_bytes())
         key = load_or_create_key(self.key_path)
-        same_key = cert.public_key().public_numbers() == key.public_key().public_numbers()
+        same_key = _certifies(cert, key)
         cn = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
         fresh = cert.not_valid_after_utc - dt.datetime.now(dt.UTC) > min_remaining
         return same_key and fresh and bool(cn) and cn[0].value == self.device_id
+
+
+def _certifies(cert: x509.Certificate, key: ec.EllipticCurvePrivateKey) -> bool:
+    """Whether the certificate is for this (EC) key; a certificate for another key type never is."""
+    public = cert.public_key()
+    return isinstance(public, ec.EllipticCurvePublicKey) and public.public_numbers() == key.public_key().public_numbers()
 
 
 def _write_private(path: Path, data: bytes) -> None:
@@ -110,7 +116,7 @@ def install_certificate(identity: DeviceIdentity, cert_pem: bytes, ca_chain_pem:
     """Store what the CA sent back, after checking it certifies this device's own key."""
     cert = x509.load_pem_x509_certificate(cert_pem)
     key = load_or_create_key(identity.key_path)
-    if cert.public_key().public_numbers() != key.public_key().public_numbers():
+    if not _certifies(cert, key):
         raise ValueError("the certificate is not for this device's key")
     identity.cert_path.write_bytes(cert_pem)
     identity.ca_path.write_bytes(ca_chain_pem)

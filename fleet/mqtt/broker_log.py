@@ -39,9 +39,9 @@ class Disconnect:
     reason: str
 
 
-def parse_disconnect(line: str | bytes) -> Disconnect | None:
-    """A misbehaving client's disconnect from one broker log line, else None."""
-    if isinstance(line, bytes):
+def parse_disconnect(line: str | bytes | bytearray) -> Disconnect | None:
+    """A misbehaving client's disconnect from one broker log line (an MQTT payload or text), else None."""
+    if isinstance(line, (bytes, bytearray)):
         line = line.decode("utf-8", "replace")
     match = _LINE.match(line.strip())
     if match is None:

@@ -21,9 +21,12 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import paho.mqtt.client as mqtt
+
+if TYPE_CHECKING:  # paho defines its socket protocol for type checkers only
+    from paho.mqtt.client import SocketLike
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +59,7 @@ class MqttLoop:
         self._wake_pending = False
         self._timers: list[tuple[float, int, Timer]] = []
         self._timer_seq = itertools.count()
-        self._clients: dict[mqtt.Client, socket.socket | None] = {}
+        self._clients: dict[mqtt.Client, SocketLike | None] = {}
         self._write_registered: set[mqtt.Client] = set()
         self._dirty: set[mqtt.Client] = set()
         self._hooks: list[Callable[[], float | None]] = []
@@ -73,12 +76,12 @@ class MqttLoop:
         client.on_socket_unregister_write = self._on_unregister_write
         self._clients[client] = None
 
-    def _on_socket_open(self, client: mqtt.Client, userdata: Any, sock: socket.socket) -> None:
+    def _on_socket_open(self, client: mqtt.Client, userdata: Any, sock: SocketLike) -> None:
         self._drop_socket(client)
         self._clients[client] = sock
         self._selector.register(sock, _READ, client)
 
-    def _on_socket_close(self, client: mqtt.Client, userdata: Any, sock: socket.socket) -> None:
+    def _on_socket_close(self, client: mqtt.Client, userdata: Any, sock: SocketLike) -> None:
         self._drop_socket(client)
 
     def _drop_socket(self, client: mqtt.Client) -> None:
@@ -92,12 +95,12 @@ class MqttLoop:
         self._write_registered.discard(client)
         self._dirty.discard(client)
 
-    def _on_register_write(self, client: mqtt.Client, userdata: Any, sock: socket.socket) -> None:
+    def _on_register_write(self, client: mqtt.Client, userdata: Any, sock: SocketLike) -> None:
         # Don't wait for the selector: try the write at the end of this loop iteration and
         # only ask for writability if the socket buffer is full.
         self._dirty.add(client)
 
-    def _on_unregister_write(self, client: mqtt.Client, userdata: Any, sock: socket.socket) -> None:
+    def _on_unregister_write(self, client: mqtt.Client, userdata: Any, sock: SocketLike) -> None:
         if client in self._write_registered:
             self._write_registered.discard(client)
             current = self._clients.get(client)

@@ -76,9 +76,10 @@ def install() -> bool:
     if not _supported():
         log.info("paho %s: MQTT 5 decoding speed-up not applied (written for 2.2)", paho.mqtt.__version__)
         return False
-    _packet.Properties = LazyProperties
+    # The patch itself: rebinding a class name in paho's module, which mypy forbids for any type.
+    _packet.Properties = LazyProperties  # type: ignore[misc]
     return True
 
 
 def uninstall() -> None:
-    _packet.Properties = Properties
+    _packet.Properties = Properties  # type: ignore[misc]  # undoing the patch (see install)
