@@ -31,11 +31,11 @@ from fleet.infra.errors import InfraError
 def _init(settings: Settings, args) -> int:
     """Prepare external Kafka/Cassandra (compose, a real cluster): everything is idempotent."""
     from fleet.contract.topics import Kafka
-    from fleet.identity.pki import LocalPKI
+    from fleet.identity.ca import pki_from_settings
     from fleet.infra.kafka import create_topics
     from fleet.infra.migrations import apply_migrations
 
-    pki = LocalPKI(settings.pki_dir)
+    pki = pki_from_settings(settings)
     pki.ensure(hostnames=("localhost", *args.broker_host))
     pki.service_identity(settings.bridge_client_id)
     print(f"PKI ready in {settings.pki_dir}")
@@ -99,7 +99,11 @@ def load_plugins(sub) -> None:
     from importlib.metadata import entry_points
 
     for entry in entry_points(group="fleet.cli"):
-        entry.load()(sub, HOOKS)
+        try:
+            register = entry.load()
+        except ModuleNotFoundError:
+            continue  # a production install without the dev tooling: its commands are simply absent
+        register(sub, HOOKS)
 
 
 def _cluster(settings: Settings, args):
