@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, overload
+from typing import TYPE_CHECKING, Any
 
 from fleet.access.auth import KEY_KIND, TOKEN_KIND, Principal, Role, hashes_match, is_expired, new_secret, parse_secret
+from fleet.infra.cql_values import as_utc
 
 if TYPE_CHECKING:  # the driver ships no type hints: Any to mypy, a name for the reader
     from cassandra.cluster import Session
@@ -30,20 +31,6 @@ class ApiKey:
 
 class AuthFailure(Exception):
     """Why a credential was refused; ``str(exc)`` is safe to show the caller."""
-
-
-@overload
-def _utc(value: dt.datetime) -> dt.datetime: ...
-
-
-@overload
-def _utc(value: None) -> None: ...
-
-
-def _utc(value: dt.datetime | None) -> dt.datetime | None:
-    if value is not None and value.tzinfo is None:
-        return value.replace(tzinfo=dt.UTC)
-    return value
 
 
 def _now() -> dt.datetime:
@@ -99,7 +86,7 @@ class ApiKeyStore:
     @staticmethod
     def _key(row: Any) -> ApiKey:
         return ApiKey(row.key_id, row.name, Role(row.role), frozenset(row.groups) if row.groups else None,
-                      _utc(row.created_at), row.created_by, _utc(row.expires_at), _utc(row.revoked_at))
+                      as_utc(row.created_at), row.created_by, as_utc(row.expires_at), as_utc(row.revoked_at))
 
     # -- tokens ------------------------------------------------------------------------------
     def mint_token(self, principal: Principal, ttl_s: int, role: Role | None = None) -> tuple[str, dt.datetime]:

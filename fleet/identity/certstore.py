@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from enum import Enum
 
 from fleet.identity.pki import IssuedCertificate
+from fleet.infra.cql_values import as_utc
 
 _SHARD = 0  # revocations pending a grace period are few; one partition, ordered by time
 _COLUMNS = "owner, serial, kind, fingerprint, status, issued_at, not_before, not_after, revoke_at, revoked_at, reason, pem"
@@ -40,13 +41,9 @@ class CertRecord:
     pem: str | None = None
 
 
-def _utc(value):
-    return value.replace(tzinfo=dt.UTC) if value is not None and value.tzinfo is None else value
-
-
 def _record(row) -> CertRecord:
-    return CertRecord(row.owner, row.serial, row.kind, row.fingerprint, CertStatus(row.status), _utc(row.issued_at),
-                      _utc(row.not_before), _utc(row.not_after), _utc(row.revoke_at), _utc(row.revoked_at),
+    return CertRecord(row.owner, row.serial, row.kind, row.fingerprint, CertStatus(row.status), as_utc(row.issued_at),
+                      as_utc(row.not_before), as_utc(row.not_after), as_utc(row.revoke_at), as_utc(row.revoked_at),
                       row.reason, row.pem)
 
 
@@ -98,7 +95,7 @@ class CertificateStore:
     def due(self, now: dt.datetime | None = None) -> builtins.list[tuple[dt.datetime, str, str, str]]:
         """(revoke_at, serial, owner, kind) of superseded certificates whose grace period is over."""
         now = now or dt.datetime.now(dt.UTC)
-        return [(_utc(r.revoke_at), r.serial, r.owner, r.kind) for r in self.session.execute(self._due, (_SHARD, now))]
+        return [(as_utc(r.revoke_at), r.serial, r.owner, r.kind) for r in self.session.execute(self._due, (_SHARD, now))]
 
     def unschedule(self, revoke_at: dt.datetime, serial: str) -> None:
         self.session.execute(self._unschedule, (_SHARD, revoke_at, serial))

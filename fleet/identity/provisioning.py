@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 
 from fleet.contract.topics import is_valid_device_id
 from fleet.identity.devices import RegistryError, check_groups, check_metadata, check_name
+from fleet.infra.cql_values import as_utc
 
 MAX_REQUEST_BYTES = 16384
 REQUEST_SUFFIX = "request"
@@ -200,10 +201,6 @@ def http_webhook(url: str, body: dict, timeout_s: float) -> dict:
 
 
 # -- stores ------------------------------------------------------------------------------------
-def _utc(value):
-    return value.replace(tzinfo=dt.UTC) if value is not None and value.tzinfo is None else value
-
-
 class TemplateStore:
     _COLUMNS = ("name, description, enabled, allowed_serials, webhook_url, device_id_prefix, device_type, groups, "
                 "metadata, created_at, updated_at")
@@ -221,7 +218,7 @@ class TemplateStore:
         return Template(row.name, row.device_id_prefix or "", bool(row.enabled),
                         frozenset(row.allowed_serials) if row.allowed_serials is not None else None,
                         row.webhook_url, row.device_type, frozenset(row.groups or ()), dict(row.metadata or {}),
-                        row.description, _utc(row.created_at), _utc(row.updated_at))
+                        row.description, as_utc(row.created_at), as_utc(row.updated_at))
 
     def _values(self, t: Template) -> tuple:
         return (t.name, t.description, t.enabled, set(t.allowed_serials) if t.allowed_serials else None,
@@ -285,7 +282,7 @@ class ClaimStore:
     @staticmethod
     def _claim(row) -> Claim:
         return Claim(row.claim_id, row.template, row.status, row.cert_serial, row.cert_fingerprint,
-                     _utc(row.not_after), _utc(row.created_at), row.created_by, _utc(row.revoked_at))
+                     as_utc(row.not_after), as_utc(row.created_at), row.created_by, as_utc(row.revoked_at))
 
     def get(self, claim_id: str) -> Claim | None:
         row = self.session.execute(self._get, (claim_id,)).one()

@@ -14,6 +14,7 @@ import datetime as dt
 from cassandra.query import BatchStatement, BatchType
 
 from fleet.identity.devices import Device, DeviceFilter, DeviceStatus, RegistryError
+from fleet.infra.cql_values import as_utc
 
 _COLUMNS = ("device_id, status, device_type, cert_fingerprint, cert_serial, metadata, groups, firmware_version, "
             "created_at, updated_at")
@@ -21,10 +22,6 @@ _COLUMNS = ("device_id, status, device_type, cert_fingerprint, cert_serial, meta
 _SCAN_CHUNK = 200
 _MAX_SCANNED = 20000
 
-
-
-def _utc(value: dt.datetime | None) -> dt.datetime | None:
-    return value.replace(tzinfo=dt.UTC) if value is not None and value.tzinfo is None else value
 
 
 def _now() -> dt.datetime:
@@ -36,7 +33,7 @@ def _device(row) -> Device:
         device_id=row.device_id, status=DeviceStatus(row.status or "active"), device_type=row.device_type,
         metadata=dict(row.metadata or {}), groups=frozenset(row.groups or ()), cert_serial=row.cert_serial,
         cert_fingerprint=row.cert_fingerprint, firmware_version=row.firmware_version,
-        created_at=_utc(row.created_at), updated_at=_utc(row.updated_at),
+        created_at=as_utc(row.created_at), updated_at=as_utc(row.updated_at),
     )
 
 

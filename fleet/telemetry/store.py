@@ -12,8 +12,9 @@ import json
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, overload
+from typing import TYPE_CHECKING, Any
 
+from fleet.infra.cql_values import epoch_ms
 from fleet.telemetry.query import (
     DAY_MS,
     MINUTE_MS,
@@ -32,7 +33,6 @@ if TYPE_CHECKING:  # neither the driver nor pyarrow ships type hints: Any to myp
     from cassandra.query import PreparedStatement
 
 MIN_SEQ = -(2 ** 63)
-_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 
 
 @dataclass(frozen=True)
@@ -42,25 +42,6 @@ class Point:
     ingest_ts_ms: int | None
     metrics: dict[str, float]
     attrs: dict[str, Any] | None
-
-
-@overload
-def _ms(value: None) -> None: ...
-
-
-@overload
-def _ms(value: dt.datetime | int) -> int: ...
-
-
-def _ms(value: dt.datetime | int | None) -> int | None:
-    if value is None:
-        return None
-    if isinstance(value, dt.datetime):
-        if value.tzinfo is None:
-            value = value.replace(tzinfo=dt.UTC)
-        # Exact integer arithmetic: float timestamp() * 1000 can land one millisecond low.
-        return (value - _EPOCH) // dt.timedelta(milliseconds=1)
-    return int(value)
 
 
 def _attrs(raw: Any) -> dict[str, Any] | None:
@@ -122,7 +103,7 @@ class TelemetryStore:
         lower_ts = dt.datetime.fromtimestamp(start_ms / 1000, dt.UTC)
         upper_ts = dt.datetime.fromtimestamp(upper[0] / 1000, dt.UTC)
         rows = self.session.execute(self._raw, (device_id, day, lower_ts, MIN_SEQ, upper_ts, upper[1], limit))
-        return [Point(_ms(r.ts), r.seq, _ms(r.ingest_ts), dict(r.metrics or {}), _attrs(r.attrs)) for r in rows]
+        return [Point(epoch_ms(r.ts), r.seq, epoch_ms(r.ingest_ts), dict(r.metrics or {}), _attrs(r.attrs)) for r in rows]
 
     def _lake_table(self, device_id: str, day: dt.date, columns: list[str]) -> pa.Table | None:
         import pyarrow.dataset as ds
@@ -141,11 +122,11 @@ class TelemetryStore:
             return []
         points = []
         for row in table.to_pylist():
-            ts, seq = _ms(row["ts"]), int(row["seq"])
+            ts, seq = epoch_ms(row["ts"]), int(row["seq"])
             if ts >= start_ms and (ts, seq) < upper:
                 metrics = row["metrics"]
                 metrics = dict(metrics) if metrics is not None else {}
-                points.append(Point(ts, seq, _ms(row["ingest_ts"]), metrics, _attrs(row["attrs"])))
+                points.append(Point(ts, seq, epoch_ms(row["ingest_ts"]), metrics, _attrs(row["attrs"])))
         points.sort(key=lambda p: (p.ts_ms, p.seq), reverse=True)
         return points[:limit]
 
@@ -167,7 +148,7 @@ class TelemetryStore:
         for future in futures:
             for r in future.result():
                 if r.count:  # a group with no rows (none exist, but be exact)
-                    out.append(Bucket(_ms(r.bucket_start), r.min, r.max, r.sum, r.count))
+                    out.append(Bucket(epoch_ms(r.bucket_start), r.min, r.max, r.sum, r.count))
         for day in cold:
             out.extend(self._cold_minutes(device_id, metric, day, rng))
         return out
@@ -195,7 +176,7 @@ class TelemetryStore:
             return []
         points: list[tuple[int, float]] = []
         for row in table.to_pylist():
-            ts = _ms(row["ts"])
+            ts = epoch_ms(row["ts"])
             value = dict(row["metrics"] or {}).get(metric)
             if value is not None and rng.start_ms <= ts < rng.end_ms:
                 points.append((ts, float(value)))
@@ -204,12 +185,12 @@ class TelemetryStore:
     # -- delivery report -----------------------------------------------------------------------
     def gaps(self, device_id: str, limit: int) -> list[dict[str, Any]]:
         return [{"first_seq": r.first_seq, "last_seq": r.last_seq, "missing": r.missing,
-                 "after_ts": _ms(r.after_ts), "before_ts": _ms(r.before_ts), "status": r.status}
+                 "after_ts": epoch_ms(r.after_ts), "before_ts": epoch_ms(r.before_ts), "status": r.status}
                 for r in self.session.execute(self._gaps, (device_id, limit))]
 
     def stats(self, device_id: str) -> dict[str, Any] | None:
         row = self.session.execute(self._stats, (device_id,)).one()
         if row is None:
             return None
-        return {"max_seq": row.max_seq, "last_ts": _ms(row.last_ts), "received": row.received,
+        return {"max_seq": row.max_seq, "last_ts": epoch_ms(row.last_ts), "received": row.received,
                 "duplicates": row.duplicates, "late": row.late, "lost": row.lost}
