@@ -272,7 +272,9 @@ def print_baseline(base: dict, out: TextIO = sys.stdout) -> None:
               f"single core {cpu['ops_per_s_single_core']:,.0f} ops/s\n")
     b = base.get("broker")
     if b:
-        fmt = lambda v: f"{v:.1f}" if v is not None else "-"  # noqa: E731
+        def fmt(v):
+            return f"{v:.1f}" if v is not None else "-"
+
         out.write(f"  raw broker QoS 1 pub->sub (mTLS, C clients, {b['publishers']} publishers, "
                   f"{b['received']:,}/{b['messages']:,} msgs): {b['rate']:,.0f} msg/s, broker "
                   f"{b['broker_cpu_us_per_msg']:.0f} us/msg; latency at {b['latency_rate']:.0f}/s p50 "

@@ -54,15 +54,15 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(PROJECT_ROOT))
 sys.path.insert(0, str(PROJECT_ROOT / "bench"))
 
-import baseline  # noqa: E402
-import httpx  # noqa: E402
-import pyarrow.parquet as pq  # noqa: E402
-from baseline import broker_pid, cpu_seconds, percentile  # noqa: E402
-from bridge_bench import CDriver  # noqa: E402
-from mqtt_driver import AsyncDriver  # noqa: E402
+import baseline  # noqa: E402 - after the sys.path set-up above
+import httpx  # noqa: E402 - after the sys.path set-up above
+import pyarrow.parquet as pq  # noqa: E402 - after the sys.path set-up above
+from baseline import broker_pid, cpu_seconds, percentile  # noqa: E402 - after the sys.path set-up above
+from bridge_bench import CDriver  # noqa: E402 - after the sys.path set-up above
+from mqtt_driver import AsyncDriver  # noqa: E402 - after the sys.path set-up above
 
-from devtools.enrollment import RegistryEnrollment  # noqa: E402
-from fleet.config import Settings  # noqa: E402
+from devtools.enrollment import RegistryEnrollment  # noqa: E402 - after the sys.path set-up above
+from fleet.config import Settings  # noqa: E402 - after the sys.path set-up above
 
 COMPONENTS = ("bridge", "flink-tm", "cassandra", "kafka", "mosquitto", "api")
 

@@ -60,10 +60,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import baseline  # noqa: E402
+import baseline  # noqa: E402 - after the sys.path set-up above
 
-from devtools.stack import flink  # noqa: E402
-from fleet.config import Settings  # noqa: E402
+from devtools.stack import flink  # noqa: E402 - after the sys.path set-up above
+from fleet.config import Settings  # noqa: E402 - after the sys.path set-up above
 
 JOB = Path(__file__).resolve().parent / "telemetry_bench_job.py"
 T0 = 1_767_225_600_000  # 2026-01-01T00:00:00Z

@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from fleet.identity.provisioning import RESPONSE_SUFFIX, provisioning_topic
-from tests.integration.test_claim_provisioning import claim, provisioning  # noqa: F401 (fixtures)
+from tests.integration.test_claim_provisioning import claim, provisioning  # noqa: F401 - pytest fixtures used by name
 from tests.support.identity import csr_pem, new_key
 
 pytestmark = pytest.mark.integration
@@ -77,7 +77,7 @@ def assert_final_rejection(answer) -> None:
     assert isinstance(body["reason"], str) and 0 < len(body["reason"]) <= 500, body
 
 
-def test_hostile_claim_requests_are_rejected_for_good(provisioning, claim):  # noqa: F811
+def test_hostile_claim_requests_are_rejected_for_good(provisioning, claim):  # noqa: F811 - pytest fixtures imported above
     claim_id, _, _, prefix = claim(allowed_serials=["SN-1"])
     topic = provisioning_topic(claim_id, "c-hostile", "request")
 
@@ -97,7 +97,7 @@ def test_hostile_claim_requests_are_rejected_for_good(provisioning, claim):  # n
     assert answer[1]["status"] == "accepted", answer
 
 
-def test_hostile_rotation_requests_are_rejected_for_good(provisioning, api, keys, uid):  # noqa: F811
+def test_hostile_rotation_requests_are_rejected_for_good(provisioning, api, keys, uid):  # noqa: F811 - pytest fixtures imported above
     device = uid("rot")
     r = api.post("/v1/devices", headers=keys.operator, json={"device_id": device, "csr": csr_pem(device, new_key())})
     assert r.status_code == 201, r.text

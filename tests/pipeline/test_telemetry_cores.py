@@ -150,5 +150,7 @@ def test_same_dead_letters(outputs):
     assert sorted(map(key, java)) == sorted(map(key, python))
     assert {d["reason"] for d in python} == {"invalid_json", "invalid_envelope", "ts_in_future", "late"}
     # Details differ in wording only where the JSON parsers' messages do; each names its field.
-    fields = lambda letters: sorted(d["detail"].split(":")[0] for d in letters if d["reason"] == "invalid_envelope")  # noqa: E731
+    def fields(letters):
+        return sorted(d["detail"].split(":")[0] for d in letters if d["reason"] == "invalid_envelope")
+
     assert fields(java) == fields(python)

@@ -10,7 +10,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
 
-import baseline  # noqa: E402
+import baseline  # noqa: E402 - after the sys.path set-up above
 
 
 def test_with_ratio_shows_value_and_ratio_to_the_baseline():
