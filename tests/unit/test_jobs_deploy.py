@@ -24,7 +24,7 @@ EXACTLY_ONCE_CONFIG = {
     "state_backend": "EmbeddedRocksDBStateBackend", "checkpoint_storage": "FileSystemCheckpointStorage",
     "unaligned_checkpoints": False, "tolerable_failed_checkpoints": 3,
 }
-# The same job submitted with only the jars fixed (a bare cluster's defaults): issue 8 section 7.
+# The same job submitted with only the jars fixed (a bare cluster's defaults).
 CHECKPOINTING_OFF_CONFIG = {
     **EXACTLY_ONCE_CONFIG, "mode": "at_least_once", "interval": 9223372036854775807,
     "externalization": {"enabled": False, "delete_on_cancellation": True},

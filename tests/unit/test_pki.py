@@ -78,7 +78,7 @@ def test_service_identity_is_reused(pki):
     assert cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value == "fleet-bridge"
 
 
-# -- trust anchors, holds and canaries (issue 4) -------------------------------------------------
+# -- trust anchors, holds and canaries -----------------------------------------------------------
 def _verifies(cert_pem: bytes, ca_path) -> bool:
     cert = x509.load_pem_x509_certificate(cert_pem)
     ca = x509.load_pem_x509_certificate(ca_path.read_bytes())
