@@ -10,10 +10,18 @@ What a firmware author should copy (see docs for the topic contract):
 - messages published while offline, and those not acknowledged before a disconnect, stay
   buffered (bounded) and are sent again in order after reconnecting (paho keeps its outgoing
   QoS 1 queue across reconnects and resends unacknowledged ones with DUP set);
-- reconnect with exponential backoff and jitter, so a fleet doesn't stampede a restarted broker.
+- reconnect with exponential backoff and jitter, so a fleet doesn't stampede a restarted broker;
+- downlink: subscribe to ``devices/{id}/shadow/#`` (no-local, so our own updates don't come back)
+  and ``devices/{id}/commands`` before announcing online; shadow sync (device/shadow_sync.py:
+  apply deltas through ``apply_desired``, report what was applied, get when there is no local
+  state) and commands (device/commands.py: dedup by command id across restarts, receipt, result;
+  ``agent.commands.register(name, fn)``, ``reboot`` and ``set_config`` built in).
 
 Threading: paho calls run on one MqttLoop thread (shared by many agents in the simulator).
 ``publish_telemetry`` must be called on that thread; ``send_telemetry`` is the thread-safe form.
+Downlink is handled off that thread, on two serial lanes per agent (shadow, commands) over a small
+shared worker pool, so a slow handler or ``apply_desired`` never delays telemetry; what they
+publish goes through the loop (``call_soon``).
 """
 
 from __future__ import annotations
@@ -24,16 +32,21 @@ import ssl
 import threading
 import time
 from collections.abc import Callable, Mapping
+from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import Any
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
+from paho.mqtt.subscribeoptions import SubscribeOptions
 
+from device.commands import CommandProcessor, CommandRefused, CommandRegistry, Reply, SerialLane
+from device.dedup_store import DedupStore
 from device.identity import DeviceIdentity
 from device.seqstore import SeqStore
-from fleet.contract.topics import device_topic
+from device.shadow_sync import ApplyDesired, Message, ShadowSync, accept_all, parse_shadow_suffix
+from fleet.contract.topics import Downlink, device_topic
 from fleet.mqtt.loop import MqttLoop, Timer
 from fleet.mqtt.paho_speedups import install as install_paho_speedups
 
@@ -69,6 +82,10 @@ class AgentConfig:
     backoff_max: float = 30.0
     # Keep the MQTT session (and queued downlink messages) for this long while offline.
     session_expiry: int = 3600
+    # Shadows fetched with shadow/get on connect while the agent holds no state for them ("" = classic).
+    shadows: tuple[str, ...] = ("",)
+    # The simulated reboot's downtime, unless the command's params say delay_s.
+    reboot_delay: float = 1.0
 
     @classmethod
     def from_settings(cls, settings: Any, **overrides: Any) -> AgentConfig:
@@ -103,7 +120,12 @@ def publish_packet_size(topic: str, payload_len: int) -> int:
 
 class DeviceAgent:
     def __init__(self, identity: DeviceIdentity, config: AgentConfig, loop: MqttLoop | None = None, *,
-                 on_ack: Callable[[int], None] | None = None, persist_seq: bool = True):
+                 on_ack: Callable[[int], None] | None = None, persist_seq: bool = True,
+                 apply_desired: ApplyDesired | None = None, executor: Executor | None = None):
+        """``persist_seq`` also decides whether shadow state and command results are kept on disk
+        (next to the seq file). ``apply_desired(name, delta) -> applied`` decides what of a desired
+        change the device takes (default: all of it); ``executor`` runs downlink handling (default:
+        a small pool shared by every agent in the process)."""
         self.identity = identity
         self.device_id = identity.device_id
         self.config = config
@@ -122,6 +144,19 @@ class DeviceAgent:
         self._reconnect_timer: Timer | None = None
         # The broker's Maximum Packet Size from its last CONNACK (None: not told, no limit known).
         self.max_packet_size: int | None = None
+        state_dir = identity.directory if persist_seq else None
+        self.shadow = ShadowSync(state_dir / "shadow.json" if state_dir else None, apply_desired or accept_all,
+                                 config.shadows)
+        self.commands = CommandRegistry()
+        self._command_processor = CommandProcessor(
+            self.commands, DedupStore(state_dir / "command-results.json" if state_dir else None))
+        self._shadow_lane = SerialLane(executor, f"{self.device_id}/shadow")
+        self._command_lane = SerialLane(executor, f"{self.device_id}/commands")
+        self._downlink_prefix = device_topic(self.device_id, "")
+        self._after_ack: dict[int, Callable[[], None]] = {}  # mid -> run once the broker acknowledged it
+        self._reboot_delay: float | None = None  # set while a simulated reboot takes the agent down
+        self.commands.register("reboot", self._cmd_reboot)
+        self.commands.register("set_config", self._cmd_set_config)
         self.client = self._make_client()
 
     # -- set-up -----------------------------------------------------------------------------
@@ -138,6 +173,7 @@ class DeviceAgent:
         c.on_connect = self._on_connect
         c.on_disconnect = self._on_disconnect
         c.on_publish = self._on_publish
+        c.on_message = self._on_message
         self.loop.attach(c)
         return c
 
@@ -181,18 +217,32 @@ class DeviceAgent:
         self._backoff = self.config.backoff_min
         self.max_packet_size = getattr(properties, "MaximumPacketSize", None) if properties else None
         self._connected.set()
+        # Subscribed before announcing online: the platform pushes the pending delta on that event.
+        client.subscribe([(self._downlink_prefix + "shadow/#", SubscribeOptions(qos=1, noLocal=True)),
+                          (self._downlink_prefix + Downlink.COMMANDS.value, SubscribeOptions(qos=1))])
         self._publish_status(True)
+        for msg in self.shadow.on_connect():
+            self._send(msg)
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
         self._connected.clear()
         self.stats.disconnects += 1
-        if not self._stopping:
+        if not self._stopping and self._reboot_delay is not None:
+            delay, self._reboot_delay = self._reboot_delay, None
+            self._reconnect_timer = self.loop.call_later(delay, self._connect)
+        elif not self._stopping:
             log.debug("%s: disconnected (%s), reconnecting", self.device_id, reason_code)
             self._schedule_reconnect()
         self._notify_idle()
 
     def _on_publish(self, client, userdata, mid, reason_code, properties) -> None:
         seq = self._pending.pop(mid, None)
+        then = self._after_ack.pop(mid, None)
+        if then is not None:
+            try:
+                then()
+            except Exception:
+                log.exception("%s: post-acknowledgement action failed", self.device_id)
         if seq is not None and seq >= 0:
             self.stats.acked += 1
             self.stats.last_acked_seq = seq
@@ -214,13 +264,16 @@ class DeviceAgent:
             raise PacketTooLarge(f"{len(payload)}-byte payload on {topic} exceeds the broker's maximum packet "
                                  f"size of {limit} bytes")
 
-    def _publish(self, topic: str, payload: bytes, seq: int, retain: bool = False) -> bool:
+    def _publish(self, topic: str, payload: bytes, seq: int, retain: bool = False,
+                 then: Callable[[], None] | None = None) -> bool:
         self.check_size(topic, payload)
         info = self.client.publish(topic, payload, qos=1, retain=retain)
         if info.rc == mqtt.MQTT_ERR_QUEUE_SIZE:
             return False
         # MQTT_ERR_NO_CONN is fine: paho keeps the message and sends it after reconnecting.
         self._pending[info.mid] = seq
+        if then is not None:
+            self._after_ack[info.mid] = then
         return True
 
     def _publish_status(self, online: bool, reason: str | None = None) -> None:
@@ -258,6 +311,73 @@ class DeviceAgent:
         topic = device_topic(self.device_id, suffix)
         self.check_size(topic, payload)
         self.loop.call_soon(self._publish, topic, payload, -1, retain)
+
+    # -- downlink: shadow and commands ------------------------------------------------------
+    def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        """Loop thread: route a downlink message to its lane (a worker does the rest)."""
+        if not msg.topic.startswith(self._downlink_prefix):
+            return
+        suffix, payload = msg.topic[len(self._downlink_prefix):], bytes(msg.payload)
+        if suffix == Downlink.COMMANDS.value:
+            self._command_lane.submit(self._command_processor.process, payload, self._send_soon)
+        elif (parsed := parse_shadow_suffix(suffix)) is not None:
+            self._shadow_lane.submit(self._handle_shadow, parsed[0], parsed[1], payload)
+
+    def _handle_shadow(self, name: str, kind: str, payload: bytes) -> None:
+        for out in self.shadow.handle(name, kind, payload):
+            self._send_soon(out)
+
+    def _send_soon(self, msg: Message) -> None:
+        """Thread-safe: publish a shadow or command message through the loop."""
+        self.loop.call_soon(self._send, msg)
+
+    def _send(self, msg: Message) -> None:
+        topic = device_topic(self.device_id, msg.suffix)
+        try:
+            if not self._publish(topic, _dumps(msg.payload), -1, then=msg.after_ack):
+                log.warning("%s: offline buffer full, dropped %s", self.device_id, topic)
+        except PacketTooLarge as exc:
+            log.error("%s: %s", self.device_id, exc)
+
+    def report(self, patch: Mapping[str, Any], name: str = "") -> None:
+        """Thread-safe: merge a change into the reported state of a shadow and report it."""
+        out = self.shadow.report(name, patch)
+        if out is not None:
+            self._send_soon(out)
+
+    def wait_downlink_idle(self, timeout: float = 10.0) -> bool:
+        """Block until every shadow message and command received so far has been handled."""
+        deadline = time.monotonic() + timeout
+        return (self._shadow_lane.wait_idle(timeout)
+                and self._command_lane.wait_idle(max(0.0, deadline - time.monotonic())))
+
+    def _cmd_reboot(self, params: dict[str, Any]) -> Reply:
+        """Built-in ``reboot`` (simulated): answer SUCCEEDED, then once that result is acknowledged
+        go offline ("reboot"), disconnect, and reconnect after ``delay_s``."""
+        delay = params.get("delay_s", self.config.reboot_delay)
+        if type(delay) not in (int, float) or not 0 <= delay <= 300:
+            raise CommandRefused("delay_s must be a number of seconds from 0 to 300")
+        return Reply({"rebooting": True, "delay_s": delay}, after_ack=lambda: self._reboot(float(delay)))
+
+    def _reboot(self, delay: float) -> None:
+        if self._stopping or not self.client.is_connected():
+            return
+        self._reboot_delay = delay
+        status = {"online": False, "ts": now_ms(), "firmware_version": self.config.firmware_version, "reason": "reboot"}
+        # Down only once the broker has it: resent after the reconnect, it would follow (and hide) "online".
+        self._publish(self._status_topic, _dumps(status), -1, retain=True, then=self._disconnect_now)
+
+    def _disconnect_now(self) -> None:
+        self.client.disconnect()
+
+    def _cmd_set_config(self, params: dict[str, Any]) -> dict[str, Any]:
+        """Built-in ``set_config``: merge params into ``config`` of the classic shadow's reported
+        state (null deletes a key), report the change, answer with the whole config."""
+        problem = self.shadow.check_report("", {"config": params})
+        if problem is not None:
+            raise CommandRefused(problem)
+        self.report({"config": params})
+        return {"config": self.shadow.reported().get("config", {})}
 
     # -- state ------------------------------------------------------------------------------
     @property
@@ -298,6 +418,8 @@ class DeviceAgent:
 
     def stop(self, timeout: float = 10.0) -> None:
         """Publish offline, wait (bounded) for outstanding acks, disconnect cleanly."""
+        # Let handlers running now publish their results first (bounded).
+        self.wait_downlink_idle(min(timeout, 5.0))
         done = threading.Event()
 
         def begin() -> None:
