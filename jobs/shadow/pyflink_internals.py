@@ -1,0 +1,47 @@
+"""Every reach of the shadow job into PyFlink's private API and the Java side, in one place.
+
+The generic pieces (Java keying, Java side outputs, the Java Cassandra sink, the effective config)
+are the telemetry job's (jobs.telemetry.pyflink_internals), re-exported here so that the shadow
+job's other modules import only this one. The Java classes are java/flink-fleet's.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pyflink.datastream import DataStream
+from pyflink.datastream.connectors.base import Sink
+from pyflink.datastream.connectors.kafka import KafkaSourceBuilder
+from pyflink.java_gateway import get_gateway
+
+from jobs.telemetry.pyflink_internals import discard, effective_config, key_by_device, side_output
+
+__all__ = ["cassandra_sink", "discard", "effective_config", "key_by_device", "key_from_json", "side_output",
+           "set_keyed_deserializer"]
+
+
+def _jvm() -> Any:
+    return get_gateway().jvm
+
+
+def key_from_json(raw: DataStream) -> DataStream:
+    """Raw JSON strings (tests' lists) -> Row(device_id from the JSON, raw), in Java, at ``raw``'s
+    parallelism (no reordering): what set_keyed_deserializer makes of Kafka records."""
+    j = _jvm().fleet.flink.telemetry.Envelopes
+    parallelism = raw._j_data_stream.getTransformation().getParallelism()
+    keyed = raw._j_data_stream.map(j.keyFromJson(), j.keyedType()).name("key-from-json").setParallelism(parallelism)
+    return DataStream(keyed)
+
+
+def set_keyed_deserializer(builder: KafkaSourceBuilder) -> KafkaSourceBuilder:
+    """Records as Row(device_id = the record key, raw value)."""
+    builder._j_builder.setDeserializer(_jvm().fleet.flink.telemetry.Envelopes.kafkaDeserializer())
+    return builder
+
+
+def cassandra_sink(contact_points: str, local_dc: str, keyspace: str, cql: str, fields: str, max_in_flight: int) -> Sink:
+    """fleet.flink.sinks.CassandraUpsertSink with batch size 1: every row is sent as it arrives
+    (asynchronously, ``max_in_flight`` at most), not held for a batch or a checkpoint; a checkpoint
+    only waits for the writes in flight. 10 retries, 20 s request timeout, as the telemetry job's."""
+    return Sink(_jvm().fleet.flink.sinks.CassandraUpsertSink(
+        contact_points, local_dc, keyspace, cql, fields, max_in_flight, 10, 20_000, 1))

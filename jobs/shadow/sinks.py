@@ -1,0 +1,84 @@
+"""The shadow job's production sinks: Kafka (downlink, verdicts, dead letters) and Cassandra.
+
+Kafka: at least once, not transactional, so a record is visible to the bridge and the API as soon
+as it is written (no checkpoint wait); devices drop repeats by version, the API by request_id.
+Records are keyed by device id (the downlink must keep one device's messages in order on one
+partition), which PyFlink's DataStream KafkaSink cannot do (its key schema sees the whole record):
+the rows go through the Table API's Kafka connector with a raw key and a raw value instead.
+
+Cassandra (schemas/cql/004_shadow.cql): java/flink-fleet's CassandraUpsertSink with batch size 1,
+every row sent when it arrives; the statements carry ``USING TIMESTAMP`` (logic.shadow_write_ts,
+by version; connectivity by time), so a replay after a restart never puts an older row back.
+"""
+
+from __future__ import annotations
+
+from pyflink.datastream import DataStream, StreamExecutionEnvironment
+from pyflink.table import StreamTableEnvironment
+
+from fleet.config import Settings
+from fleet.contract.topics import Kafka
+from jobs.shadow import pyflink_internals as internals
+from jobs.shadow.options import JobOptions
+
+
+class ProductionSinks:
+    def __init__(self, env: StreamExecutionEnvironment, settings: Settings, options: JobOptions):
+        self.settings = settings
+        self.options = options
+        self.tables = StreamTableEnvironment.create(env)
+
+    def _kafka(self, stream: DataStream, topic: str) -> None:
+        s = self.settings
+        table = f"sink_{topic.replace('-', '_')}"
+        self.tables.execute_sql(f"""
+            CREATE TEMPORARY TABLE {table} (device_id STRING, `value` STRING) WITH (
+              'connector' = 'kafka',
+              'topic' = '{s.topic(topic)}',
+              'properties.bootstrap.servers' = '{s.kafka_bootstrap}',
+              'key.format' = 'raw',
+              'key.fields' = 'device_id',
+              'value.format' = 'raw',
+              'value.fields-include' = 'EXCEPT_KEY',
+              'sink.delivery-guarantee' = 'at-least-once',
+              'properties.linger.ms' = '0'
+            )""")
+        statements = self.tables.create_statement_set()
+        statements.add_insert(table, self.tables.from_data_stream(stream))
+        statements.attach_as_datastream()
+
+    def _cassandra(self, stream: DataStream, name: str, cql: str, fields: str) -> None:
+        s, o = self.settings, self.options
+        if not o.cassandra:
+            internals.discard(stream, f"discard-{name}")
+            return
+        points = ",".join(f"{host}:{s.cassandra_port}" for host in s.cassandra_contact_points)
+        sink = internals.cassandra_sink(points, o.cassandra_dc, s.cassandra_keyspace, cql, fields,
+                                        o.cassandra_max_in_flight)
+        stream.sink_to(sink).name(name).uid(name)
+
+    def downlink(self, stream: DataStream) -> None:
+        self._kafka(stream, Kafka.DOWNLINK)
+
+    def verdicts(self, stream: DataStream) -> None:
+        self._kafka(stream, Kafka.SHADOW_VERDICTS)
+
+    def dead_letters(self, stream: DataStream) -> None:
+        self._kafka(stream, Kafka.DEAD_LETTER)
+
+    def shadows(self, stream: DataStream) -> None:
+        self._cassandra(stream, "cassandra-shadows",
+                        "INSERT INTO shadows (device_id, name, version, desired, reported, metadata, updated_at) "
+                        "VALUES (?, ?, ?, ?, ?, ?, ?) USING TIMESTAMP ?", "0,1,2,3,4,5,6,7")
+
+    def history(self, stream: DataStream) -> None:
+        self._cassandra(stream, "cassandra-shadow-history",
+                        "INSERT INTO shadow_history (device_id, name, version, ts, source_kind, actor, client_token, "
+                        "patch, desired, reported) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) USING TIMESTAMP ?",
+                        "0,1,2,3,4,5,6,7,8,9,10")
+
+    def connectivity(self, stream: DataStream) -> None:
+        self._cassandra(stream, "cassandra-device-connectivity",
+                        "INSERT INTO device_connectivity (device_id, connected, connected_since, last_seen, "
+                        "disconnect_reason, firmware_version) VALUES (?, ?, ?, ?, ?, ?) USING TIMESTAMP ?",
+                        "0,1,2,3,4,5,6")
