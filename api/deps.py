@@ -19,6 +19,7 @@ from typing import Annotated
 from fastapi import Depends, HTTPException, Request, status
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 
+from api.shadow_requests import ShadowRequests
 from api.stores import Stores
 from fleet.access.apikeys import ApiKeyStore, AuthFailure
 from fleet.access.audit import AuditLog
@@ -27,12 +28,13 @@ from fleet.config import Settings
 from fleet.identity.ca import CertificateAuthority
 from fleet.identity.devices import Device, RegistryError, check_device_id
 from fleet.identity.onboarding import Onboarding
+from fleet.shadow.query import ShadowReader
 from fleet.telemetry.store import TelemetryStore
 
 __all__ = [
     "SettingsDep", "StoresDep", "Principal", "Role", "CurrentPrincipal", "Viewer", "Operator", "Admin",
     "UnscopedAdmin", "VisibleDevice", "ensure_device_visible", "ensure_groups_allowed", "require_role",
-    "OnboardingDep", "ApiKeys", "Audit", "Telemetry", "Pki",
+    "OnboardingDep", "ApiKeys", "Audit", "Telemetry", "Pki", "Shadows", "ShadowRequestsDep",
 ]
 
 # auto_error=False: we answer missing credentials ourselves with one clear 401.
@@ -79,11 +81,22 @@ def get_pki(stores: StoresDep) -> CertificateAuthority:
     return stores.pki
 
 
+def get_shadows(stores: StoresDep) -> ShadowReader:
+    return stores.shadows
+
+
+def get_shadow_requests(request: Request) -> ShadowRequests:
+    """The Kafka side of shadow changes the app's lifespan made (api/shadow_requests.py)."""
+    return request.app.state.shadow_requests
+
+
 ApiKeys = Annotated[ApiKeyStore, Depends(get_api_keys)]
 Audit = Annotated[AuditLog, Depends(get_audit)]
 OnboardingDep = Annotated[Onboarding, Depends(get_onboarding)]
 Telemetry = Annotated[TelemetryStore, Depends(get_telemetry)]
 Pki = Annotated[CertificateAuthority, Depends(get_pki)]
+Shadows = Annotated[ShadowReader, Depends(get_shadows)]
+ShadowRequestsDep = Annotated[ShadowRequests, Depends(get_shadow_requests)]
 
 
 def get_credential(

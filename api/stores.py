@@ -17,6 +17,7 @@ from fleet.config import Settings
 from fleet.identity.ca import CertificateAuthority, pki_from_settings
 from fleet.identity.onboarding import Onboarding
 from fleet.infra.cassandra import CassandraSessions
+from fleet.shadow.query import ShadowReader
 from fleet.telemetry.store import TelemetryStore
 
 T = TypeVar("T")
@@ -68,6 +69,10 @@ class Stores:
         return self._once("telemetry", lambda: TelemetryStore(
             self.session(), s.lake_path, raw_ttl_days=s.telemetry_raw_ttl_days,
             rollup_ttl_days=s.telemetry_rollup_ttl_days))
+
+    @property
+    def shadows(self) -> ShadowReader:
+        return self._once("shadows", lambda: ShadowReader(self.session()))
 
     def close(self) -> None:
         with self._lock:

@@ -27,7 +27,16 @@ from contextvars import ContextVar
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import BeforeValidator, Field, NonNegativeInt, PositiveInt, ValidationError, ValidationInfo, field_validator
+from pydantic import (
+    BeforeValidator,
+    Field,
+    NonNegativeInt,
+    PositiveFloat,
+    PositiveInt,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
@@ -141,6 +150,9 @@ class Settings(BaseSettings):
     api_token_max_ttl_s: PositiveInt = 86400
     # Largest request body the API reads; a bigger one is a 413 before any parsing.
     api_max_body_bytes: PositiveInt = 1 << 20
+    # How long PATCH /v1/devices/{id}/shadow waits for the shadow job's verdict before it answers
+    # 202 with a request id to poll.
+    shadow_verdict_timeout_s: PositiveFloat = 3.0
 
     # [lake] The Parquet lake; unset = var_dir/lake.
     lake_dir: Path | None = None
@@ -250,7 +262,8 @@ SECTIONS: dict[str, tuple[str, ...]] = {
     "bridge": ("bridge_client_id", "bridge_share_group", "bridge_metrics_port", "max_payload_bytes",
                "bridge_require_active", "registry_cache_ttl_s", "registry_known_ttl_s", "kafka_linger_ms",
                "kafka_batch_size"),
-    "api": ("api_host", "api_port", "api_tls", "api_token_ttl_s", "api_token_max_ttl_s", "api_max_body_bytes"),
+    "api": ("api_host", "api_port", "api_tls", "api_token_ttl_s", "api_token_max_ttl_s", "api_max_body_bytes",
+            "shadow_verdict_timeout_s"),
     "lake": ("lake_dir",),
     "telemetry": ("telemetry_raw_ttl_days", "telemetry_rollup_ttl_days"),
 }

@@ -8,6 +8,7 @@ from typing import Literal, overload
 from pydantic import Field
 
 from api.schemas.base import ResponseModel
+from api.schemas.shadow import ConnectivityOut
 from fleet.identity.certstore import CertRecord
 from fleet.identity.cutoff import CutoffReport
 from fleet.identity.devices import Device
@@ -24,12 +25,15 @@ class DeviceOut(ResponseModel):
     firmware_version: str | None = None
     created_at: dt.datetime | None = None
     updated_at: dt.datetime | None = None
+    connectivity: ConnectivityOut | None = Field(None, description="from the device's status messages, when known "
+                                                                   "(device reads only)")
 
     @classmethod
-    def of(cls, d: Device) -> DeviceOut:
+    def of(cls, d: Device, connectivity: ConnectivityOut | None = None) -> DeviceOut:
         return cls(device_id=d.device_id, status=d.status.value, device_type=d.device_type, metadata=dict(d.metadata),
                    groups=sorted(d.groups), cert_serial=d.cert_serial, cert_fingerprint=d.cert_fingerprint,
-                   firmware_version=d.firmware_version, created_at=d.created_at, updated_at=d.updated_at)
+                   firmware_version=d.firmware_version, created_at=d.created_at, updated_at=d.updated_at,
+                   connectivity=connectivity)
 
 
 class CertificateOut(ResponseModel):

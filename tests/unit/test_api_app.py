@@ -8,7 +8,7 @@ import uuid
 import pytest
 from fastapi.testclient import TestClient
 
-from api.deps import get_audit, get_onboarding, get_principal, get_stores, get_telemetry
+from api.deps import get_audit, get_onboarding, get_principal, get_shadows, get_stores, get_telemetry
 from api.main import create_app
 from fleet.access.audit import AuditRecord
 from fleet.access.auth import Principal, Role
@@ -79,6 +79,13 @@ class FakeAudit:
         raise StoreUnavailable("no audit store in unit tests")
 
 
+class NoShadows:
+    """No device has sent a status (device reads ask for connectivity)."""
+
+    def connectivity(self, device_ids):
+        return {}
+
+
 class Principals:
     """The caller of the next requests (a test sets ``current``)."""
 
@@ -93,7 +100,8 @@ def world():
     app = create_app(Settings.from_env({}).replace(provisioning_service=False, revocation_interval_s=0))
     principals, onboarding, telemetry, audit = Principals(), FakeOnboarding(), FakeTelemetry(), FakeAudit()
     app.dependency_overrides.update({get_principal: principals, get_onboarding: lambda: onboarding,
-                                     get_telemetry: lambda: telemetry, get_audit: lambda: audit})
+                                     get_telemetry: lambda: telemetry, get_audit: lambda: audit,
+                                     get_shadows: NoShadows})
     with TestClient(app, raise_server_exceptions=False) as client:
         yield client, principals, onboarding, telemetry, audit
 
