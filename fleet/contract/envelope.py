@@ -185,6 +185,8 @@ def handle_uplink(
     }
     if parsed.command_id is not None:
         envelope["command_id"] = parsed.command_id
+    if parsed.shadow:
+        envelope["shadow"] = parsed.shadow  # a named shadow; absent for the classic one
     envelope["payload"] = payload
     try:
         value = _dumps(envelope)

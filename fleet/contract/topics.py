@@ -67,6 +67,13 @@ class Uplink(str, Enum):
     def mqtt_filter(self) -> str:
         return f"devices/+/{self.value}"
 
+    @property
+    def mqtt_filters(self) -> tuple[str, ...]:
+        """What the bridge subscribes to for this kind: shadow kinds also under shadow/name/+/."""
+        if self in (Uplink.SHADOW_UPDATE, Uplink.SHADOW_GET):
+            return self.mqtt_filter, f"devices/+/shadow/name/+/{self.value.removeprefix('shadow/')}"
+        return (self.mqtt_filter,)
+
 
 _UPLINK_TO_KAFKA = {
     Uplink.TELEMETRY: Kafka.TELEMETRY,
@@ -84,6 +91,8 @@ class ParsedTopic:
     kind: Uplink
     # The command id for commands/{command_id}/result, else None.
     command_id: str | None = None
+    # The shadow name for shadow/name/{name}/update|get; "" for the classic shadow (and other kinds).
+    shadow: str = ""
 
 
 class TopicError(ValueError):
@@ -98,7 +107,7 @@ def parse_uplink_topic(topic: str) -> ParsedTopic:
     """Map an MQTT topic published by a device to its device id and message kind.
 
     >>> parse_uplink_topic("devices/d-1/telemetry")
-    ParsedTopic(device_id='d-1', kind=<Uplink.TELEMETRY: 'telemetry'>, command_id=None)
+    ParsedTopic(device_id='d-1', kind=<Uplink.TELEMETRY: 'telemetry'>, command_id=None, shadow='')
     """
     parts = topic.split("/")
     if len(parts) < 3 or parts[0] != "devices":
@@ -112,6 +121,11 @@ def parse_uplink_topic(topic: str) -> ParsedTopic:
         if not command_id:
             raise TopicError("unknown_topic", f"topic {topic!r} has an empty command id")
         return ParsedTopic(device_id, Uplink.COMMAND_RESULT, command_id)
+    if len(rest) == 4 and rest[0] == "shadow" and rest[1] == "name" and rest[3] in ("update", "get"):
+        name = rest[2]
+        if not SHADOW_NAME_PATTERN.fullmatch(name):
+            raise TopicError("unknown_topic", f"topic {topic!r} has an invalid shadow name {name!r}")
+        return ParsedTopic(device_id, Uplink.SHADOW_UPDATE if rest[3] == "update" else Uplink.SHADOW_GET, shadow=name)
     suffix = "/".join(rest)
     for kind in Uplink:
         if kind is not Uplink.COMMAND_RESULT and kind.value == suffix:

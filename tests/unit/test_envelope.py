@@ -30,6 +30,12 @@ ROUTED = [
      {"device_id": "d-1", "type": "shadow_update", "ts": NOW, "ingest_ts": NOW, "mqtt_topic": "devices/d-1/shadow/update"}),
     ("devices/d-1/shadow/get", raw({"client_token": "t"}), "shadow-reported", "d-1",
      {"device_id": "d-1", "type": "shadow_get", "ts": NOW, "ingest_ts": NOW, "mqtt_topic": "devices/d-1/shadow/get"}),
+    ("devices/d-1/shadow/name/fw:cfg/update", raw({"state": {"reported": {"led": "on"}}}), "shadow-reported", "d-1",
+     {"device_id": "d-1", "type": "shadow_update", "ts": NOW, "ingest_ts": NOW,
+      "mqtt_topic": "devices/d-1/shadow/name/fw:cfg/update", "shadow": "fw:cfg"}),
+    ("devices/d-1/shadow/name/net/get", raw({}), "shadow-reported", "d-1",
+     {"device_id": "d-1", "type": "shadow_get", "ts": NOW, "ingest_ts": NOW,
+      "mqtt_topic": "devices/d-1/shadow/name/net/get", "shadow": "net"}),
     ("devices/d-1/commands/c-42/result", raw({"status": "SUCCEEDED", "ts": TS}), "command-results", "d-1",
      {"device_id": "d-1", "type": "command_result", "ts": TS, "ingest_ts": NOW, "mqtt_topic": "devices/d-1/commands/c-42/result",
       "command_id": "c-42"}),
@@ -72,6 +78,9 @@ REJECTED = [
     ("devices/d-1/telemetry/extra", raw(TELEMETRY), "unknown_topic", "d-1", "d-1", "not an uplink topic"),
     ("devices/d-1/commands", raw(TELEMETRY), "unknown_topic", "d-1", "d-1", "not an uplink topic"),
     ("devices/d-1/commands//result", raw({"status": "FAILED"}), "unknown_topic", "d-1", "d-1", "empty command id"),
+    ("devices/d-1/shadow/name/bad.name/update", raw({"state": {}}), "unknown_topic", "d-1", "d-1", "invalid shadow name"),
+    ("devices/d-1/shadow/name/" + "n" * 65 + "/get", raw({}), "unknown_topic", "d-1", "d-1", "invalid shadow name"),
+    ("devices/d-1/shadow/name/net/delta", raw({}), "unknown_topic", "d-1", "d-1", "not an uplink topic"),
     ("sensors/d-1/telemetry", raw(TELEMETRY), "unknown_topic", "sensors/d-1/telemetry", None, "not under devices/"),
     ("devices", b"{}", "unknown_topic", "devices", None, ""),
 ]
@@ -90,6 +99,17 @@ def test_rejected_messages_become_dead_letters(topic, payload, reason, key, devi
     assert detail in value["detail"] and value["detail"] == out.detail
     assert base64.b64decode(value["raw_b64"]) == payload
     assert (value["raw_size"], value["raw_truncated"]) == (len(payload), False)
+
+
+@pytest.mark.parametrize("envelope_type, ok", [("shadow_update", True), ("shadow_get", True), ("telemetry", False),
+                                               ("status", False)])
+def test_only_shadow_envelopes_may_name_a_shadow(envelope_type, ok):
+    envelope = {"device_id": "d-1", "type": envelope_type, "ts": TS, "ingest_ts": NOW, "mqtt_topic": "t",
+                "payload": {}, "shadow": "net"}
+    schema = kafka_schema("envelope")
+    assert schema.is_valid(envelope) is ok
+    assert schema.reference.is_valid(envelope) is ok
+    assert not schema.is_valid({**envelope, "shadow": "bad name"})
 
 
 def test_size_limit_is_inclusive():

@@ -23,6 +23,22 @@ def test_uplink_topics_map_to_device_and_kind(topic, device_id, kind, command_id
     assert parse_uplink_topic(topic) == ParsedTopic(device_id, kind, command_id)
 
 
+@pytest.mark.parametrize("topic, kind, shadow", [
+    ("devices/d-1/shadow/update", Uplink.SHADOW_UPDATE, ""),
+    ("devices/d-1/shadow/name/net/update", Uplink.SHADOW_UPDATE, "net"),
+    ("devices/d-1/shadow/name/fw:cfg_2-a/get", Uplink.SHADOW_GET, "fw:cfg_2-a"),
+    ("devices/d-1/shadow/name/" + "n" * 64 + "/get", Uplink.SHADOW_GET, "n" * 64),
+])
+def test_named_shadow_topics_carry_the_name(topic, kind, shadow):
+    assert parse_uplink_topic(topic) == ParsedTopic("d-1", kind, None, shadow)
+
+
+def test_the_bridge_subscribes_to_named_shadows_too():
+    assert Uplink.SHADOW_UPDATE.mqtt_filters == ("devices/+/shadow/update", "devices/+/shadow/name/+/update")
+    assert Uplink.SHADOW_GET.mqtt_filters == ("devices/+/shadow/get", "devices/+/shadow/name/+/get")
+    assert Uplink.TELEMETRY.mqtt_filters == ("devices/+/telemetry",)
+
+
 @pytest.mark.parametrize("topic, reason", [
     ("sensors/d-1/telemetry", "unknown_topic"),
     ("devices/d-1", "unknown_topic"),
@@ -30,6 +46,12 @@ def test_uplink_topics_map_to_device_and_kind(topic, device_id, kind, command_id
     ("devices/d-1/commands", "unknown_topic"),
     ("devices/d-1/commands//result", "unknown_topic"),
     ("devices/d-1/shadow/delta", "unknown_topic"),  # a downlink topic, never published by devices
+    ("devices/d-1/shadow/name/net/delta", "unknown_topic"),
+    ("devices/d-1/shadow/name//update", "unknown_topic"),
+    ("devices/d-1/shadow/name/a.b/update", "unknown_topic"),
+    ("devices/d-1/shadow/name/" + "n" * 65 + "/update", "unknown_topic"),
+    ("devices/d-1/shadow/name/update", "unknown_topic"),
+    ("devices/d-1/shadow/name/net/update/x", "unknown_topic"),
     ("devices//telemetry", "invalid_device_id"),
     ("devices/-lead/telemetry", "invalid_device_id"),
     ("devices/a b/telemetry", "invalid_device_id"),
