@@ -1,7 +1,9 @@
-"""``python -m bridge [--instance N]``: one uplink bridge process (settings from FLEET_* env).
+"""``python -m bridge [--instance N] [--no-downlink]``: one bridge process (settings from FLEET_* env):
+the MQTT -> Kafka uplink and, beside it, the Kafka -> MQTT downlink (bridge/downlink.py).
 
 Run instances 0..N-1 to share the load; keep each instance's number across restarts, since its
-MQTT session (holding unacknowledged and queued messages) belongs to that client id.
+MQTT session (holding unacknowledged and queued messages) belongs to that client id, and so does
+its static membership of the downlink's consumer group.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import sys
 import threading
 from collections.abc import Callable
 
+from bridge.downlink import DownlinkBridge
 from bridge.uplink import UplinkBridge
 from fleet.config import Settings
 from fleet.logs import configure_logging, log_fields
@@ -46,7 +49,7 @@ def start_active_check(settings: Settings, stop: threading.Event) -> Callable[[s
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bridge", description="MQTT -> Kafka uplink bridge")
+    parser = argparse.ArgumentParser(prog="python -m bridge", description="MQTT <-> Kafka bridge")
     parser.add_argument("--instance", type=int, default=0,
                         help="instance number, unique among running bridges and stable across restarts")
     parser.add_argument("--metrics-port", type=int, default=None,
@@ -55,6 +58,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--require-active", action=argparse.BooleanOptionalAction, default=None,
                         help="dead-letter messages of devices the registry (Cassandra) does not list as active "
                              "(default: FLEET_BRIDGE_REQUIRE_ACTIVE, true)")
+    parser.add_argument("--no-downlink", dest="downlink", action="store_false",
+                        help="run the uplink only (no Kafka -> MQTT downlink in this process)")
     parser.add_argument("--retire", action="store_true",
                         help="take this instance out of service: drain its queued messages, end its session, exit")
     args = parser.parse_args(argv)
@@ -74,7 +79,13 @@ def main(argv: list[str] | None = None) -> int:
         if settings.bridge_require_active if args.require_active is None else args.require_active:
             active_check = start_active_check(settings, stop)
         bridge = UplinkBridge(settings, instance=args.instance, retire=args.retire, active_check=active_check)
+        downlink = None
+        if args.downlink and not args.retire:  # retiring concerns the uplink's MQTT session only
+            downlink = DownlinkBridge(settings, instance=args.instance, registry=bridge.metrics.registry)
+            bridge.health_parts["downlink"] = downlink.health
         bridge.start()
+        if downlink is not None:
+            downlink.start()
     except Exception as exc:
         log.error("bridge could not start", extra=log_fields(error=str(exc)))
         return 1
@@ -85,7 +96,14 @@ def main(argv: list[str] | None = None) -> int:
         log.info("progress", extra=log_fields(
             received=int(m.value("fleet_bridge_received_total")), acked=int(m.value("fleet_bridge_acked_total")),
             inflight=int(m.value("fleet_bridge_inflight")), errors=int(m.value("fleet_bridge_produce_errors_total"))))
-    drained = bridge.stop(args.drain_timeout)
+        if downlink is not None:
+            d = downlink.metrics
+            log.info("downlink progress", extra=log_fields(
+                published=int(d.value("fleet_downlink_published_total")),
+                acked=int(d.value("fleet_downlink_acked_total")), expired=int(d.value("fleet_downlink_expired_total")),
+                outstanding=int(d.value("fleet_downlink_outstanding"))))
+    drained = downlink.stop(args.drain_timeout) if downlink is not None else True
+    drained = bridge.stop(args.drain_timeout) and drained
     return 0 if drained else 2
 
 

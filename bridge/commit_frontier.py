@@ -56,6 +56,10 @@ class CommitFrontier:
             return None
         return p.pending[0] if p.pending else p.high
 
+    def commit_points(self) -> dict[int, int]:
+        """Every partition's commit point, moved or not (a final commit after failed async ones)."""
+        return {partition: point for partition in self._parts if (point := self.commit_point(partition)) is not None}
+
     def to_commit(self) -> dict[int, int]:
         """Commit points that moved since the last call (mark them committed)."""
         out = {}

@@ -56,6 +56,34 @@ class BridgeMetrics:
         return generate_latest(self.registry)
 
 
+class DownlinkMetrics:
+    """The downlink's metrics, in the registry of the process's BridgeMetrics (one /metrics)."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = r = registry if registry is not None else CollectorRegistry()
+        self.published = Counter("fleet_downlink_published", "Downlink records handed to the MQTT client (QoS 1)",
+                                 registry=r)
+        self.acked = Counter("fleet_downlink_acked", "Downlink publishes the broker acknowledged (PUBACK)", registry=r)
+        self.no_subscribers = Counter(
+            "fleet_downlink_no_subscribers", "PUBACKs saying no session was subscribed (device offline without a "
+            "persistent session, or not subscribed to the topic)", registry=r)
+        self.expired = Counter("fleet_downlink_expired", "Downlink records past expires_at, never published", registry=r)
+        self.dead_lettered = Counter("fleet_downlink_dead_lettered", "Downlink records dead-lettered, by reason",
+                                     ["reason"], registry=r)
+        self.outstanding = Gauge("fleet_downlink_outstanding", "Downlink publishes waiting for their PUBACK",
+                                 registry=r)
+        self.paused = Gauge("fleet_downlink_paused", "1 while consuming is paused (too many outstanding)", registry=r)
+        self.mqtt_connected = Gauge("fleet_downlink_mqtt_connected", "1 while the downlink client is connected",
+                                    registry=r)
+        self.commit_errors = Counter("fleet_downlink_commit_errors", "Kafka offset commits that failed", registry=r)
+        self.latency = Histogram(
+            "fleet_downlink_latency_seconds", "From the record's created_at to the broker's PUBACK",
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60), registry=r)
+
+    def value(self, name: str, **labels: str) -> float:
+        return self.registry.get_sample_value(name, labels) or 0.0
+
+
 class HttpEndpoint:
     """GET /health (JSON; 200 healthy, 503 not) and GET /metrics (Prometheus text)."""
 

@@ -73,8 +73,8 @@ DELIVERY_POLL_S = 0.002
 
 
 def shared_filters(group: str) -> list[str]:
-    """One MQTT 5 shared subscription per uplink kind: members of ``group`` split the load."""
-    return [f"$share/{group}/{kind.mqtt_filter}" for kind in Uplink]
+    """One MQTT 5 shared subscription per uplink topic filter: members of ``group`` split the load."""
+    return [f"$share/{group}/{f}" for kind in Uplink for f in kind.mqtt_filters]
 
 
 def make_producer(settings: Settings, client_id: str) -> Producer:
@@ -145,6 +145,8 @@ class UplinkBridge:
         self._connected = threading.Event()
         self._drained = threading.Condition()
         self._http: HttpEndpoint | None = None
+        # Other parts of the process (the downlink) whose health /health reports, by name.
+        self.health_parts: dict[str, Callable[[], tuple[bool, dict]]] = {}
         self.client = self._make_client()
         self.loop.add_hook(self._poll_deliveries)
 
@@ -418,10 +420,14 @@ class UplinkBridge:
         mqtt_ok = self._connected.is_set()
         kafka_ok = self._kafka_reachable() and not stuck
         ok = mqtt_ok and kafka_ok and self._accepting
+        parts = {}
+        for name, part in self.health_parts.items():
+            part_ok, parts[name] = part()
+            ok = ok and part_ok
         return ok, {"status": "ok" if ok else "unavailable", "client_id": self.client_id, "mqtt_connected": mqtt_ok,
                     "kafka_reachable": kafka_ok, "inflight": inflight, "accepting": self._accepting,
                     # The broker reports only a non-zero count; see BROKER_DROPPED_TOPIC.
-                    "broker_dropped": self._broker_dropped or 0}
+                    "broker_dropped": self._broker_dropped or 0, **parts}
 
     # -- shutdown ---------------------------------------------------------------------------
     def retire_when_idle(self, idle: float = 3.0, timeout: float = 300.0) -> bool:

@@ -3,26 +3,34 @@
 from __future__ import annotations
 
 import json
+import threading
 import urllib.error
 import urllib.request
+from collections import deque
+from types import SimpleNamespace
 
 import pytest
 
+from bridge import uplink
 from bridge.metrics import BridgeMetrics, HttpEndpoint
 from bridge.uplink import shared_filters
+from fleet.config import Settings
 from fleet.contract.topics import Uplink
+from fleet.identity.pki import LocalPKI
 
 
-def test_one_shared_subscription_per_uplink_kind():
+def test_one_shared_subscription_per_uplink_topic_filter():
     assert shared_filters("bridge") == [
         "$share/bridge/devices/+/telemetry",
         "$share/bridge/devices/+/shadow/update",
+        "$share/bridge/devices/+/shadow/name/+/update",
         "$share/bridge/devices/+/shadow/get",
+        "$share/bridge/devices/+/shadow/name/+/get",
         "$share/bridge/devices/+/commands/+/result",
         "$share/bridge/devices/+/ota/status",
         "$share/bridge/devices/+/status",
     ]
-    assert len(shared_filters("g")) == len(Uplink)
+    assert len(shared_filters("g")) == sum(len(kind.mqtt_filters) for kind in Uplink)
 
 
 @pytest.mark.parametrize("healthy,status", [(True, 200), (False, 503)])
@@ -53,13 +61,7 @@ def test_health_and_metrics_endpoint(healthy, status):
 
 # -- the ack path, with stand-ins for Kafka and the MQTT client ------------------------------
 
-import threading  # noqa: E402
-from collections import deque  # noqa: E402
-from types import SimpleNamespace  # noqa: E402
 
-from bridge import uplink  # noqa: E402
-from fleet.config import Settings  # noqa: E402
-from fleet.identity.pki import LocalPKI  # noqa: E402
 
 
 class FakeProducer:

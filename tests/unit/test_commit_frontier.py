@@ -33,6 +33,15 @@ def test_partitions_are_independent_and_a_revoked_one_forgets_its_pending_record
     assert f.commit_point(0) is None and f.outstanding == 0
 
 
+def test_commit_points_lists_every_partition_moved_or_not():
+    f = CommitFrontier()
+    f.track(0, 5)
+    f.track(1, 7)
+    f.done(1, 7)
+    assert f.to_commit() == {0: 5, 1: 8}
+    assert f.to_commit() == {} and f.commit_points() == {0: 5, 1: 8}
+
+
 def test_a_redelivered_record_is_tracked_once():
     f = CommitFrontier()
     f.track(0, 3)
