@@ -2,20 +2,22 @@
 
 Like the telemetry job's (jobs/telemetry/job.py): Settings from the FLEET_* environment, and the
 job refuses to start without exactly-once checkpointing with retained checkpoints (its state, the
-shadow documents, must survive a TaskManager's kill -9). ``python -m jobs.shadow.job --help``.
+shadow documents, must survive a TaskManager's kill -9) and, unless ``--no-lake``, without an
+absolute lake path. ``python -m jobs.shadow.job --help``.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 
 from pyflink.common import Configuration
 from pyflink.datastream import StreamExecutionEnvironment
 
 from fleet.config import Settings
-from fleet.infra.job_config import REQUIRED_DEFAULTS, missing_defaults, problems
+from fleet.infra.job_config import REQUIRED_DEFAULTS, configured_lake_path, missing_defaults, problems
 from jobs.shadow import pyflink_internals as internals
 from jobs.shadow.options import JobOptions
 from jobs.shadow.pipeline import INPUT_TOPICS, build, kafka_source
@@ -33,13 +35,14 @@ def parse_args(argv: list[str]) -> JobOptions:
     p.add_argument("--cassandra-max-in-flight", type=int, default=d.cassandra_max_in_flight)
     p.add_argument("--cassandra-dc", default=d.cassandra_dc)
     p.add_argument("--no-cassandra", dest="cassandra", action="store_false")
+    p.add_argument("--no-lake", dest="lake", action="store_false")
     a = p.parse_args(argv)
     return JobOptions(rules=d.rules, parallelism=a.parallelism, group_id=a.group_id,
                       cassandra_max_in_flight=a.cassandra_max_in_flight, cassandra_dc=a.cassandra_dc,
-                      cassandra=a.cassandra)
+                      cassandra=a.cassandra, lake=a.lake)
 
 
-def ensure_exactly_once(env: StreamExecutionEnvironment) -> list[str]:
+def ensure_exactly_once(env: StreamExecutionEnvironment, options: JobOptions) -> list[str]:
     """Set exactly-once checkpointing where the cluster config leaves it unset; what is still wrong."""
     missing = missing_defaults(internals.effective_config(env, REQUIRED_DEFAULTS))
     if missing:
@@ -50,9 +53,9 @@ def ensure_exactly_once(env: StreamExecutionEnvironment) -> list[str]:
         env.configure(conf)
     cp = env.get_checkpoint_config()
     retention = cp.get_externalized_checkpoint_retention() if cp.is_externalized_checkpoints_enabled() else None
-    # No lake yet: the lake path is not checked.
     return problems(cp.get_checkpoint_interval(), cp.get_checkpointing_mode().name,
-                    retention.name if retention is not None else None, None, lake_enabled=False)
+                    retention.name if retention is not None else None, configured_lake_path(os.environ),
+                    lake_enabled=options.lake)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -60,14 +63,15 @@ def main(argv: list[str] | None = None) -> None:
     options = parse_args(sys.argv[1:] if argv is None else argv)
     settings = Settings.from_env()
     env = StreamExecutionEnvironment.get_execution_environment()
-    found = ensure_exactly_once(env)
+    found = ensure_exactly_once(env, options)
     if found:
         log.error("shadow job refuses to start: %s", "; ".join(found))
         raise SystemExit(2)
     env.set_parallelism(options.parallelism)
     build(env, settings, kafka_source(env, settings, options), ProductionSinks(env, settings, options), options)
-    log.info("submitting shadow job: topics %s -> downlink, shadow-verdicts, keyspace %s (parallelism %d)",
-             ", ".join(settings.topic(t) for t in INPUT_TOPICS), settings.cassandra_keyspace, options.parallelism)
+    log.info("submitting shadow job: topics %s -> downlink, shadow-verdicts, keyspace %s, lake %s (parallelism %d)",
+             ", ".join(settings.topic(t) for t in INPUT_TOPICS), settings.cassandra_keyspace, settings.lake_path,
+             options.parallelism)
     # The name is the package's: fleet stack status and the demo match jobs/<name>/ to it.
     env.execute("shadow")
 

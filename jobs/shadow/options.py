@@ -21,5 +21,6 @@ class JobOptions:
     # API must see a change within a few hundred ms.
     cassandra_max_in_flight: int = 256
     cassandra_dc: str = "datacenter1"
-    # Skip Cassandra (benchmarks, partial stacks).
+    # Skip Cassandra or the lake (benchmarks, partial stacks).
     cassandra: bool = True
+    lake: bool = True

@@ -6,7 +6,8 @@
            main output  : downlink          -> Kafka `downlink` (key device_id)
            side outputs : verdicts          -> Kafka `shadow-verdicts`
                           dead letters      -> Kafka `dead-letter`
-                          shadows, history  -> Cassandra `shadows`, `shadow_history` (+ the lake)
+                          shadows, history  -> Cassandra `shadows`, `shadow_history`
+                          history           -> the Parquet lake `shadow_changes`
                           connectivity      -> Cassandra `device_connectivity`
 
 ``build`` takes the source and the sinks as arguments, so the pipeline tests run it on in-memory
@@ -46,6 +47,8 @@ class ShadowSinks(Protocol):
 
     def history(self, stream: DataStream) -> None: ...  # rows of logic.HISTORY_FIELDS
 
+    def shadow_changes(self, stream: DataStream) -> None: ...  # the same rows, for the lake
+
     def connectivity(self, stream: DataStream) -> None: ...  # rows of logic.CONNECTIVITY_FIELDS
 
 
@@ -60,7 +63,9 @@ def build(env: StreamExecutionEnvironment, settings: Settings, source: DataStrea
     sinks.verdicts(internals.side_output(downlink, VERDICTS))
     sinks.dead_letters(internals.side_output(downlink, DEAD_LETTERS))
     sinks.shadows(internals.side_output(downlink, SHADOWS))
-    sinks.history(internals.side_output(downlink, HISTORY))
+    history = internals.side_output(downlink, HISTORY)
+    sinks.history(history)
+    sinks.shadow_changes(history)
     sinks.connectivity(internals.side_output(downlink, CONNECTIVITY))
     return downlink
 

@@ -16,8 +16,8 @@ from pyflink.java_gateway import get_gateway
 
 from jobs.telemetry.pyflink_internals import discard, effective_config, key_by_device, side_output
 
-__all__ = ["cassandra_sink", "discard", "effective_config", "key_by_device", "key_from_json", "side_output",
-           "set_keyed_deserializer"]
+__all__ = ["cassandra_sink", "discard", "effective_config", "key_by_device", "key_from_json", "lake_sink",
+           "side_output", "set_keyed_deserializer"]
 
 
 def _jvm() -> Any:
@@ -45,3 +45,9 @@ def cassandra_sink(contact_points: str, local_dc: str, keyspace: str, cql: str, 
     only waits for the writes in flight. 10 retries, 20 s request timeout, as the telemetry job's."""
     return Sink(_jvm().fleet.flink.sinks.CassandraUpsertSink(
         contact_points, local_dc, keyspace, cql, fields, max_in_flight, 10, 20_000, 1))
+
+
+def lake_sink(base_uri: str, part_bytes: int, schema: str, table: str, partition_column: str) -> Sink:
+    """fleet.flink.sinks.ParquetLakeSink: Rows (field i -> column i of the Parquet message type
+    ``schema``) -> hourly partitions of ``partition_column`` under ``base_uri``, committed at checkpoints."""
+    return Sink(_jvm().fleet.flink.sinks.ParquetLakeSink.create(base_uri, part_bytes, schema, table, partition_column))

@@ -10,7 +10,8 @@ d-3  reports its state (accepted v1 echoing its client token, history by the dev
      its document, writes a named shadow "cfg" (its own topics), then sends a report that writes
      desired (forbidden: rejected + dead letter).
 Plus a record that is not JSON, one of an unknown type and an operator change writing reported:
-dead letters (the last also answered 400), and the job carries on.
+dead letters (the last also answered 400), and the job carries on. Every accepted version also
+lands in the Parquet lake (the production sink, committed on checkpoints), exactly once.
 """
 
 from __future__ import annotations
@@ -67,7 +68,9 @@ def out(tmp_path_factory):
     from pyflink.datastream import RuntimeExecutionMode, StreamExecutionEnvironment
 
     from fleet.config import Settings
+    from jobs.shadow.options import JobOptions
     from jobs.shadow.pipeline import build, from_json
+    from jobs.shadow.sinks import ProductionSinks
     from tests.pipeline.collect import Collector
 
     collector = Collector(tmp_path_factory.mktemp("shadow"))
@@ -76,6 +79,9 @@ def out(tmp_path_factory):
         def __getattr__(self, name):
             return lambda stream: collector.sink(stream, name)
 
+        def shadow_changes(self, stream):
+            ProductionSinks(env, settings, JobOptions()).shadow_changes(stream)
+
     config = Configuration()
     config.set_string("python.execution-mode", "thread")
     config.set_string("state.backend.type", "rocksdb")
@@ -83,6 +89,7 @@ def out(tmp_path_factory):
     env = StreamExecutionEnvironment.get_execution_environment(config)
     env.set_runtime_mode(RuntimeExecutionMode.STREAMING)
     env.set_parallelism(2)
+    env.enable_checkpointing(500)  # the lake's files commit on checkpoints (and at the end of input)
     raw = env.from_collection(RECORDS, type_info=Types.STRING()).name("records")
     settings = Settings.from_env({"FLEET_VAR_DIR": str(collector.directory)})
     build(env, settings, from_json(raw), Sinks())
@@ -138,7 +145,42 @@ def test_malformed_records_are_dead_lettered(out):
                        ("schema_violation", "d-3", "forbidden_section")]
 
 
-def test_production_graph_builds(tmp_path):
+def test_accepted_changes_land_in_the_lake_exactly_once(out):
+    import duckdb
+    import pyarrow as pa
+
+    from fleet.lake.dataset import SHADOW_CHANGES_SCHEMA, shadow_changes_dataset
+
+    base = out.directory / "lake" / "shadow_changes"
+    # The change ts is the job's wall clock: whatever hours the run spanned, and only committed files.
+    assert all(p.name.startswith("part-") and p.suffix == ".parquet" for p in base.rglob("*") if p.is_file())
+    table = shadow_changes_dataset(base).to_table()
+    assert table.schema.remove_metadata() == SHADOW_CHANGES_SCHEMA.remove_metadata()
+    assert table.schema.field("ts").type == pa.timestamp("ms", tz="UTC")
+    lake = sorted(table.to_pylist(), key=lambda r: (r["device_id"], r["shadow_name"], r["version"]))
+    # One row per accepted version (d-1 v1, d-2 v1 and v2, d-3 v1 and cfg v1): as many as Cassandra's history.
+    assert [(r["device_id"], r["shadow_name"], r["version"], r["source_kind"], r["actor"], r["client_token"])
+            for r in lake] == [("d-1", "", 1, "operator", "ops-key", None), ("d-2", "", 1, "operator", "ops-key", None),
+                               ("d-2", "", 2, "operator", "ops-key", None), ("d-3", "", 1, "device", "d-3", "t1"),
+                               ("d-3", "cfg", 1, "device", "d-3", None)]
+    history = {(h["device_id"], h["name"], h["version"]): h for h in out.read("history")}
+    for r in lake:
+        h = history[(r["device_id"], r["shadow_name"], r["version"])]
+        assert (int(r["ts"].timestamp() * 1000), r["patch"], r["desired"], r["reported"]) == (
+            h["ts"], h["patch"], h["desired"], h["reported"])
+        assert (r["date"], r["hour"]) == (r["ts"].strftime("%Y-%m-%d"), r["ts"].hour)
+    assert json.loads(lake[2]["patch"]) == {"desired": {"fw": "2.0"}}
+    # The README's DuckDB example.
+    rows = duckdb.sql(f"""
+        SELECT ts, version, source_kind, actor, json_extract(patch, '$.desired') AS desired_patch
+        FROM read_parquet('{base}/*/*/*.parquet', hive_partitioning = true)
+        WHERE device_id = 'd-2' AND shadow_name = ''
+        ORDER BY version""").fetchall()
+    assert [(v, kind, actor, json.loads(p)) for _, v, kind, actor, p in rows] == [
+        (1, "operator", "ops-key", {"fw": "1.0"}), (2, "operator", "ops-key", {"fw": "2.0"})]
+
+
+def test_production_graph_builds(tmp_path, monkeypatch):
     """The job as submitted (Kafka source, Table API Kafka sinks, Cassandra sinks) plans without a
     cluster: the connector options and types are checked here rather than at `fleet stack up`."""
     from pyflink.common import Configuration
@@ -153,12 +195,18 @@ def test_production_graph_builds(tmp_path):
     config = Configuration()
     config.set_string("python.execution-mode", "thread")
     env = StreamExecutionEnvironment.get_execution_environment(config)
-    assert ensure_exactly_once(env) == []
-    settings = Settings.from_env({"FLEET_VAR_DIR": str(tmp_path)})
     options = JobOptions()
+    for name in ("FLEET_LAKE_DIR", "FLEET_VAR_DIR", "FLEET_CONFIG_FILE"):
+        monkeypatch.delenv(name, raising=False)
+    assert [p for p in ensure_exactly_once(env, options) if "lake path" in p]
+    assert ensure_exactly_once(env, JobOptions(lake=False)) == []
+    monkeypatch.setenv("FLEET_LAKE_DIR", str(tmp_path / "lake"))
+    assert ensure_exactly_once(env, options) == []
+    settings = Settings.from_env({"FLEET_VAR_DIR": str(tmp_path)})
     build(env, settings, kafka_source(env, settings, options), ProductionSinks(env, settings, options), options)
     plan = json.loads(env.get_execution_plan())
     names = " ".join(node["contents"] for node in plan["nodes"])
     for part in ("kafka-shadow-inputs", "shadow-core", "cassandra-shadows", "cassandra-shadow-history",
-                 "cassandra-device-connectivity", "downlink", "shadow_verdicts", "dead_letter"):
+                 "cassandra-device-connectivity", "parquet-lake-shadow-changes", "downlink", "shadow_verdicts",
+                 "dead_letter"):
         assert part in names, (part, names)
