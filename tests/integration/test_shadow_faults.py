@@ -1,0 +1,77 @@
+"""A desired change survives kill -9: of the TaskManager right after the API accepted it (the
+shadow job restores from a checkpoint taken before it and applies the change again from Kafka),
+and of the bridge while the device waits for its delta (the downlink re-reads what the broker had
+not acknowledged).
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+import pytest
+
+from device.agent import AgentConfig, DeviceAgent
+from devtools.stack import flink
+from tests.integration.test_shadow_api import api, keys, patch, shadow_job, wait_for  # noqa: F401 - fixtures
+from tests.integration.test_shadow_device_e2e import converged
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def device(enrollment, tmp_path):
+    return enrollment.enroll(f"shadow-fault-{uuid.uuid4().hex[:10]}", tmp_path)
+
+
+def shadow_job_id(stack) -> str:
+    return next(j["id"] for j in flink.list_jobs(stack) if j["name"] == "shadow" and j["state"] == "RUNNING")
+
+
+def test_desired_changes_survive_kill_9_of_the_taskmanager(api, keys, device, stack):  # noqa: F811
+    job_id = shadow_job_id(stack)
+    versions = []
+    for value in ("one", "two", "three"):
+        status, doc, _ = patch(api, keys, device.device_id, {"setting": value})
+        assert status == 200, doc
+        versions.append(doc["version"])
+    killed_at = int(time.time() * 1000)
+    flink.kill_taskmanager(stack)  # before the next checkpoint: the job must re-apply them from Kafka
+    flink.wait_for_restore(stack, job_id, killed_at, timeout=180)
+
+    # The same versions after the restore: a new change on top of the last one is accepted.
+    status, doc, _ = patch(api, keys, device.device_id, {"extra": 1}, if_match=str(versions[-1]))
+    assert status == 200 and doc["version"] == versions[-1] + 1, doc
+
+    agent = DeviceAgent(device, AgentConfig.from_settings(stack)).start()
+    try:
+        assert agent.wait_connected(15)
+        wait_for("the device converged after the crash",
+                 converged(api, keys, device.device_id, {"setting": "three", "extra": 1}), timeout=60)
+    finally:
+        agent.stop()
+
+
+def test_a_delta_survives_kill_9_of_the_bridge(api, keys, device, stack):  # noqa: F811
+    from devtools.stack.apps import BridgeComponent
+    from devtools.stack.process import wait_until
+
+    agent = DeviceAgent(device, AgentConfig.from_settings(stack)).start()
+    try:
+        assert agent.wait_connected(15)
+        status, doc, _ = patch(api, keys, device.device_id, {"before": True})
+        assert status == 200, doc
+        wait_for("the first change applied", converged(api, keys, device.device_id, {"before": True}), timeout=30)
+
+        bridge = BridgeComponent(stack)
+        bridge.process.kill()  # kill -9: the downlink must not lose what it read and had not published
+        status, doc, _ = patch(api, keys, device.device_id, {"during": "outage"})
+        assert status == 200, doc  # the job answers; only the way to the device is down
+        time.sleep(1)
+        bridge.start()
+        wait_until(bridge.healthy, what="bridge restart", timeout=60, process=bridge.process)
+        wait_for("the change made while the bridge was down",
+                 converged(api, keys, device.device_id, {"before": True, "during": "outage"}), timeout=60)
+        assert agent.shadow.reported("")["during"] == "outage"
+    finally:
+        agent.stop()
