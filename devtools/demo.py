@@ -4,8 +4,10 @@
 2. every job under jobs/ submitted to the Flink cluster (skipped if already running),
 3. the bridge(s) and the API,
 4. a simulated fleet publishing over mutual TLS for ``duration`` seconds,
-5. a report of what flowed: records per Kafka topic, and this run's messages checked exactly once
-   in the lake.
+5. meanwhile, a shadow round (devtools/demo_shadow.py): an operator changes the desired state of
+   some devices through the API and waits for each device to apply and report it,
+6. a report of what flowed: records per Kafka topic, this run's messages checked exactly once
+   in the lake, and the shadow round.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from devtools.demo_shadow import start_round
 from devtools.stack import launcher
 from devtools.stack.apps import PROJECT_ROOT, BridgeComponent, settings_env
 from fleet.config import Settings
@@ -130,15 +133,15 @@ def report(settings: Settings, before: dict[str, int], after: dict[str, int], la
                   f"under {settings.lake_path / 'telemetry'}\n")
 
 
-def demo_key(settings: Settings) -> str:
-    """A fresh read-only API key, so the operator can look at what flowed right away."""
+def demo_key(settings: Settings, role: str = "viewer") -> str:
+    """A fresh API key (read-only by default), so the operator can look at what flowed right away."""
     from fleet.access.apikeys import ApiKeyStore
     from fleet.access.auth import Role
     from fleet.infra.cassandra import CassandraSessions
 
     sessions = CassandraSessions(settings)
     try:
-        _, secret = ApiKeyStore(sessions.get()).create("demo-viewer", Role.viewer, None)
+        _, secret = ApiKeyStore(sessions.get()).create(f"demo-{role}", Role(role), None)
     finally:
         sessions.shutdown()
     return secret
@@ -172,11 +175,16 @@ def run(settings: Settings, *, devices: int, rate: float, duration: float, bridg
     print(f"\nSimulating {devices} devices at {rate}/s each for {duration:.0f}s ...", flush=True)
     summary_file = settings.run_dir / "demo-simulator.json"
     summary_file.parent.mkdir(parents=True, exist_ok=True)
+    shadow_devices = [f"sim-{i:05d}" for i in range(min(devices, 20))]
+    shadow_thread, shadow_result = start_round(settings, demo_key(settings, "operator"), shadow_devices,
+                                               delay=min(15.0, duration / 3))
     rc = run_fleet(settings, devices, rate, duration, summary_file)
+    shadow_thread.join(60)
     seq_ranges = json.loads(summary_file.read_text())["seq_ranges"] if summary_file.exists() else {}
     print("Waiting for the lake to commit this run (checkpoints) ...", flush=True)
     lake = wait_for_lake(settings, seq_ranges) if seq_ranges else None
     report(settings, before, topic_offsets(settings), lake)
+    print(shadow_result[0].summary() if shadow_result else "Shadow: the round did not finish")
     print_try_it(settings)
     if keep_running:
         print("\nThe stack keeps running: 'fleet stack status', 'fleet stack logs NAME', "

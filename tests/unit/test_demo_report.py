@@ -15,3 +15,12 @@ def test_duplicates_and_missing_are_reported():
     found = delivery({"sim-1": [0, 4]}, [("sim-1", 0), ("sim-1", 0), ("sim-1", 2)])
     assert found == Delivery(sent=4, present=2, duplicates=1, missing=2)
     assert not found.exactly_once
+
+
+def test_the_shadow_round_summary_says_what_converged():
+    from devtools.demo_shadow import ShadowRound
+
+    done = ShadowRound(asked=3, accepted=3, converged=2, seconds=[0.2, 0.4], errors=[])
+    assert done.summary() == ("Shadow: desired changed on 3 devices, accepted 3, applied and reported back by 2, "
+                              "PATCH -> reported p50 400 ms, max 400 ms")
+    assert ShadowRound().summary().startswith("Shadow: no change sent")
