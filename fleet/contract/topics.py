@@ -38,9 +38,13 @@ class Kafka:
     # Messages for devices (jobs -> bridge -> devices/{id}/...; schemas/kafka/downlink). Written
     # at least once without waiting for a checkpoint; devices deduplicate by version / command id.
     DOWNLINK = "downlink"
+    # Operator command submissions and cancellations (API -> commands job; schemas/kafka/command-request).
+    COMMAND_REQUESTS = "command-requests"
+    # Every command transition and every refused request (commands job -> API; schemas/kafka/command-event).
+    COMMAND_EVENTS = "command-events"
 
     ALL = (TELEMETRY, SHADOW_REPORTED, COMMAND_RESULTS, OTA_STATUS, DEVICE_EVENTS, DEAD_LETTER,
-           SHADOW_DESIRED, SHADOW_VERDICTS, DOWNLINK)
+           SHADOW_DESIRED, SHADOW_VERDICTS, DOWNLINK, COMMAND_REQUESTS, COMMAND_EVENTS)
     # Topics holding the latest value per key rather than a history (none yet).
     COMPACTED: tuple[str, ...] = ()
 

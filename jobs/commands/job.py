@@ -1,0 +1,78 @@
+"""The commands job's entry point: options, startup checks, the Flink environment, execute.
+
+Like the shadow job's (jobs/shadow/job.py): Settings from the FLEET_* environment, and the job
+refuses to start without exactly-once checkpointing with retained checkpoints (its state, every
+command's lifecycle and timers, must survive a TaskManager's kill -9). It writes no lake.
+``python -m jobs.commands.job --help``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from pyflink.common import Configuration
+from pyflink.datastream import StreamExecutionEnvironment
+
+from fleet.config import Settings
+from fleet.infra.job_config import REQUIRED_DEFAULTS, missing_defaults, problems
+from jobs.commands import pyflink_internals as internals
+from jobs.commands.options import JobOptions
+from jobs.commands.pipeline import INPUT_TOPICS, build, kafka_source
+from jobs.commands.sinks import ProductionSinks
+
+# Not __name__: Flink's CLI runs this file as a top-level module of its own name.
+log = logging.getLogger("jobs.commands.job")
+
+
+def parse_args(argv: list[str]) -> JobOptions:
+    d = JobOptions()
+    p = argparse.ArgumentParser(prog="jobs/commands/job.py", description=(__doc__ or "").split("\n")[0])
+    p.add_argument("--parallelism", type=int, default=d.parallelism)
+    p.add_argument("--group-id", default=d.group_id)
+    p.add_argument("--keep-final-ms", type=int, default=d.keep_final_ms,
+                   help="how long final commands stay in the job's state (repeated and late results)")
+    p.add_argument("--cassandra-max-in-flight", type=int, default=d.cassandra_max_in_flight)
+    p.add_argument("--cassandra-dc", default=d.cassandra_dc)
+    p.add_argument("--no-cassandra", dest="cassandra", action="store_false")
+    a = p.parse_args(argv)
+    return JobOptions(rules=d.rules, parallelism=a.parallelism, group_id=a.group_id, keep_final_ms=a.keep_final_ms,
+                      cassandra_max_in_flight=a.cassandra_max_in_flight, cassandra_dc=a.cassandra_dc,
+                      cassandra=a.cassandra)
+
+
+def ensure_exactly_once(env: StreamExecutionEnvironment) -> list[str]:
+    """Set exactly-once checkpointing where the cluster config leaves it unset; what is still wrong."""
+    missing = missing_defaults(internals.effective_config(env, REQUIRED_DEFAULTS))
+    if missing:
+        log.info("cluster config leaves %s unset: the job sets them", sorted(missing))
+        conf = Configuration()
+        for k, v in missing.items():
+            conf.set_string(k, v)
+        env.configure(conf)
+    cp = env.get_checkpoint_config()
+    retention = cp.get_externalized_checkpoint_retention() if cp.is_externalized_checkpoints_enabled() else None
+    return problems(cp.get_checkpoint_interval(), cp.get_checkpointing_mode().name,
+                    retention.name if retention is not None else None, None, lake_enabled=False)
+
+
+def main(argv: list[str] | None = None) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    options = parse_args(sys.argv[1:] if argv is None else argv)
+    settings = Settings.from_env()
+    env = StreamExecutionEnvironment.get_execution_environment()
+    found = ensure_exactly_once(env)
+    if found:
+        log.error("commands job refuses to start: %s", "; ".join(found))
+        raise SystemExit(2)
+    env.set_parallelism(options.parallelism)
+    build(env, settings, kafka_source(env, settings, options), ProductionSinks(env, settings, options), options)
+    log.info("submitting commands job: topics %s -> downlink, command-events, keyspace %s (parallelism %d)",
+             ", ".join(settings.topic(t) for t in INPUT_TOPICS), settings.cassandra_keyspace, options.parallelism)
+    # The name is the package's: fleet stack status and the demo match jobs/<name>/ to it.
+    env.execute("commands")
+
+
+if __name__ == "__main__":
+    main()

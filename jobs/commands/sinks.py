@@ -1,0 +1,82 @@
+"""The commands job's production sinks: Kafka (downlink, command events, dead letters) and Cassandra.
+
+Kafka: at least once, not transactional, so a command reaches the bridge and an event the API
+without a checkpoint wait; devices drop repeats by command_id, the API by command_id and state.
+Keyed by device id through the Table API's Kafka connector, as the shadow job's (jobs/shadow/sinks.py):
+one device's commands stay in order on one partition.
+
+Cassandra (schemas/cql/005_commands.cql): every command row to ``commands`` (by id) and
+``commands_by_device`` (newest first) through java/flink-fleet's CassandraUpsertSink with batch
+size 1, sent when it arrives; ``USING TIMESTAMP`` (logic.command_write_ts) orders a command's
+writes, so a replay after a restart never puts an earlier state back.
+"""
+
+from __future__ import annotations
+
+from functools import cached_property
+
+from pyflink.datastream import DataStream, StreamExecutionEnvironment
+from pyflink.table import StreamTableEnvironment
+
+from fleet.config import Settings
+from fleet.contract.topics import Kafka
+from jobs.commands import pyflink_internals as internals
+from jobs.commands.options import JobOptions
+
+
+class ProductionSinks:
+    def __init__(self, env: StreamExecutionEnvironment, settings: Settings, options: JobOptions):
+        self.env = env
+        self.settings = settings
+        self.options = options
+
+    @cached_property
+    def tables(self) -> StreamTableEnvironment:
+        return StreamTableEnvironment.create(self.env)
+
+    def _kafka(self, stream: DataStream, topic: str) -> None:
+        s = self.settings
+        table = f"sink_{topic.replace('-', '_')}"
+        self.tables.execute_sql(f"""
+            CREATE TEMPORARY TABLE {table} (device_id STRING, `value` STRING) WITH (
+              'connector' = 'kafka',
+              'topic' = '{s.topic(topic)}',
+              'properties.bootstrap.servers' = '{s.kafka_bootstrap}',
+              'key.format' = 'raw',
+              'key.fields' = 'device_id',
+              'value.format' = 'raw',
+              'value.fields-include' = 'EXCEPT_KEY',
+              'sink.delivery-guarantee' = 'at-least-once',
+              'properties.linger.ms' = '0'
+            )""")
+        statements = self.tables.create_statement_set()
+        statements.add_insert(table, self.tables.from_data_stream(stream))
+        statements.attach_as_datastream()
+
+    def _cassandra(self, stream: DataStream, name: str, cql: str, fields: str) -> None:
+        s, o = self.settings, self.options
+        if not o.cassandra:
+            internals.discard(stream, f"discard-{name}")
+            return
+        points = ",".join(f"{host}:{s.cassandra_port}" for host in s.cassandra_contact_points)
+        sink = internals.cassandra_sink(points, o.cassandra_dc, s.cassandra_keyspace, cql, fields,
+                                        o.cassandra_max_in_flight)
+        stream.sink_to(sink).name(name).uid(name)
+
+    def downlink(self, stream: DataStream) -> None:
+        self._kafka(stream, Kafka.DOWNLINK)
+
+    def events(self, stream: DataStream) -> None:
+        self._kafka(stream, Kafka.COMMAND_EVENTS)
+
+    def dead_letters(self, stream: DataStream) -> None:
+        self._kafka(stream, Kafka.DEAD_LETTER)
+
+    def commands(self, stream: DataStream) -> None:
+        # Fields: command_id, device_id, state, name, created_at, updated_at, command, write_ts.
+        self._cassandra(stream, "cassandra-commands",
+                        "INSERT INTO commands (command_id, device_id, state, name, created_at, updated_at, command) "
+                        "VALUES (?, ?, ?, ?, ?, ?, ?) USING TIMESTAMP ?", "0,1,2,3,4,5,6,7")
+        self._cassandra(stream, "cassandra-commands-by-device",
+                        "INSERT INTO commands_by_device (device_id, created_at, command_id, state, name, updated_at, "
+                        "command) VALUES (?, ?, ?, ?, ?, ?, ?) USING TIMESTAMP ?", "1,4,0,2,3,5,6,7")
