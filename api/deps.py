@@ -19,11 +19,13 @@ from typing import Annotated
 from fastapi import Depends, HTTPException, Request, status
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 
+from api.command_requests import CommandRequests
 from api.shadow_requests import ShadowRequests
 from api.stores import Stores
 from fleet.access.apikeys import ApiKeyStore, AuthFailure
 from fleet.access.audit import AuditLog
 from fleet.access.auth import Principal, Role, parse_secret
+from fleet.commands.query import CommandReader
 from fleet.config import Settings
 from fleet.identity.ca import CertificateAuthority
 from fleet.identity.devices import Device, RegistryError, check_device_id
@@ -35,6 +37,7 @@ __all__ = [
     "SettingsDep", "StoresDep", "Principal", "Role", "CurrentPrincipal", "Viewer", "Operator", "Admin",
     "UnscopedAdmin", "VisibleDevice", "ensure_device_visible", "ensure_groups_allowed", "require_role",
     "OnboardingDep", "ApiKeys", "Audit", "Telemetry", "Pki", "Shadows", "ShadowRequestsDep",
+    "Commands", "CommandRequestsDep",
 ]
 
 # auto_error=False: we answer missing credentials ourselves with one clear 401.
@@ -90,6 +93,15 @@ def get_shadow_requests(request: Request) -> ShadowRequests:
     return request.app.state.shadow_requests
 
 
+def get_commands(stores: StoresDep) -> CommandReader:
+    return stores.commands
+
+
+def get_command_requests(request: Request) -> CommandRequests:
+    """The Kafka side of commands the app's lifespan made (api/command_requests.py)."""
+    return request.app.state.command_requests
+
+
 ApiKeys = Annotated[ApiKeyStore, Depends(get_api_keys)]
 Audit = Annotated[AuditLog, Depends(get_audit)]
 OnboardingDep = Annotated[Onboarding, Depends(get_onboarding)]
@@ -97,6 +109,8 @@ Telemetry = Annotated[TelemetryStore, Depends(get_telemetry)]
 Pki = Annotated[CertificateAuthority, Depends(get_pki)]
 Shadows = Annotated[ShadowReader, Depends(get_shadows)]
 ShadowRequestsDep = Annotated[ShadowRequests, Depends(get_shadow_requests)]
+Commands = Annotated[CommandReader, Depends(get_commands)]
+CommandRequestsDep = Annotated[CommandRequests, Depends(get_command_requests)]
 
 
 def get_credential(

@@ -8,8 +8,9 @@ from fastapi import FastAPI
 
 from api import audit, errors
 from api.background import SecurityWorkers
+from api.command_requests import CommandRequests
 from api.routes import audit as audit_routes
-from api.routes import auth, ca, certificates, claims, devices, health, keys, shadow, telemetry, templates
+from api.routes import auth, ca, certificates, claims, commands, devices, health, keys, shadow, telemetry, templates
 from api.shadow_requests import ShadowRequests
 from api.stores import Stores
 from fleet.config import Settings
@@ -35,6 +36,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             app.state.workers = SecurityWorkers(app.state.stores).start()
             # Connects to Kafka on the first shadow change, not here (the API starts while Kafka is down).
             app.state.shadow_requests = ShadowRequests(settings)
+            app.state.command_requests = CommandRequests(settings)
         try:
             yield
         finally:
@@ -42,6 +44,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             if app.state.lifespans == 0:
                 app.state.workers.stop()
                 app.state.shadow_requests.close()
+                app.state.command_requests.close()
                 app.state.stores.close()
 
     app = FastAPI(
@@ -59,6 +62,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     audit.install(app)
     errors.install(app, settings.api_max_body_bytes)
     app.include_router(health.router)
-    for module in (devices, shadow, telemetry, certificates, keys, auth, audit_routes, templates, claims, ca):
+    for module in (devices, shadow, commands, telemetry, certificates, keys, auth, audit_routes, templates, claims, ca):
         app.include_router(module.router, responses=V1_RESPONSES)
     return app

@@ -13,6 +13,7 @@ from typing import Any, TypeVar
 
 from fleet.access.apikeys import ApiKeyStore
 from fleet.access.audit import AuditLog
+from fleet.commands.query import CommandReader
 from fleet.config import Settings
 from fleet.identity.ca import CertificateAuthority, pki_from_settings
 from fleet.identity.onboarding import Onboarding
@@ -73,6 +74,10 @@ class Stores:
     @property
     def shadows(self) -> ShadowReader:
         return self._once("shadows", lambda: ShadowReader(self.session()))
+
+    @property
+    def commands(self) -> CommandReader:
+        return self._once("commands", lambda: CommandReader(self.session()))
 
     def close(self) -> None:
         with self._lock:
