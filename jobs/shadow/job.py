@@ -13,12 +13,11 @@ import logging
 import os
 import sys
 
-from pyflink.common import Configuration
 from pyflink.datastream import StreamExecutionEnvironment
 
 from fleet.config import Settings
-from fleet.infra.job_config import REQUIRED_DEFAULTS, configured_lake_path, missing_defaults, problems
-from jobs.shadow import pyflink_internals as internals
+from fleet.infra.job_config import configured_lake_path
+from jobs.checkpointing import exactly_once_problems
 from jobs.shadow.options import JobOptions
 from jobs.shadow.pipeline import INPUT_TOPICS, build, kafka_source
 from jobs.shadow.sinks import ProductionSinks
@@ -43,19 +42,8 @@ def parse_args(argv: list[str]) -> JobOptions:
 
 
 def ensure_exactly_once(env: StreamExecutionEnvironment, options: JobOptions) -> list[str]:
-    """Set exactly-once checkpointing where the cluster config leaves it unset; what is still wrong."""
-    missing = missing_defaults(internals.effective_config(env, REQUIRED_DEFAULTS))
-    if missing:
-        log.info("cluster config leaves %s unset: the job sets them", sorted(missing))
-        conf = Configuration()
-        for k, v in missing.items():
-            conf.set_string(k, v)
-        env.configure(conf)
-    cp = env.get_checkpoint_config()
-    retention = cp.get_externalized_checkpoint_retention() if cp.is_externalized_checkpoints_enabled() else None
-    return problems(cp.get_checkpoint_interval(), cp.get_checkpointing_mode().name,
-                    retention.name if retention is not None else None, configured_lake_path(os.environ),
-                    lake_enabled=options.lake)
+    """Exactly-once checkpointing set where unset; what is still wrong (incl. the lake path)."""
+    return exactly_once_problems(env, configured_lake_path(os.environ), lake_enabled=options.lake)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -14,13 +14,12 @@ import logging
 import os
 import sys
 
-from pyflink.common import Configuration
 from pyflink.datastream import StreamExecutionEnvironment
 
 from fleet.config import Settings
-from fleet.infra.job_config import REQUIRED_DEFAULTS, JobConfigError, check, configured_lake_path, missing_defaults
+from fleet.infra.job_config import JobConfigError, configured_lake_path
 from fleet.telemetry import domain as dom
-from jobs.telemetry import pyflink_internals as internals
+from jobs.checkpointing import exactly_once_problems
 from jobs.telemetry.options import CORES, JobOptions
 from jobs.telemetry.pipeline import build, kafka_source
 from jobs.telemetry.sinks import ProductionSinks
@@ -65,20 +64,11 @@ def parse_args(argv: list[str]) -> JobOptions:
 
 
 def ensure_exactly_once(env: StreamExecutionEnvironment, options: JobOptions) -> None:
-    """Set exactly-once checkpointing where the cluster config leaves it unset (a bare cluster's
-    defaults are checkpointing off), then verify the effective config and the lake path."""
-    missing = missing_defaults(internals.effective_config(env, REQUIRED_DEFAULTS))
-    if missing:
-        log.info("cluster config leaves %s unset: the job sets them", sorted(missing))
-        conf = Configuration()
-        for k, v in missing.items():
-            conf.set_string(k, v)
-        env.configure(conf)
-    cp = env.get_checkpoint_config()
-    retention = cp.get_externalized_checkpoint_retention() if cp.is_externalized_checkpoints_enabled() else None
-    check(cp.get_checkpoint_interval(), cp.get_checkpointing_mode().name,
-          retention.name if retention is not None else None,
-          configured_lake_path(os.environ), options.lake)
+    """Exactly-once checkpointing set where unset (a bare cluster's defaults are checkpointing
+    off), then the effective config and the lake path verified: JobConfigError if wrong."""
+    found = exactly_once_problems(env, configured_lake_path(os.environ), lake_enabled=options.lake)
+    if found:
+        raise JobConfigError("telemetry job refuses to start: " + "; ".join(found))
 
 
 def main(argv: list[str] | None = None) -> None:
