@@ -21,7 +21,7 @@ import uuid
 import pytest
 
 from device.agent import AgentConfig, DeviceAgent
-from tests.integration.test_shadow_api import keys, wait_for  # noqa: F401 - fixtures
+from tests.integration.test_shadow_api import keys, shadow_job, wait_for  # noqa: F401 - fixtures
 
 pytestmark = pytest.mark.integration
 
@@ -41,7 +41,7 @@ def commands_job(stack):
 
 
 @pytest.fixture(scope="module")
-def api(stack, commands_job):
+def api(stack, commands_job, shadow_job):  # noqa: F811 - connectivity (online_in_the_job) is the shadow job's
     import httpx
 
     with httpx.Client(base_url=f"http://{stack.api_host}:{stack.api_port}", timeout=60) as client:
