@@ -207,12 +207,15 @@ class MqttLoop:
             client.loop_write()
 
     def _drain_wake(self) -> None:
-        self._wake_pending = False
+        # Drain first, then clear the flag: cleared first, a call_soon racing the drain would
+        # send its byte, see it drained here and leave the flag set with no byte pending, and
+        # every later call_soon would then wait for the next timeout (up to misc_interval).
         try:
             while self._wake_r.recv(4096):
                 pass
         except (BlockingIOError, OSError):
             pass
+        self._wake_pending = False
 
     def _run_calls(self) -> None:
         calls = self._calls

@@ -73,3 +73,37 @@ def test_stop_is_prompt():
     t0 = time.monotonic()
     loop.stop()
     assert time.monotonic() - t0 < 1
+
+
+def test_a_call_soon_racing_the_wake_up_drain_still_wakes_the_loop_at_once():
+    """A call_soon from another thread while the loop drains its wake-up socket: the loop must
+    stay wakeable (it used to clear the flag before draining, so the racing call's byte was
+    drained, the flag stayed set and every later call_soon waited for the loop's timeout)."""
+    loop = MqttLoop(misc_interval=5.0)
+    real = loop._wake_r
+    raced = threading.Event()
+
+    class RacingSocket:
+        def recv(self, n):
+            if not raced.is_set():
+                raced.set()
+                loop.call_soon(lambda: None)  # what another thread can do at this very moment
+            return real.recv(n)
+
+        def __getattr__(self, name):
+            return getattr(real, name)
+
+    loop._wake_r = RacingSocket()
+    loop.start()
+    try:
+        loop.call_soon(lambda: None)
+        assert raced.wait(2)
+        time.sleep(0.1)
+        ran = threading.Event()
+        t0 = time.monotonic()
+        loop.call_soon(ran.set)
+        assert ran.wait(2)
+        assert time.monotonic() - t0 < 0.5  # not the 5 s misc interval
+    finally:
+        loop._wake_r = real
+        loop.stop()
