@@ -19,22 +19,14 @@ import json
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from fleet.infra.cql_values import epoch_ms
+
 if TYPE_CHECKING:  # the driver ships no type hints
     from cassandra.cluster import Session
 
 MAX_PAGE_LIMIT = 500
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 _TOKEN_PREFIX = "c:"
-
-
-def _ms(value: dt.datetime | int | None) -> int | None:
-    if value is None:
-        return None
-    if isinstance(value, dt.datetime):
-        if value.tzinfo is None:  # the driver returns naive UTC datetimes
-            value = value.replace(tzinfo=dt.UTC)
-        return (value - _EPOCH) // dt.timedelta(milliseconds=1)
-    return int(value)
 
 
 def _time(ms: int) -> dt.datetime:
@@ -111,7 +103,7 @@ class CommandReader:
             rows = list(self.session.execute(self._same_ms, (device_id, at, cursor.command_id, want)))
             if len(rows) < want:
                 rows += list(self.session.execute(self._older, (device_id, at, want - len(rows))))
-        page = [(r.command_id, _ms(r.created_at) or 0, json.loads(r.command)) for r in rows[:limit] if r.command]
+        page = [(r.command_id, epoch_ms(r.created_at) or 0, json.loads(r.command)) for r in rows[:limit] if r.command]
         more = len(rows) > limit and bool(page)
         return [c for _, _, c in page], PageCursor(page[-1][1], page[-1][0]) if more else None
 

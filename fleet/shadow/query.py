@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import base64
 import binascii
-import datetime as dt
 import json
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from fleet.infra.cql_values import epoch_ms
 from fleet.shadow.domain import DESIRED, REPORTED, ShadowChange, ShadowDocument
 
 if TYPE_CHECKING:  # the driver ships no type hints: Any to mypy, names for the reader
@@ -27,18 +27,7 @@ if TYPE_CHECKING:  # the driver ships no type hints: Any to mypy, names for the 
 MAX_HISTORY_LIMIT = 1000
 # Above any version: the first history page starts here.
 _TOP_VERSION = 2 ** 63 - 1
-_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 _TOKEN_PREFIX = "v:"
-
-
-def _ms(value: dt.datetime | int | None) -> int | None:
-    if value is None:
-        return None
-    if isinstance(value, dt.datetime):
-        if value.tzinfo is None:  # the driver returns naive UTC datetimes
-            value = value.replace(tzinfo=dt.UTC)
-        return (value - _EPOCH) // dt.timedelta(milliseconds=1)
-    return int(value)
 
 
 def _object(text: str | None) -> dict[str, Any]:
@@ -121,12 +110,12 @@ class ShadowReader:
         metadata = _object(row.metadata)
         return ShadowDocument(device_id, name, _object(row.desired), _object(row.reported),
                               {DESIRED: metadata.get(DESIRED) or {}, REPORTED: metadata.get(REPORTED) or {}},
-                              int(row.version), _ms(row.updated_at))
+                              int(row.version), epoch_ms(row.updated_at))
 
     def shadows(self, device_id: str) -> list[ShadowSummary]:
         """Every shadow of the device ("" = the classic one), by name."""
         rows = self.session.execute(self._names, (device_id,))
-        return sorted((ShadowSummary(r.name, int(r.version), _ms(r.updated_at)) for r in rows if r.version),
+        return sorted((ShadowSummary(r.name, int(r.version), epoch_ms(r.updated_at)) for r in rows if r.version),
                       key=lambda s: s.name)
 
     def history(self, device_id: str, name: str, *, limit: int,
@@ -134,7 +123,7 @@ class ShadowReader:
         """Up to ``limit`` accepted versions, newest first, below ``cursor``; and the next cursor."""
         below = cursor.version if cursor is not None else _TOP_VERSION
         rows = list(self.session.execute(self._history, (device_id, name, below, limit + 1)))
-        changes = [ShadowChange(device_id, name, int(r.version), r.source_kind or "", r.actor or "", _ms(r.ts) or 0,
+        changes = [ShadowChange(device_id, name, int(r.version), r.source_kind or "", r.actor or "", epoch_ms(r.ts) or 0,
                                 r.client_token, _object(r.patch), _object(r.desired), _object(r.reported))
                    for r in rows[:limit]]
         more = len(rows) > limit and bool(changes)
@@ -150,6 +139,6 @@ class ShadowReader:
         for future in futures:
             row = future.result().one()
             if row is not None:
-                out[row.device_id] = Connectivity(row.device_id, row.connected, _ms(row.connected_since),
-                                                  _ms(row.last_seen), row.disconnect_reason, row.firmware_version)
+                out[row.device_id] = Connectivity(row.device_id, row.connected, epoch_ms(row.connected_since),
+                                                  epoch_ms(row.last_seen), row.disconnect_reason, row.firmware_version)
         return out
