@@ -18,7 +18,7 @@ from pyflink.datastream import StreamExecutionEnvironment
 from fleet.config import Settings
 from fleet.infra.job_config import configured_lake_path
 from jobs.checkpointing import exactly_once_problems
-from jobs.shadow.options import JobOptions
+from jobs.shadow.options import CORES, JobOptions
 from jobs.shadow.pipeline import INPUT_TOPICS, build, kafka_source
 from jobs.shadow.sinks import ProductionSinks
 
@@ -35,10 +35,12 @@ def parse_args(argv: list[str]) -> JobOptions:
     p.add_argument("--cassandra-dc", default=d.cassandra_dc)
     p.add_argument("--no-cassandra", dest="cassandra", action="store_false")
     p.add_argument("--no-lake", dest="lake", action="store_false")
+    p.add_argument("--core", choices=CORES, default=d.core,
+                   help="the shadow-core implementation (switching starts it with fresh state)")
     a = p.parse_args(argv)
     return JobOptions(rules=d.rules, parallelism=a.parallelism, group_id=a.group_id,
                       cassandra_max_in_flight=a.cassandra_max_in_flight, cassandra_dc=a.cassandra_dc,
-                      cassandra=a.cassandra, lake=a.lake)
+                      cassandra=a.cassandra, lake=a.lake, core=a.core)
 
 
 def ensure_exactly_once(env: StreamExecutionEnvironment, options: JobOptions) -> list[str]:
@@ -57,9 +59,9 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(2)
     env.set_parallelism(options.parallelism)
     build(env, settings, kafka_source(env, settings, options), ProductionSinks(env, settings, options), options)
-    log.info("submitting shadow job: topics %s -> downlink, shadow-verdicts, keyspace %s, lake %s (parallelism %d)",
-             ", ".join(settings.topic(t) for t in INPUT_TOPICS), settings.cassandra_keyspace, settings.lake_path,
-             options.parallelism)
+    log.info("submitting shadow job: topics %s -> downlink, shadow-verdicts, keyspace %s, lake %s (parallelism %d, "
+             "%s core)", ", ".join(settings.topic(t) for t in INPUT_TOPICS), settings.cassandra_keyspace,
+             settings.lake_path, options.parallelism, options.core)
     # The name is the package's: fleet stack status and the demo match jobs/<name>/ to it.
     env.execute("shadow")
 

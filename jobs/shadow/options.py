@@ -9,12 +9,15 @@ from dataclasses import dataclass, field
 
 from fleet.shadow import domain as dom
 
+CORES = ("java", "python")
+
 
 @dataclass(frozen=True)
 class JobOptions:
     rules: dom.ShadowRules = field(default_factory=dom.ShadowRules)
-    # One subtask: ~100-200 us of Python per record is 10-20% of a core at 1,000 updates/s, and
-    # the TaskManager's slots are shared with the telemetry job (flink-conf/config.yaml).
+    # One subtask: the core's per-record cost (Java: tens of us; Python: ~1 ms with its JVM
+    # crossings) fits one task at 1,000 updates/s, and the TaskManager's slots are shared with the
+    # telemetry job (flink-conf/config.yaml).
     parallelism: int = 1
     group_id: str = "fleet-shadow-job"
     # Cassandra writes in flight per sink subtask; each row goes out at once (no batching), the
@@ -24,3 +27,10 @@ class JobOptions:
     # Skip Cassandra or the lake (benchmarks, partial stacks).
     cassandra: bool = True
     lake: bool = True
+    # The shadow-core implementation: "java" (fleet.flink.shadow.ShadowCore) or "python"
+    # (jobs.shadow.core.ShadowCore); see jobs/shadow/__init__.py.
+    core: str = "java"
+
+    def __post_init__(self) -> None:
+        if self.core not in CORES:
+            raise ValueError(f"core must be one of {', '.join(CORES)}, got {self.core!r}")

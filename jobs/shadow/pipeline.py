@@ -2,7 +2,8 @@
 
     source: Row(device_id, raw JSON) from shadow-reported, device-events and shadow-desired
       -> key by device_id (Java)
-      -> shadow-core (jobs.shadow.core.ShadowCore around jobs.shadow.logic and fleet.shadow.domain)
+      -> shadow-core (--core java: fleet.flink.shadow.ShadowCore; python: jobs.shadow.core.ShadowCore
+                      around jobs.shadow.logic and fleet.shadow.domain; see jobs/shadow/__init__.py)
            main output  : downlink          -> Kafka `downlink` (key device_id)
            side outputs : verdicts          -> Kafka `shadow-verdicts`
                           dead letters      -> Kafka `dead-letter`
@@ -20,7 +21,7 @@ from __future__ import annotations
 from typing import Protocol
 
 from pyflink.common import WatermarkStrategy
-from pyflink.datastream import DataStream, StreamExecutionEnvironment
+from pyflink.datastream import DataStream, OutputTag, StreamExecutionEnvironment
 from pyflink.datastream.connectors.kafka import KafkaOffsetResetStrategy, KafkaOffsetsInitializer, KafkaSource
 
 from fleet.config import Settings
@@ -28,7 +29,7 @@ from fleet.contract.topics import Kafka
 from jobs.shadow import pyflink_internals as internals
 from jobs.shadow.core import ShadowCore
 from jobs.shadow.options import JobOptions
-from jobs.shadow.records import CONNECTIVITY, DEAD_LETTERS, HISTORY, KAFKA_TYPE, SHADOWS, VERDICTS
+from jobs.shadow.records import CONNECTIVITY, DEAD_LETTERS, HISTORY, KAFKA_TYPE, SHADOWS, SIDE_OUTPUTS, VERDICTS
 
 DEFAULT_OPTIONS = JobOptions()  # frozen
 INPUT_TOPICS = (Kafka.SHADOW_REPORTED, Kafka.DEVICE_EVENTS, Kafka.SHADOW_DESIRED)
@@ -57,16 +58,21 @@ def build(env: StreamExecutionEnvironment, settings: Settings, source: DataStrea
     """Wire the pipeline on ``source`` (Row(device_id, raw JSON), from ``kafka_source`` or
     ``from_json``); returns the downlink stream."""
     keyed = internals.key_by_device(source)
-    downlink = (keyed.process(ShadowCore(options), output_type=KAFKA_TYPE)
-                .name("shadow-core").uid("shadow-core"))
+    outputs: dict[OutputTag, DataStream]
+    if options.core == "java":
+        downlink, outputs = internals.java_core(keyed, options.rules)
+    else:
+        downlink = (keyed.process(ShadowCore(options), output_type=KAFKA_TYPE)
+                    .name("shadow-core").uid("shadow-core"))
+        outputs = {tag: internals.side_output(downlink, tag) for tag in SIDE_OUTPUTS}
     sinks.downlink(downlink)
-    sinks.verdicts(internals.side_output(downlink, VERDICTS))
-    sinks.dead_letters(internals.side_output(downlink, DEAD_LETTERS))
-    sinks.shadows(internals.side_output(downlink, SHADOWS))
-    history = internals.side_output(downlink, HISTORY)
+    sinks.verdicts(outputs[VERDICTS])
+    sinks.dead_letters(outputs[DEAD_LETTERS])
+    sinks.shadows(outputs[SHADOWS])
+    history = outputs[HISTORY]
     sinks.history(history)
     sinks.shadow_changes(history)
-    sinks.connectivity(internals.side_output(downlink, CONNECTIVITY))
+    sinks.connectivity(outputs[CONNECTIVITY])
     return downlink
 
 

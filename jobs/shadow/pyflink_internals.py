@@ -1,6 +1,7 @@
 """Every reach of the shadow job into PyFlink's private API and the Java side, in one place.
 
-The generic pieces (Java keying, Java side outputs, the Java Cassandra sink, the effective config)
+``java_core`` builds the Java shadow core (fleet.flink.shadow.ShadowCore) on the keyed stream. The
+generic pieces (Java keying, Java side outputs, the Java Cassandra sink, the effective config)
 are the telemetry job's (jobs.telemetry.pyflink_internals), re-exported here so that the shadow
 job's other modules import only this one. The Java classes are java/flink-fleet's.
 """
@@ -9,19 +10,38 @@ from __future__ import annotations
 
 from typing import Any
 
-from pyflink.datastream import DataStream
+from py4j.java_gateway import JavaClass
+from pyflink.datastream import DataStream, KeyedStream, OutputTag
 from pyflink.datastream.connectors.base import Sink
 from pyflink.datastream.connectors.kafka import KafkaSourceBuilder
 from pyflink.java_gateway import get_gateway
 
+from fleet.shadow import domain as dom
+from jobs.shadow.records import CONNECTIVITY, DEAD_LETTERS, HISTORY, SHADOWS, VERDICTS
 from jobs.telemetry.pyflink_internals import discard, effective_config, key_by_device, side_output
 
-__all__ = ["cassandra_sink", "discard", "effective_config", "key_by_device", "key_from_json", "lake_sink",
-           "side_output", "set_keyed_deserializer"]
+__all__ = ["cassandra_sink", "discard", "effective_config", "java_core", "key_by_device", "key_from_json",
+           "lake_sink", "side_output", "set_keyed_deserializer"]
 
 
 def _jvm() -> Any:
     return get_gateway().jvm
+
+
+def java_core(keyed: KeyedStream, rules: dom.ShadowRules) -> tuple[DataStream, dict[OutputTag, DataStream]]:
+    """The core as fleet.flink.shadow.ShadowCore (same rules, same outputs as jobs.shadow.core.ShadowCore):
+    its main output (the downlink) and its side outputs, keyed by the Python OutputTags (same ids and types)."""
+    j = _jvm().fleet.flink.shadow.ShadowCore
+    if not isinstance(j, JavaClass):  # py4j makes an unknown class a package
+        raise RuntimeError("fleet.flink.shadow.ShadowCore is not on the class path: java/flink-fleet's jar in lib/ "
+                           "predates it (rebuild it and restart the cluster), or run with --core python")
+    j_core = j(rules.max_state_bytes, rules.max_depth, rules.max_keys, rules.key_pattern, rules.name_pattern,
+               rules.max_client_token_length, rules.burst, rules.per_second)
+    # Own uid: its state is not the Python operator's (switching cores starts from fresh state).
+    j_downlink = keyed._j_data_stream.process(j_core).name("shadow-core").uid("shadow-core-java")
+    j_tags = {VERDICTS: j.verdictsTag(), DEAD_LETTERS: j.deadLettersTag(), SHADOWS: j.shadowsTag(),
+              HISTORY: j.historyTag(), CONNECTIVITY: j.connectivityTag()}
+    return DataStream(j_downlink), {tag: DataStream(j_downlink.getSideOutput(j_tag)) for tag, j_tag in j_tags.items()}
 
 
 def key_from_json(raw: DataStream) -> DataStream:
