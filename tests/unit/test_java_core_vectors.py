@@ -1,5 +1,6 @@
-"""The Java telemetry logic against the same vectors as the Python reference (tests/vectors/telemetry):
-runs the JUnit suite of java/flink-fleet with Maven, so a rule changed on one side only fails here."""
+"""The Java telemetry and shadow logic against the same vectors as the Python reference
+(tests/vectors/telemetry, tests/vectors/shadow, tests/vectors/shadow_job): runs the JUnit suite of
+java/flink-fleet with Maven, so a rule changed on one side only fails here."""
 
 from __future__ import annotations
 
