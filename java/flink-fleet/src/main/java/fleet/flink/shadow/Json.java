@@ -146,9 +146,13 @@ final class Json {
         if (d == 0) {
             return (1 / d < 0) ? "-0.0" : "0.0";
         }
+        // If the shortest round-tripping decimal has at most 15 digits, rounding the exact value
+        // to 15 digits gives it (padded with zeros): a double's half-ulp is below half a unit of
+        // the 15th digit (not so for subnormals: they search from 1). Otherwise 16 or 17 digits,
+        // rounded to nearest as Python's repr picks.
         BigDecimal exact = new BigDecimal(d);
         BigDecimal shortest = exact;
-        for (int p = 1; p <= 17; p++) {
+        for (int p = Math.abs(d) < Double.MIN_NORMAL ? 1 : 15; p <= 17; p++) {
             BigDecimal r = exact.round(new MathContext(p));
             if (r.doubleValue() == d) {
                 shortest = r;

@@ -120,6 +120,22 @@ class ShadowVectorsTest {
         for (String[] c : cases) {
             assertEquals(c[1], Json.dumps(Json.parse(c[0])), c[0]);
         }
+        // Shortest round trip (Python's repr) for any double, subnormals included.
+        java.util.Random random = new java.util.Random(7);
+        for (int i = 0; i < 200_000; i++) {
+            double d = i % 2 == 0 ? Double.longBitsToDouble(random.nextLong()) : random.nextInt(100_000) / 100.0;
+            if (!Double.isFinite(d)) {
+                continue;
+            }
+            String text = Json.floatRepr(d);
+            assertEquals(d, Double.parseDouble(text), text);
+            java.math.BigDecimal digits = new java.math.BigDecimal(text).stripTrailingZeros();
+            int p = digits.precision();
+            if (p > 1 && d != 0) {
+                double shorter = new java.math.BigDecimal(d).round(new java.math.MathContext(p - 1)).doubleValue();
+                assertTrue(shorter != d, "not the shortest: " + text);
+            }
+        }
         assertEquals("'it'", Json.repr("it"));
         assertEquals("\"it's\"", Json.repr("it's"));
         assertEquals("'a\\nb\\x01'", Json.repr("a\nb\u0001"));
