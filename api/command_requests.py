@@ -34,9 +34,12 @@ _FINAL = frozenset(s.value for s in FINAL)
 
 
 def submit_record(*, command_id: str, device_id: str, name: str, params: dict[str, Any], timeout_ms: int,
-                  ttl_ms: int, created_by: str, created_at: int) -> dict[str, Any]:
-    return {"op": "submit", "command_id": command_id, "device_id": device_id, "name": name, "params": params,
-            "timeout_ms": timeout_ms, "ttl_ms": ttl_ms, "created_by": created_by, "created_at": created_at}
+                  ttl_ms: int, created_by: str, created_at: int, batch_id: str | None = None) -> dict[str, Any]:
+    record = {"op": "submit", "command_id": command_id, "device_id": device_id, "name": name, "params": params,
+              "timeout_ms": timeout_ms, "ttl_ms": ttl_ms, "created_by": created_by, "created_at": created_at}
+    if batch_id is not None:
+        record["batch_id"] = batch_id
+    return record
 
 
 def cancel_record(*, command_id: str, device_id: str, by: str, ts: int) -> dict[str, Any]:
@@ -86,6 +89,7 @@ class CommandRequests(KafkaExchange):
                          f"{settings.api_service_identity}-commands", int(DELIVERY_TIMEOUT_S * 800),
                          producer_factory=producer_factory, consumer_factory=consumer_factory)
         self._watches: dict[str, list[Watch]] = {}
+        self._bulk: dict[str, asyncio.Future[str | None]] = {}  # send_many's records by command id
 
     @contextmanager
     def watch(self, command_id: str) -> Iterator[Watch]:
@@ -112,6 +116,37 @@ class CommandRequests(KafkaExchange):
         if error is not None:
             raise KafkaUnavailable(f"Kafka did not take the request: {error}")
 
+    async def send_many(self, records: list[dict[str, Any]], timeout: float = DELIVERY_TIMEOUT_S) -> list[str | None]:
+        """Produce every record (no watch: nobody waits on their events) and wait for Kafka's
+        delivery reports: per record None (taken) or the error. KafkaUnavailable only when the
+        producer cannot be made; a full local queue waits for room until ``timeout``."""
+        loop = asyncio.get_running_loop()
+        deadline = time.monotonic() + timeout
+        await self._ensure(deadline)
+        futures: list[asyncio.Future[str | None]] = []
+        for record in records:
+            future: asyncio.Future[str | None] = loop.create_future()
+            futures.append(future)
+            token = record["command_id"]
+            self._bulk[token] = future
+            while True:
+                try:
+                    self._produce(record["device_id"], record, token)
+                    break
+                except KafkaUnavailable as exc:  # the producer's queue is full: let it drain
+                    if time.monotonic() >= deadline:
+                        future.set_result(str(exc))
+                        break
+                    await asyncio.sleep(0.05)
+        if not futures:
+            return []
+        try:  # the delivery timeout runs from the last record handed to the producer
+            done, _ = await asyncio.wait(futures, timeout=timeout)
+            return [f.result() if f in done else "Kafka did not confirm the record in time" for f in futures]
+        finally:
+            for record in records:
+                self._bulk.pop(record["command_id"], None)
+
     # -- replies (event loop) ------------------------------------------------------------------
     def _on_reply(self, value: dict[str, Any]) -> None:
         command_id = value["command_id"]
@@ -121,6 +156,8 @@ class CommandRequests(KafkaExchange):
             w.events.put_nowait(value)
 
     def _delivered(self, command_id: str, error: str | None) -> None:
+        if (future := self._bulk.get(command_id)) is not None and not future.done():
+            future.set_result(error)
         for w in self._watches.get(command_id, ()):
             if not w.delivered.done():
                 w.delivered.set_result(error)

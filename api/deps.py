@@ -19,12 +19,14 @@ from typing import Annotated
 from fastapi import Depends, HTTPException, Request, status
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 
+from api.command_batches import BatchRunner
 from api.command_requests import CommandRequests
 from api.shadow_requests import ShadowRequests
 from api.stores import Stores
 from fleet.access.apikeys import ApiKeyStore, AuthFailure
 from fleet.access.audit import AuditLog
 from fleet.access.auth import Principal, Role, parse_secret
+from fleet.commands.batch_store import BatchStore
 from fleet.commands.query import CommandReader
 from fleet.config import Settings
 from fleet.identity.ca import CertificateAuthority
@@ -37,7 +39,7 @@ __all__ = [
     "SettingsDep", "StoresDep", "Principal", "Role", "CurrentPrincipal", "Viewer", "Operator", "Admin",
     "UnscopedAdmin", "VisibleDevice", "ensure_device_visible", "ensure_groups_allowed", "require_role",
     "OnboardingDep", "ApiKeys", "Audit", "Telemetry", "Pki", "Shadows", "ShadowRequestsDep",
-    "Commands", "CommandRequestsDep",
+    "Commands", "CommandRequestsDep", "Batches", "BatchRunnerDep",
 ]
 
 # auto_error=False: we answer missing credentials ourselves with one clear 401.
@@ -102,6 +104,15 @@ def get_command_requests(request: Request) -> CommandRequests:
     return request.app.state.command_requests
 
 
+def get_batches(stores: StoresDep) -> BatchStore:
+    return stores.batches
+
+
+def get_batch_runner(request: Request) -> BatchRunner:
+    """The bulk commands' fan-out tasks of this process (api/command_batches.py)."""
+    return request.app.state.batch_runner
+
+
 ApiKeys = Annotated[ApiKeyStore, Depends(get_api_keys)]
 Audit = Annotated[AuditLog, Depends(get_audit)]
 OnboardingDep = Annotated[Onboarding, Depends(get_onboarding)]
@@ -111,6 +122,8 @@ Shadows = Annotated[ShadowReader, Depends(get_shadows)]
 ShadowRequestsDep = Annotated[ShadowRequests, Depends(get_shadow_requests)]
 Commands = Annotated[CommandReader, Depends(get_commands)]
 CommandRequestsDep = Annotated[CommandRequests, Depends(get_command_requests)]
+Batches = Annotated[BatchStore, Depends(get_batches)]
+BatchRunnerDep = Annotated[BatchRunner, Depends(get_batch_runner)]
 
 
 def get_credential(

@@ -8,9 +8,23 @@ from fastapi import FastAPI
 
 from api import audit, errors
 from api.background import SecurityWorkers
+from api.command_batches import BatchRunner
 from api.command_requests import CommandRequests
 from api.routes import audit as audit_routes
-from api.routes import auth, ca, certificates, claims, commands, devices, health, keys, shadow, telemetry, templates
+from api.routes import (
+    auth,
+    ca,
+    certificates,
+    claims,
+    command_batches,
+    commands,
+    devices,
+    health,
+    keys,
+    shadow,
+    telemetry,
+    templates,
+)
 from api.shadow_requests import ShadowRequests
 from api.stores import Stores
 from fleet.config import Settings
@@ -37,11 +51,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             # Connects to Kafka on the first shadow change, not here (the API starts while Kafka is down).
             app.state.shadow_requests = ShadowRequests(settings)
             app.state.command_requests = CommandRequests(settings)
+            app.state.batch_runner = BatchRunner()
         try:
             yield
         finally:
             app.state.lifespans -= 1
             if app.state.lifespans == 0:
+                await app.state.batch_runner.close()
                 app.state.workers.stop()
                 app.state.shadow_requests.close()
                 app.state.command_requests.close()
@@ -62,6 +78,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     audit.install(app)
     errors.install(app, settings.api_max_body_bytes)
     app.include_router(health.router)
-    for module in (devices, shadow, commands, telemetry, certificates, keys, auth, audit_routes, templates, claims, ca):
+    for module in (devices, shadow, commands, command_batches, telemetry, certificates, keys, auth, audit_routes,
+                   templates, claims, ca):
         app.include_router(module.router, responses=V1_RESPONSES)
     return app

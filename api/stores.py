@@ -13,6 +13,7 @@ from typing import Any, TypeVar
 
 from fleet.access.apikeys import ApiKeyStore
 from fleet.access.audit import AuditLog
+from fleet.commands.batch_store import BatchStore
 from fleet.commands.query import CommandReader
 from fleet.config import Settings
 from fleet.identity.ca import CertificateAuthority, pki_from_settings
@@ -78,6 +79,10 @@ class Stores:
     @property
     def commands(self) -> CommandReader:
         return self._once("commands", lambda: CommandReader(self.session()))
+
+    @property
+    def batches(self) -> BatchStore:
+        return self._once("batches", lambda: BatchStore(self.session()))
 
     def close(self) -> None:
         with self._lock:

@@ -6,7 +6,7 @@ milliseconds, every transition with its time and reason.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field
 
@@ -15,10 +15,13 @@ from api.schemas.base import NEXT_PAGE_TOKEN, ErrorOut, RequestModel, ResponseMo
 # -- requests ------------------------------------------------------------------------------
 
 
-class CommandIn(RequestModel):
+class _CommandBody(RequestModel):
     name: str = Field(description="the command, e.g. reboot or set_config ([A-Za-z][A-Za-z0-9_.-]{0,63})")
     params: dict[str, Any] = Field(default_factory=dict, description="a JSON object, at most 8 KiB and 6 levels")
     timeout_s: float = Field(30, description="how long the device has to answer once the command is sent (1-3600 s)")
+
+
+class CommandIn(_CommandBody):
     ttl_s: float = Field(3600, description="how long the command may wait for an offline device (0: only if online "
                                            "now; at most 7 days)")
     idempotency_key: str | None = Field(
@@ -63,6 +66,7 @@ class CommandOut(ResponseModel):
     late_result: LateResultOut | None = Field(None, description="what the device answered after TIMED_OUT, EXPIRED "
                                                                 "or CANCELED (the state stays)")
     history: list[TransitionOut]
+    batch_id: str | None = Field(None, description="the bulk command (POST /v1/command-batches) it is part of")
 
     model_config = {"populate_by_name": True}
 
@@ -74,7 +78,7 @@ class CommandOut(ResponseModel):
                    for t in command.get("history", [])]
         fields = {k: command.get(k) for k in ("command_id", "device_id", "name", "params", "state", "timeout_ms",
                                               "expires_at", "created_by", "created_at", "updated_at", "sent_at",
-                                              "deadline", "result", "error", "late_result")}
+                                              "deadline", "result", "error", "late_result", "batch_id")}
         return cls.model_validate({**fields, "final": State(command["state"]).final, "history": history})
 
 
@@ -98,3 +102,67 @@ class CommandRejected(ErrorOut):
 
     code: str = Field(description="invalid_command, params_too_large, queue_full, command_id_conflict, "
                                   "idempotency_conflict, not_cancelable, kafka_unavailable")
+
+
+# -- bulk commands -------------------------------------------------------------------------
+
+
+class BatchTargetIn(RequestModel):
+    """Either ``device_ids`` or at least one filter (the registry's, as GET /v1/devices takes them)."""
+
+    device_ids: list[str] | None = Field(None, description="explicit devices (at most 10,000; repeats dropped); "
+                                                           "unknown or invisible ones are skipped and counted")
+    group: str | None = Field(None, description="devices in this group")
+    type: str | None = Field(None, description="devices of this type")
+    status: Literal["active", "disabled", "revoked"] | None = Field(None, description="devices in this status")
+    metadata: dict[str, str] | None = Field(None, description="devices whose metadata has all these values")
+
+
+class CommandBatchIn(_CommandBody):
+    ttl_s: float = Field(3600, description="how long each device's command may wait for it while offline, from the "
+                                           "batch's creation (at most 7 days)")
+    target: BatchTargetIn
+
+
+class CommandBatchAccepted(ResponseModel):
+    """202: the batch is fanning out; poll ``status_url``."""
+
+    batch_id: str
+    status_url: str
+
+
+class CommandBatchOut(ResponseModel):
+    batch_id: str
+    name: str
+    params: dict[str, Any]
+    timeout_ms: int
+    ttl_ms: int
+    target: dict[str, Any]
+    created_by: str
+    created_at: int
+    state: str = Field(description="submitting, submitted (every command handed to Kafka), failed (see error), "
+                                   "interrupted (its API process stopped while submitting)")
+    error: str | None = None
+    targeted: int = Field(description="devices the target selected")
+    submitted: int = Field(description="commands submitted so far")
+    skipped: int = Field(description="listed device ids that do not exist or this key may not see")
+    skipped_sample: list[str] = Field(description="the first 100 of them")
+    counts: dict[str, int] = Field(description="devices per command state (QUEUED ... CANCELED, and REFUSED when the "
+                                               "device's queue was full)")
+    final: int = Field(description="devices whose command is final (REFUSED included)")
+    pending: int = Field(description="submitted commands not final yet")
+    done: bool = Field(description="every submitted command is final")
+
+
+class BatchMemberOut(ResponseModel):
+    device_id: str
+    command_id: str
+    state: str
+    reason: str
+    updated_at: int
+
+
+class BatchMemberPage(ResponseModel):
+    batch_id: str
+    items: list[BatchMemberOut] = Field(description="in device-id order")
+    next_page_token: str | None = Field(None, description=NEXT_PAGE_TOKEN)

@@ -123,6 +123,7 @@ class CommandRequest:
     ttl_ms: int
     created_by: str
     created_at: int
+    batch_id: str | None = None  # the bulk command (fleet.commands.batches) it is one device's part of
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,14 +145,16 @@ class Command:
     error: str | None = None
     late_result: dict[str, Any] | None = None  # {"status", "result", "error", "ts"} of a result after the end
     history: tuple[Transition, ...] = ()
+    batch_id: str | None = None
 
     def message(self) -> dict[str, Any]:
         """The payload published on ``devices/{id}/commands``."""
         return {"command_id": self.command_id, "name": self.name, "params": self.params, "expires_at": self.expires_at}
 
     def same_request(self, req: CommandRequest) -> bool:
-        return (self.device_id, self.name, self.params, self.timeout_ms, self.expires_at, self.created_by) == (
-            req.device_id, req.name, req.params, req.timeout_ms, req.created_at + req.ttl_ms, req.created_by)
+        return (self.device_id, self.name, self.params, self.timeout_ms, self.expires_at, self.created_by,
+                self.batch_id) == (req.device_id, req.name, req.params, req.timeout_ms, req.created_at + req.ttl_ms,
+                                   req.created_by, req.batch_id)
 
 
 @dataclass(frozen=True, slots=True)
@@ -235,6 +238,9 @@ def _with(state: DeviceCommands, *cmds: Command, **changes: Any) -> DeviceComman
 def validate(req: CommandRequest, rules: CommandRules = CommandRules()) -> CommandRejected | None:
     if not isinstance(req.command_id, str) or not re.fullmatch(rules.id_pattern, req.command_id):
         return CommandRejected(INVALID_COMMAND, f"command_id {req.command_id!r} does not match {rules.id_pattern}")
+    if req.batch_id is not None and (not isinstance(req.batch_id, str) or not re.fullmatch(rules.id_pattern,
+                                                                                           req.batch_id)):
+        return CommandRejected(INVALID_COMMAND, f"batch_id {req.batch_id!r} does not match {rules.id_pattern}")
     if not isinstance(req.device_id, str) or not is_valid_device_id(req.device_id):
         return CommandRejected(INVALID_COMMAND, f"device id {req.device_id!r} is not well-formed")
     if not isinstance(req.name, str) or not re.fullmatch(rules.name_pattern, req.name):
@@ -273,7 +279,7 @@ def submit(state: DeviceCommands, req: CommandRequest, rules: CommandRules = Com
     now = req.created_at
     created = Transition(req.command_id, None, State.QUEUED, now, f"created by {req.created_by}")
     cmd = Command(req.command_id, req.device_id, req.name, dict(req.params), req.timeout_ms, now + req.ttl_ms,
-                  req.created_by, now, state.next_seq, State.QUEUED, now, history=(created,))
+                  req.created_by, now, state.next_seq, State.QUEUED, now, history=(created,), batch_id=req.batch_id)
     transitions = [created]
     send: tuple[Command, ...] = ()
     if state.online:
@@ -412,7 +418,8 @@ def command_json(cmd: Command) -> dict[str, Any]:
             "timeout_ms": cmd.timeout_ms, "expires_at": cmd.expires_at, "created_by": cmd.created_by,
             "created_at": cmd.created_at, "seq": cmd.seq, "state": cmd.state.value, "updated_at": cmd.updated_at,
             "sent_at": cmd.sent_at, "deadline": cmd.deadline, "result": cmd.result, "error": cmd.error,
-            "late_result": cmd.late_result, "history": [_transition_json(t) for t in cmd.history]}
+            "late_result": cmd.late_result, "history": [_transition_json(t) for t in cmd.history],
+            "batch_id": cmd.batch_id}
 
 
 def _command(raw: dict[str, Any]) -> Command:
@@ -420,7 +427,8 @@ def _command(raw: dict[str, Any]) -> Command:
                                t["reason"]) for t in raw["history"])
     return Command(raw["command_id"], raw["device_id"], raw["name"], raw["params"], raw["timeout_ms"], raw["expires_at"],
                    raw["created_by"], raw["created_at"], raw["seq"], State(raw["state"]), raw["updated_at"],
-                   raw["sent_at"], raw["deadline"], raw["result"], raw["error"], raw["late_result"], history)
+                   raw["sent_at"], raw["deadline"], raw["result"], raw["error"], raw["late_result"], history,
+                   raw.get("batch_id"))  # absent in state written before bulk commands
 
 
 def encode(state: DeviceCommands) -> str:

@@ -22,9 +22,9 @@ from pyflink.datastream import KeyedProcessFunction, RuntimeContext
 from pyflink.datastream.state import ValueStateDescriptor
 
 from jobs.commands import logic
-from jobs.commands.logic import COMMAND_FIELDS
+from jobs.commands.logic import BATCH_MEMBER_FIELDS, COMMAND_FIELDS
 from jobs.commands.options import JobOptions
-from jobs.commands.records import COMMANDS, DEAD_LETTERS, EVENTS
+from jobs.commands.records import BATCH_MEMBERS, COMMANDS, DEAD_LETTERS, EVENTS
 
 
 class _Cell:
@@ -86,6 +86,8 @@ class CommandsCore(KeyedProcessFunction):
                     self.counters["deadLetters"].inc()
                 yield _KAFKA_TAGS[out.kind], Row(out.key, json.dumps(out.value, separators=(",", ":"),
                                                                      ensure_ascii=False))
+            elif out.kind == logic.BATCH_MEMBER:
+                yield BATCH_MEMBERS, Row(*(out.value[f] for f in BATCH_MEMBER_FIELDS))
             else:
                 yield COMMANDS, Row(*(out.value[f] for f in COMMAND_FIELDS))
 

@@ -38,11 +38,16 @@ SOURCE = "commands-job"
 DOWNLINK = "downlink"
 EVENT = "event"
 COMMAND = "command"
+BATCH_MEMBER = "batch_member"
 DEAD_LETTER = "dead_letter"
 
 # The Cassandra row of a command (schemas/cql/005_commands.cql), in order; ``command`` is
 # command_json as text, write_ts the USING TIMESTAMP (us).
 COMMAND_FIELDS = ["command_id", "device_id", "state", "name", "created_at", "updated_at", "command", "write_ts"]
+# A bulk command's row per device (command_batch_members): the command's state, or REFUSED with the
+# code when the job refused the device's submission (a full queue), so the batch's counts add up.
+BATCH_MEMBER_FIELDS = ["batch_id", "device_id", "command_id", "state", "reason", "updated_at", "write_ts"]
+REFUSED = "REFUSED"
 
 SUBMIT = "submit"
 CANCEL = "cancel"
@@ -75,7 +80,8 @@ class MemoryCell:
 @dataclass(frozen=True, slots=True)
 class Output:
     kind: str
-    # DOWNLINK / EVENT / DEAD_LETTER: the record (a JSON object); COMMAND: the row as a dict of COMMAND_FIELDS.
+    # DOWNLINK / EVENT / DEAD_LETTER: the record (a JSON object); COMMAND / BATCH_MEMBER: the row as a
+    # dict of COMMAND_FIELDS / BATCH_MEMBER_FIELDS.
     value: dict[str, Any]
     # The Kafka key (device id) for Kafka outputs; None when unknown (a dead letter).
     key: str | None = None
@@ -133,6 +139,19 @@ def command_row(cmd: dom.Command) -> Output:
                             "command": dumps(dom.command_json(cmd)), "write_ts": command_write_ts(cmd)})
 
 
+def batch_member_row(cmd: dom.Command) -> Output:
+    assert cmd.batch_id is not None
+    return Output(BATCH_MEMBER, {"batch_id": cmd.batch_id, "device_id": cmd.device_id, "command_id": cmd.command_id,
+                                 "state": cmd.state.value, "reason": cmd.history[-1].reason if cmd.history else "",
+                                 "updated_at": cmd.updated_at, "write_ts": command_write_ts(cmd)})
+
+
+def _refused_member_row(batch_id: str, device_id: str, command_id: str, code: str, now: int) -> Output:
+    # Written once per refusal, never after the command exists: its timestamp cannot hide a state.
+    return Output(BATCH_MEMBER, {"batch_id": batch_id, "device_id": device_id, "command_id": command_id,
+                                 "state": REFUSED, "reason": code, "updated_at": now, "write_ts": now * 1000})
+
+
 def _event(t: dom.Transition, cmd: dom.Command) -> Output:
     return Output(EVENT, {"type": "transition", "command_id": t.command_id, "device_id": cmd.device_id,
                           "from": t.from_state.value if t.from_state else None, "to": t.to_state.value, "ts": t.ts,
@@ -158,7 +177,11 @@ def _step_outputs(before: dom.DeviceCommands, step: dom.Step, now: int) -> list[
             changed.append(t.command_id)
     if step.outcome is dom.Outcome.LATE_RESULT:
         changed += [k for k, c in after.commands.items() if before.commands.get(k) is not c and k not in changed]
-    out += [command_row(after.commands[k]) for k in changed if k in after.commands]
+    for k in changed:
+        if (cmd := after.commands.get(k)) is not None:
+            out.append(command_row(cmd))
+            if cmd.batch_id is not None:
+                out.append(batch_member_row(cmd))
     return out
 
 
@@ -257,11 +280,18 @@ def _request(device_id: str, op: Any, record: dict[str, Any], raw: str, now: int
             problem = f"{name} must be {'an integer' if typ is int else 'a ' + typ.__name__}"
             return [dead_letter("schema_violation", f"command request: {problem}", raw, device_id, "", now),
                     rejection_event(SUBMIT, command_id, device_id, dom.INVALID_COMMAND, problem, 400, now)]
+    batch_id = record.get("batch_id")
+    if batch_id is not None and not isinstance(batch_id, str):
+        return [dead_letter("schema_violation", "command request: batch_id must be a string", raw, device_id, "", now),
+                rejection_event(SUBMIT, command_id, device_id, dom.INVALID_COMMAND, "batch_id must be a string", 400,
+                                now)]
     req = dom.CommandRequest(command_id, device_id, record["name"], record["params"], record["timeout_ms"],
-                             record["ttl_ms"], record["created_by"], record["created_at"])
+                             record["ttl_ms"], record["created_by"], record["created_at"], batch_id)
     result = dom.submit(state, req, rules)
     if isinstance(result, dom.CommandRejected):
         out = [rejection_event(SUBMIT, command_id, device_id, result.code, result.message, result.http_status, now)]
+        if batch_id is not None and result.code != dom.COMMAND_ID_CONFLICT:
+            out.append(_refused_member_row(batch_id, device_id, command_id, result.code, now))
         if result.code == dom.INVALID_COMMAND:  # the API checks these first: a record that slipped past it
             out.append(dead_letter("schema_violation", f"{result.code}: {result.message}", raw, device_id, "", now))
         return out

@@ -7,6 +7,7 @@
            side outputs : command events    -> Kafka `command-events` (every transition, refusals)
                           dead letters      -> Kafka `dead-letter`
                           commands          -> Cassandra `commands`, `commands_by_device`
+                          batch members     -> Cassandra `command_batch_members` (bulk commands)
 
 ``build`` takes the source and the sinks as arguments, so the pipeline tests run it on in-memory
 data with collecting sinks (tests/pipeline/test_commands_job.py) and ``job.main`` on Kafka with
@@ -26,7 +27,7 @@ from fleet.contract.topics import Kafka
 from jobs.commands import pyflink_internals as internals
 from jobs.commands.core import CommandsCore
 from jobs.commands.options import JobOptions
-from jobs.commands.records import COMMANDS, DEAD_LETTERS, EVENTS, KAFKA_TYPE
+from jobs.commands.records import BATCH_MEMBERS, COMMANDS, DEAD_LETTERS, EVENTS, KAFKA_TYPE
 
 DEFAULT_OPTIONS = JobOptions()  # frozen
 INPUT_TOPICS = (Kafka.COMMAND_REQUESTS, Kafka.COMMAND_RESULTS, Kafka.DEVICE_EVENTS)
@@ -43,6 +44,8 @@ class CommandSinks(Protocol):
 
     def commands(self, stream: DataStream) -> None: ...  # rows of logic.COMMAND_FIELDS
 
+    def batch_members(self, stream: DataStream) -> None: ...  # rows of logic.BATCH_MEMBER_FIELDS
+
 
 def build(env: StreamExecutionEnvironment, settings: Settings, source: DataStream, sinks: CommandSinks,
           options: JobOptions = DEFAULT_OPTIONS) -> DataStream:
@@ -55,6 +58,7 @@ def build(env: StreamExecutionEnvironment, settings: Settings, source: DataStrea
     sinks.events(internals.side_output(downlink, EVENTS))
     sinks.dead_letters(internals.side_output(downlink, DEAD_LETTERS))
     sinks.commands(internals.side_output(downlink, COMMANDS))
+    sinks.batch_members(internals.side_output(downlink, BATCH_MEMBERS))
     return downlink
 
 

@@ -5,9 +5,10 @@ without a checkpoint wait; devices drop repeats by command_id, the API by comman
 Keyed by device id through the Table API's Kafka connector, as the shadow job's (jobs/shadow/sinks.py):
 one device's commands stay in order on one partition.
 
-Cassandra (schemas/cql/005_commands.cql): every command row to ``commands`` (by id) and
-``commands_by_device`` (newest first) through java/flink-fleet's CassandraUpsertSink with batch
-size 1, sent when it arrives; ``USING TIMESTAMP`` (logic.command_write_ts) orders a command's
+Cassandra (schemas/cql/005_commands.cql, 006_command_batches.cql): every command row to ``commands``
+(by id) and ``commands_by_device`` (newest first), and a bulk command's rows to
+``command_batch_members``, through java/flink-fleet's CassandraUpsertSink with batch size 1,
+sent when it arrives; ``USING TIMESTAMP`` (logic.command_write_ts) orders a command's
 writes, so a replay after a restart never puts an earlier state back.
 """
 
@@ -80,3 +81,9 @@ class ProductionSinks:
         self._cassandra(stream, "cassandra-commands-by-device",
                         "INSERT INTO commands_by_device (device_id, created_at, command_id, state, name, updated_at, "
                         "command) VALUES (?, ?, ?, ?, ?, ?, ?) USING TIMESTAMP ?", "1,4,0,2,3,5,6,7")
+
+    def batch_members(self, stream: DataStream) -> None:
+        # Fields: batch_id, device_id, command_id, state, reason, updated_at, write_ts.
+        self._cassandra(stream, "cassandra-command-batch-members",
+                        "INSERT INTO command_batch_members (batch_id, device_id, command_id, state, reason, updated_at) "
+                        "VALUES (?, ?, ?, ?, ?, ?) USING TIMESTAMP ?", "0,1,2,3,4,5,6")

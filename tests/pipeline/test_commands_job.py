@@ -11,6 +11,7 @@ d-2  online: sent at once, acknowledged (IN_PROGRESS), SUCCEEDED with its result
 d-3  offline: one with a 1 s TTL EXPIRES during the pause and is never sent; one is canceled; one
      waits and is sent when the device connects after the pause.
 d-4  two commands queued while offline go out in submission order on connect.
+d-5  online, one device's part of a bulk command (batch_id b-1): its batch member row follows its state.
 Plus a record that is not JSON and a result for a command nobody sent: dead letters.
 """
 
@@ -29,10 +30,14 @@ def dumps(record: dict) -> str:
     return json.dumps(record, separators=(",", ":"))
 
 
-def submit(device: str, command_id: str, *, timeout_ms: int = 30_000, ttl_ms: int = 60_000) -> str:
-    return dumps({"op": "submit", "command_id": command_id, "device_id": device, "name": "reboot",
-                  "params": {"n": command_id}, "timeout_ms": timeout_ms, "ttl_ms": ttl_ms, "created_by": "alice",
-                  "created_at": 0})
+def submit(device: str, command_id: str, *, timeout_ms: int = 30_000, ttl_ms: int = 60_000,
+           batch_id: str | None = None) -> str:
+    record = {"op": "submit", "command_id": command_id, "device_id": device, "name": "reboot",
+              "params": {"n": command_id}, "timeout_ms": timeout_ms, "ttl_ms": ttl_ms, "created_by": "alice",
+              "created_at": 0}
+    if batch_id is not None:
+        record["batch_id"] = batch_id
+    return dumps(record)
 
 
 def cancel(device: str, command_id: str) -> str:
@@ -57,6 +62,9 @@ RECORDS = [
     submit("d-2", "c2"),
     result("d-2", "c2", "IN_PROGRESS"),
     result("d-2", "c2", "SUCCEEDED", result={"v": 1}),
+    status("d-5", True),
+    submit("d-5", "c8", batch_id="b-1"),
+    result("d-5", "c8", "SUCCEEDED", result={"v": 8}),
     submit("d-3", "c3", ttl_ms=1_000),
     submit("d-3", "c4"),
     submit("d-3", "c5"),
@@ -174,6 +182,16 @@ def test_outputs_match_their_schemas(out):
             assert kafka_schema(schema).is_valid(record), (name, record)
 
 
+def test_a_bulk_commands_member_row_follows_its_state(out):
+    members = [r for r in out.read("batch_members") if r["batch_id"] == "b-1"]
+    assert [(r["device_id"], r["command_id"], r["state"]) for r in members] == [
+        ("d-5", "c8", "SENT"), ("d-5", "c8", "SUCCEEDED")]  # one row per step: created and sent in one
+    assert [r["write_ts"] for r in members] == sorted(r["write_ts"] for r in members)
+    assert rows(out, "c8")[-1]["state"] == "SUCCEEDED"
+    assert json.loads(rows(out, "c8")[-1]["command"])["batch_id"] == "b-1"
+    assert not [r for r in out.read("batch_members") if r["batch_id"] != "b-1"]  # commands without a batch: none
+
+
 def test_production_graph_builds(tmp_path):
     """The job as submitted (Kafka source, Table API Kafka sinks, Cassandra sinks) plans without a cluster."""
     from pyflink.common import Configuration
@@ -195,5 +213,6 @@ def test_production_graph_builds(tmp_path):
     plan = json.loads(env.get_execution_plan())
     names = " ".join(node["contents"] for node in plan["nodes"])
     for part in ("kafka-command-inputs", "commands-core", "cassandra-commands", "cassandra-commands-by-device",
+                 "cassandra-command-batch-members",
                  "downlink", "command_events", "dead_letter"):
         assert part in names, (part, names)
