@@ -12,6 +12,13 @@ rest, and writes each member's state.
 A member's command id is fleet.commands.batches.member_command_id: a record sent twice (a retry
 after a lost delivery report) is the same command, and the job drops the repeat. If this process
 dies mid-way the heartbeat stops and the batch reads ``interrupted``.
+
+``POST /v1/command-batches/{id}/cancel`` marks the batch canceled and runs ``cancel_members``.
+``fan_out`` reads the mark before each chunk and stops there (state ``canceled``): the rest is
+never submitted, on whichever API process the fan-out runs. ``cancel_members`` sends the single
+command's cancellation (``cancel_record``, the commands job's ``cancel``) for every member row
+not final, and sweeps again until no member can appear any more (fleet.commands.batches.settled:
+the fan-out stopped, the job wrote every submitted member's row) or ``SETTLE_S`` passes.
 """
 
 from __future__ import annotations
@@ -22,7 +29,7 @@ import time
 from collections.abc import Coroutine
 from typing import Any
 
-from api.command_requests import CommandRequests, KafkaUnavailable, submit_record
+from api.command_requests import CommandRequests, KafkaUnavailable, cancel_record, submit_record
 from fleet.commands import batches
 from fleet.commands.batch_store import Batch, BatchStore
 from fleet.identity.devices import DeviceFilter, DeviceStatus
@@ -34,6 +41,9 @@ log = logging.getLogger(__name__)
 CHUNK = 500
 SUBMIT_ATTEMPTS = 3
 _PAGE = 1000
+# How long a cancellation waits for a stopping fan-out and the job's member rows, sweeping again.
+SETTLE_S = 10.0
+SWEEP_PAUSE_S = 0.25
 
 
 def _now_ms() -> int:
@@ -110,6 +120,11 @@ async def fan_out(batch: Batch, target: batches.Target, *, registry: DeviceRegis
         targeted = len(devices)
         await record(batches.SUBMITTING)
         for start in range(0, len(devices), CHUNK):
+            if await asyncio.to_thread(store.canceled, batch.batch_id):
+                await record(batches.CANCELED)
+                log.info("bulk command canceled", extra=log_fields(batch_id=batch.batch_id, submitted=submitted,
+                                                                   unsubmitted=targeted - submitted))
+                return
             records = [submit_record(command_id=batches.member_command_id(batch.batch_id, device_id),
                                      device_id=device_id, name=batch.name, params=batch.params,
                                      timeout_ms=batch.timeout_ms, ttl_ms=batch.ttl_ms, created_by=batch.created_by,
@@ -132,3 +147,28 @@ async def fan_out(batch: Batch, target: batches.Target, *, registry: DeviceRegis
         await record(batches.FAILED, str(exc))
     except Exception as exc:  # the store went away mid-way: log it; the heartbeat tells the rest
         log.exception("bulk command fan-out failed", extra=log_fields(batch_id=batch.batch_id, error=str(exc)))
+
+
+async def cancel_members(batch_id: str, *, store: BatchStore, requests: CommandRequests, by: str,
+                         settle_s: float = SETTLE_S) -> int:
+    """Cancel every member not final (once each); the number of cancellations sent. A member the
+    job finished meanwhile is refused by the job (not_cancelable) and keeps its state.
+    KafkaUnavailable when some were not taken (the batch stays canceled; cancelling again resumes)."""
+    deadline = time.monotonic() + settle_s
+    asked: set[str] = set()
+    while True:
+        members = await asyncio.to_thread(store.member_refs, batch_id)
+        todo = [m for m in members if m.command_id not in asked and batches.cancelable(m.state)]
+        for start in range(0, len(todo), CHUNK):
+            records = [cancel_record(command_id=m.command_id, device_id=m.device_id, by=by, ts=_now_ms())
+                       for m in todo[start:start + CHUNK]]
+            error = await _submit(records, requests)
+            if error is not None:
+                raise KafkaUnavailable(error)
+            asked.update(r["command_id"] for r in records)
+        batch = await asyncio.to_thread(store.get, batch_id)
+        if batch is None or time.monotonic() >= deadline or batches.settled(
+                state=batch.state, heartbeat_at=batch.heartbeat_at, now=_now_ms(), submitted=batch.submitted,
+                members=len(members)):
+            return len(asked)
+        await asyncio.sleep(SWEEP_PAUSE_S)

@@ -3,7 +3,9 @@
     fleet init                       on an existing cluster: PKI (if none), topics, migrations
     fleet admin bootstrap            create the first admin API key (printed once)
     fleet admin sync-crl             rebuild the CRLs from the registry and reload the broker
-    fleet lake compact [--dry-run]   merge the lake's small Parquet files, per finished hour
+    fleet lake compact [--table T] [--dry-run]
+                                     merge the lake's small Parquet files, per finished hour, in
+                                     every table (telemetry, shadow_changes) or only table T
     fleet jobs submit [JOB] [--from-savepoint PATH] [--cluster URL] [--parallelism N]
                                      submit a Flink job, check it runs with exactly-once checkpoints
     fleet jobs stop [JOB|JOB_ID] [--savepoint-dir DIR] [--cluster URL]
@@ -86,7 +88,7 @@ def _lake_compact(settings: Settings, args) -> int:
     from fleet.logs import configure_logging
 
     configure_logging("lake-compaction", settings.log_level)
-    return lake_compaction.run(settings.lake_path, min_age=args.min_age,
+    return lake_compaction.run(settings.lake_path, tables=args.tables, min_age=args.min_age,
                                target_bytes=int(args.target_mb * 1024 * 1024), dry_run=args.dry_run)
 
 
@@ -170,7 +172,7 @@ def _positive_int(text: str) -> int:
 
 
 def _duration(text: str):
-    from fleet.lake.compaction import parse_duration
+    from fleet.lake.compaction_plan import parse_duration
 
     try:
         return parse_duration(text)
@@ -202,8 +204,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = admin.add_parser("sync-crl", help="rebuild the CRLs from the registry (the source of truth)")
     p.set_defaults(func=_admin_sync_crl)
 
+    from fleet.lake.compaction import TABLES
+
     lake = sub.add_parser("lake", help="the Parquet lake").add_subparsers(dest="action", required=True)
-    p = lake.add_parser("compact", help="merge each finished hour partition's small files into one file")
+    p = lake.add_parser("compact", help="merge each finished hour partition's small files into one file, "
+                                        f"in every lake table ({', '.join(TABLES)})")
+    p.add_argument("--table", dest="tables", action="append", choices=list(TABLES), metavar="TABLE",
+                   help=f"only this table ({', '.join(TABLES)}); repeatable; default: all of them")
     p.add_argument("--min-age", type=_duration, default="2h",
                    help="only hours that ended at least this long ago (2h, 90m, 1d; bare number = hours; "
                         "default 2h)")

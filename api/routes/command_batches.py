@@ -3,8 +3,9 @@
 ``POST /v1/command-batches`` checks the command with the domain's rules and the target
 (fleet.commands.batches), writes the batch and answers 202; the fan-out (api/command_batches.py)
 runs on in this process. ``GET /v1/command-batches/{id}`` counts the members' states the commands
-job wrote; ``.../commands`` lists them. A scoped API key targets only its groups' devices and sees
-only batches made by keys whose groups it covers.
+job wrote; ``.../commands`` lists them. ``POST .../cancel`` stops the fan-out and cancels every
+member not final (api/command_batches.py). A scoped API key targets only its groups' devices and
+sees (and cancels) only batches made by keys whose groups it covers.
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ from typing import Annotated, Any
 from fastapi import APIRouter, HTTPException, Query, Request, status
 from fastapi.responses import JSONResponse
 
-from api.command_batches import fan_out
+from api.command_batches import cancel_members, fan_out
+from api.command_requests import KafkaUnavailable
 from api.deps import Batches, BatchRunnerDep, CommandRequestsDep, OnboardingDep, Operator, Viewer
 from api.errors import responses
 from api.params import PAGE_TOKEN_DOC, checked, page_token_of
@@ -119,19 +121,58 @@ def _visible_batch(batch_id: str, principal: Principal, store: Batches) -> Batch
     return batch
 
 
+def _view(batch: Batch, store: Batches) -> CommandBatchOut:
+    p = batches.progress(state=batch.state, targeted=batch.targeted, submitted=batch.submitted,
+                         skipped=batch.skipped, member_states=store.member_states(batch.batch_id),
+                         heartbeat_at=batch.heartbeat_at, now=_now_ms(), canceled_at=batch.canceled_at)
+    return CommandBatchOut(batch_id=batch.batch_id, name=batch.name, params=batch.params, timeout_ms=batch.timeout_ms,
+                           ttl_ms=batch.ttl_ms, target=batch.target, created_by=batch.created_by,
+                           created_at=batch.created_at, state=p.state, error=batch.error, targeted=p.targeted,
+                           submitted=p.submitted, skipped=p.skipped, skipped_sample=list(batch.skipped_sample),
+                           counts=p.counts, final=p.final, pending=p.pending, done=p.done,
+                           canceled_at=batch.canceled_at, canceled_by=batch.canceled_by)
+
+
 @router.get("/v1/command-batches/{batch_id}", response_model=CommandBatchOut, responses=responses(404),
             summary="A bulk command's progress: devices per command state")
 def get_batch(batch_id: str, principal: Viewer, store: Batches) -> CommandBatchOut:
     """Counted from the members' states the commands job wrote (about 10 ms per thousand devices)."""
-    batch = _visible_batch(batch_id, principal, store)
-    p = batches.progress(state=batch.state, targeted=batch.targeted, submitted=batch.submitted,
-                         skipped=batch.skipped, member_states=store.member_states(batch_id),
-                         heartbeat_at=batch.heartbeat_at, now=_now_ms())
-    return CommandBatchOut(batch_id=batch_id, name=batch.name, params=batch.params, timeout_ms=batch.timeout_ms,
-                           ttl_ms=batch.ttl_ms, target=batch.target, created_by=batch.created_by,
-                           created_at=batch.created_at, state=p.state, error=batch.error, targeted=p.targeted,
-                           submitted=p.submitted, skipped=p.skipped, skipped_sample=list(batch.skipped_sample),
-                           counts=p.counts, final=p.final, pending=p.pending, done=p.done)
+    return _view(_visible_batch(batch_id, principal, store), store)
+
+
+CANCEL_RESPONSES: dict[int | str, dict[str, Any]] = {
+    **responses(403, 404),
+    503: {"model": CommandRejected, "description": "kafka_unavailable: some members' cancellations did not reach "
+                                                   "Kafka (the batch stays canceled; cancel again to finish)"},
+}
+
+
+@router.post("/v1/command-batches/{batch_id}/cancel", response_model=CommandBatchOut, responses=CANCEL_RESPONSES,
+             summary="Cancel a bulk command: submit no more of it, cancel every member not final")
+async def cancel_batch(batch_id: str, principal: Operator, store: Batches, requests: CommandRequestsDep,
+                       request: Request) -> Any:
+    """Marks the batch canceled (``canceled_at``, ``canceled_by``; its ``state`` reads canceled from
+    then on). The fan-out stops before its next chunk of 500: devices not submitted yet never get
+    the command. Every member whose command is not final is canceled as
+    ``POST /v1/commands/{id}/cancel`` would (CANCELED, reason "canceled by <key name>"); members
+    already final keep their state, and a device already running its command is not interrupted.
+    The call sweeps the members until the fan-out has stopped and the commands job has written
+    every submitted member (at most 10 s), then answers 200 with the batch as GET shows it; the
+    job's CANCELED states follow within moments (poll GET until ``done``). Idempotent: cancelling
+    again answers 200 with the same batch (the first call's ``canceled_at`` and ``canceled_by``)
+    and cancels any member still not final."""
+    batch = await asyncio.to_thread(_visible_batch, batch_id, principal, store)
+    request.state.audit_target = batch_id
+    marked = batch.canceled_at is None and await asyncio.to_thread(store.cancel, batch_id, by=principal.name,
+                                                                  now=_now_ms())
+    request.state.audit_detail = {"name": batch.name, "first_cancel": marked}
+    try:
+        sent = await cancel_members(batch_id, store=store, requests=requests, by=principal.name)
+    except KafkaUnavailable as exc:
+        return _rejected("kafka_unavailable", str(exc), status.HTTP_503_SERVICE_UNAVAILABLE)
+    request.state.audit_detail["cancellations_sent"] = sent
+    fresh = await asyncio.to_thread(store.get, batch_id)
+    return await asyncio.to_thread(_view, fresh or batch, store)
 
 
 @router.get("/v1/command-batches/{batch_id}/commands", response_model=BatchMemberPage,

@@ -141,7 +141,8 @@ class CommandBatchOut(ResponseModel):
     created_by: str
     created_at: int
     state: str = Field(description="submitting, submitted (every command handed to Kafka), failed (see error), "
-                                   "interrupted (its API process stopped while submitting)")
+                                   "interrupted (its API process stopped while submitting), canceled (POST "
+                                   ".../cancel: no more devices submitted, every member not final canceled)")
     error: str | None = None
     targeted: int = Field(description="devices the target selected")
     submitted: int = Field(description="commands submitted so far")
@@ -151,7 +152,10 @@ class CommandBatchOut(ResponseModel):
                                                "device's queue was full)")
     final: int = Field(description="devices whose command is final (REFUSED included)")
     pending: int = Field(description="submitted commands not final yet")
-    done: bool = Field(description="every submitted command is final")
+    done: bool = Field(description="the fan-out is over (submitted, or stopped by a cancellation) and every "
+                                   "submitted command is final")
+    canceled_at: int | None = Field(None, description="epoch ms of the cancellation (null: not canceled)")
+    canceled_by: str | None = Field(None, description="the name of the API key that canceled it")
 
 
 class BatchMemberOut(ResponseModel):

@@ -1,8 +1,9 @@
-"""Bulk commands in Cassandra (schemas/cql/006_command_batches.cql).
+"""Bulk commands in Cassandra (schemas/cql/006_command_batches.cql, 007_command_batch_cancel.cql).
 
 ``command_batches`` is the API's (the batch and its fan-out's progress); ``command_batch_members``
 is the commands job's (each device's command state). Reading a batch's progress reads its members'
 partition, only the state column, in pages of ``_FETCH`` rows: about 10 ms per thousand devices.
+A cancellation sets ``canceled_at`` once (a lightweight transaction); the fan-out polls it.
 """
 
 from __future__ import annotations
@@ -43,6 +44,8 @@ class Batch:
     skipped: int = 0
     skipped_sample: tuple[str, ...] = ()
     heartbeat_at: int | None = None
+    canceled_at: int | None = None
+    canceled_by: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +75,12 @@ class BatchStore:
         self._members = session.prepare(
             "SELECT device_id, command_id, state, reason, updated_at FROM command_batch_members "
             "WHERE batch_id = ? AND device_id > ? LIMIT ?")
+        self._refs = session.prepare(
+            "SELECT device_id, command_id, state FROM command_batch_members WHERE batch_id = ?")
+        self._refs.fetch_size = _FETCH
+        self._cancel = session.prepare(
+            "UPDATE command_batches SET canceled_at = ?, canceled_by = ? WHERE batch_id = ? IF canceled_at = null")
+        self._canceled = session.prepare("SELECT canceled_at FROM command_batches WHERE batch_id = ?")
 
     def create(self, b: Batch) -> None:
         self.session.execute(self._create, (
@@ -93,7 +102,8 @@ class BatchStore:
         return Batch(row.batch_id, row.name, json.loads(row.params), row.timeout_ms, row.ttl_ms,
                      json.loads(row.target), scope, row.created_by, epoch_ms(row.created_at) or 0, row.state,
                      row.error, row.targeted or 0, row.submitted or 0, row.skipped or 0,
-                     tuple(row.skipped_sample or ()), epoch_ms(row.heartbeat_at))
+                     tuple(row.skipped_sample or ()), epoch_ms(row.heartbeat_at), epoch_ms(row.canceled_at),
+                     row.canceled_by)
 
     def member_states(self, batch_id: str) -> list[str]:
         """Every member's state (paged through by the driver)."""
@@ -103,3 +113,16 @@ class BatchStore:
         """Up to ``limit`` members in device-id order after device ``after``."""
         rows = self.session.execute(self._members, (batch_id, after or "", limit))
         return [Member(r.device_id, r.command_id, r.state, r.reason or "", epoch_ms(r.updated_at) or 0) for r in rows]
+
+    def member_refs(self, batch_id: str) -> list[Member]:
+        """Every member's device, command and state (paged through by the driver; no reason, no time)."""
+        return [Member(r.device_id, r.command_id, r.state, "", 0) for r in self.session.execute(self._refs, (batch_id,))]
+
+    def cancel(self, batch_id: str, *, by: str, now: int) -> bool:
+        """Mark the batch canceled unless it is already; whether this call marked it."""
+        return bool(self.session.execute(self._cancel, (_time(now), by, batch_id)).was_applied)
+
+    def canceled(self, batch_id: str) -> bool:
+        """Whether the batch is marked canceled (the fan-out asks between chunks)."""
+        row = self.session.execute(self._canceled, (batch_id,)).one()
+        return row is not None and row.canceled_at is not None

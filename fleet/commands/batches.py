@@ -11,6 +11,10 @@ progress is counted from those rows.
 Every member command has the batch's ``created_at`` (its TTL counts from the batch's creation)
 and an id derived from the batch and the device (``member_command_id``), so submitting a member
 again is the same command: the job drops the repeat.
+
+Cancelling a batch marks it canceled (``canceled_at``): the fan-out checks the mark between chunks
+and submits no more members, and every member not final gets the single command's cancellation
+(``cancelable``) until no member can appear any more (``settled``). Final members keep their state.
 """
 
 from __future__ import annotations
@@ -34,9 +38,16 @@ SUBMITTING = "submitting"
 SUBMITTED = "submitted"
 FAILED = "failed"
 INTERRUPTED = "interrupted"
+CANCELED = "canceled"  # POST /v1/command-batches/{id}/cancel: the fan-out stops, members are canceled
 REFUSED = "REFUSED"  # a member the commands job refused (its queue was full)
 _FINAL = frozenset(s.value for s in FINAL)
+_PENDING = frozenset(s.value for s in State) - _FINAL
 MEMBER_STATES = (*(s.value for s in State), REFUSED)
+
+
+def cancelable(member_state: str) -> bool:
+    """A member a batch's cancellation cancels: its command is not final (REFUSED has none)."""
+    return member_state in _PENDING
 
 
 class TargetError(ValueError):
@@ -84,22 +95,39 @@ def member_command_id(batch_id: str, device_id: str) -> str:
 
 @dataclass(frozen=True, slots=True)
 class Progress:
-    state: str  # submitting, submitted, failed, interrupted
+    state: str  # submitting, submitted, failed, interrupted, canceled
     targeted: int  # devices the target selected so far (all of them once submitted)
     submitted: int  # commands Kafka took
     skipped: int  # listed devices that do not exist or the caller may not see
     counts: dict[str, int]  # member rows per state (MEMBER_STATES), zeros included
     final: int  # members in a final state, REFUSED included
     pending: int  # submitted commands not final yet (including ones the job has not answered)
-    done: bool  # submitted, and every member final
+    done: bool  # the fan-out is over (submitted, or stopped by a cancel), and every member final
+
+
+def _fan_out_stopped(state: str, heartbeat_at: int | None, now: int) -> bool:
+    """The fan-out will submit no more members: it ended, or its API process is gone."""
+    return state != SUBMITTING or heartbeat_at is None or now - heartbeat_at > INTERRUPTED_AFTER_MS
 
 
 def progress(*, state: str, targeted: int, submitted: int, skipped: int, member_states: Iterable[str],
-             heartbeat_at: int | None, now: int) -> Progress:
+             heartbeat_at: int | None, now: int, canceled_at: int | None = None) -> Progress:
+    """``state`` is the fan-out's (the batch row's); a canceled batch reads canceled whatever it is."""
     counted = Counter(member_states)
     counts = {s: counted.get(s, 0) for s in MEMBER_STATES}
     final = sum(n for s, n in counts.items() if s in _FINAL or s == REFUSED)
-    if state == SUBMITTING and (heartbeat_at is None or now - heartbeat_at > INTERRUPTED_AFTER_MS):
+    stopped = _fan_out_stopped(state, heartbeat_at, now)
+    over = state == SUBMITTED or (canceled_at is not None and stopped)
+    if canceled_at is not None:
+        state = CANCELED
+    elif state == SUBMITTING and stopped:
         state = INTERRUPTED
     return Progress(state, targeted, submitted, skipped, counts, final, max(0, submitted - final),
-                    state == SUBMITTED and final >= submitted)
+                    over and final >= submitted)
+
+
+def settled(*, state: str, heartbeat_at: int | None, now: int, submitted: int, members: int) -> bool:
+    """No member of the batch can appear any more: the fan-out stopped and the commands job wrote
+    the row of every command it submitted (``members`` rows). Until then a cancellation that swept
+    the rows may have missed a member."""
+    return _fan_out_stopped(state, heartbeat_at, now) and members >= submitted

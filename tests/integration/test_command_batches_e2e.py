@@ -7,7 +7,12 @@ the job writes to Cassandra.
   2 skipped, every member listed, each member an ordinary command with its batch id;
 - by a registry group, with one device offline and a short TTL: the online ones SUCCEED, the
   offline one EXPIRES, and the batch is done with those counts;
+- cancelling a bulk command to offline devices: every member ends CANCELED (each an ordinary
+  command canceled by the caller), the batch reads canceled and done; cancelling again is 200
+  with the same batch, a viewer may not cancel, an unknown batch is 404;
 - a target with neither ids nor a filter is a 400, nothing created.
+
+Needs 007_command_batch_cancel.cql applied for the cancellation.
 """
 
 from __future__ import annotations
@@ -100,6 +105,43 @@ def test_a_bulk_command_by_group_counts_an_offline_device_as_expired(api, keys, 
     expired = api.get(f"/v1/command-batches/{done['batch_id']}/commands", headers=keys["viewer"],
                       params={"state": "EXPIRED"}).json()["items"]
     assert [m["device_id"] for m in expired] == [f"{group}-off"]
+
+
+def test_cancelling_a_bulk_command_to_offline_devices_cancels_every_member(api, keys, enrollment,  # noqa: F811
+                                                                          tmp_path):
+    run = uuid.uuid4().hex[:8]
+    ids = [f"bulk-cancel-{run}-{i}" for i in range(5)]
+    for i in ids:
+        enrollment.enroll(i, tmp_path / i)  # never connected: each command waits QUEUED
+    r = batch(api, keys, {"name": "ping", "params": {}, "timeout_s": 30, "ttl_s": 600, "target": {"device_ids": ids}})
+    assert r.status_code == 202, r.text
+    batch_id = r.json()["batch_id"]
+    wait_for(f"batch {batch_id} queued", lambda: (
+        (b := api.get(f"/v1/command-batches/{batch_id}", headers=keys["viewer"]).json()).get("state") == "submitted"
+        and b["counts"]["QUEUED"] == 5, b))
+    assert api.post(f"/v1/command-batches/{batch_id}/cancel", headers=keys["viewer"]).status_code == 403
+
+    r = api.post(f"/v1/command-batches/{batch_id}/cancel", headers=keys["operator"])
+    assert r.status_code == 200, r.text
+    first = r.json()
+    assert (first["batch_id"], first["state"], first["canceled_by"]) == (batch_id, "canceled", "shadow-operator")
+    assert first["canceled_at"] >= first["created_at"]
+    done = finished(api, keys, batch_id, timeout=60)
+    assert (done["state"], done["submitted"], done["counts"]["CANCELED"], done["final"], done["pending"]) == (
+        "canceled", 5, 5, 5, 0)
+    assert (done["canceled_at"], done["canceled_by"]) == (first["canceled_at"], first["canceled_by"])
+    members = api.get(f"/v1/command-batches/{batch_id}/commands", headers=keys["viewer"]).json()["items"]
+    assert sorted(m["device_id"] for m in members) == ids and {m["state"] for m in members} == {"CANCELED"}
+    one = api.get(f"/v1/commands/{members[0]['command_id']}", headers=keys["viewer"]).json()
+    assert (one["batch_id"], one["state"]) == (batch_id, "CANCELED")
+    assert one["history"][-1]["reason"] == "canceled by shadow-operator"
+
+    again = api.post(f"/v1/command-batches/{batch_id}/cancel", headers=keys["operator"])
+    assert again.status_code == 200, again.text
+    assert (again.json()["state"], again.json()["canceled_at"], again.json()["canceled_by"]) == (
+        "canceled", first["canceled_at"], first["canceled_by"])
+    assert again.json()["counts"]["CANCELED"] == 5
+    assert api.post("/v1/command-batches/nope/cancel", headers=keys["operator"]).status_code == 404
 
 
 @pytest.mark.parametrize("target", [{}, {"device_ids": []}, {"device_ids": ["a"], "group": "g"}])

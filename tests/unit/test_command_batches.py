@@ -1,5 +1,6 @@
-"""Bulk commands without a stack: the target rules and progress (fleet.commands.batches), the
-job's batch member rows (jobs.commands.logic), the stored command's batch id (fleet.commands.domain)."""
+"""Bulk commands without a stack: the target rules, progress and cancellation rules
+(fleet.commands.batches), the job's batch member rows (jobs.commands.logic), the stored command's
+batch id (fleet.commands.domain)."""
 
 from __future__ import annotations
 
@@ -54,6 +55,38 @@ def test_progress_counts_member_states(state, submitted, members, heartbeat, exp
                          heartbeat_at=T0 - heartbeat, now=T0)
     assert (p.state, p.final, p.pending, p.done) == expect
     assert sum(p.counts.values()) == len(members) and set(p.counts) == set(batches.MEMBER_STATES)
+
+
+@pytest.mark.parametrize(("state", "submitted", "members", "heartbeat", "expect"), [
+    # a canceled batch reads canceled; done once the fan-out stopped and every submitted member is final
+    ("canceled", 2, ["CANCELED", "SUCCEEDED"], 0, ("canceled", 2, 0, True)),  # the fan-out stopped at the cancel
+    ("submitted", 2, ["CANCELED", "QUEUED"], 0, ("canceled", 1, 1, False)),  # a cancellation still on its way
+    ("submitting", 2, ["CANCELED", "CANCELED"], 1_000, ("canceled", 2, 0, False)),  # it may submit one more chunk
+    ("submitting", 1, ["CANCELED"], batches.INTERRUPTED_AFTER_MS + 1, ("canceled", 1, 0, True)),  # its API died
+    ("failed", 1, ["CANCELED"], 0, ("canceled", 1, 0, True)),
+])
+def test_a_canceled_batch_reads_canceled(state, submitted, members, heartbeat, expect):
+    p = batches.progress(state=state, targeted=3, submitted=submitted, skipped=0, member_states=members,
+                         heartbeat_at=T0 - heartbeat, now=T0, canceled_at=T0 - 5)
+    assert (p.state, p.final, p.pending, p.done) == expect
+
+
+def test_only_members_whose_command_is_not_final_are_cancelable():
+    assert [s for s in batches.MEMBER_STATES if batches.cancelable(s)] == ["QUEUED", "SENT", "IN_PROGRESS"]
+    assert not batches.cancelable("nonsense")
+
+
+@pytest.mark.parametrize(("state", "heartbeat", "submitted", "members", "expect"), [
+    ("canceled", 0, 3, 3, True),
+    ("submitted", 0, 3, 3, True),
+    ("submitted", 0, 3, 2, False),  # the job has not written one member yet: it could be missed
+    ("submitting", 1_000, 3, 3, False),  # the fan-out has not seen the cancel yet
+    ("submitting", batches.INTERRUPTED_AFTER_MS + 1, 3, 3, True),  # its API process is gone
+    ("failed", 0, 0, 0, True),
+])
+def test_a_cancellation_has_seen_every_member_once_settled(state, heartbeat, submitted, members, expect):
+    assert batches.settled(state=state, heartbeat_at=T0 - heartbeat, now=T0, submitted=submitted,
+                           members=members) is expect
 
 
 # -- the job -----------------------------------------------------------------------------------

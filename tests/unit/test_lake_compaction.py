@@ -1,5 +1,6 @@
-"""fleet.lake.compaction: the plan (pure), the merge on a tmp lake of sink-like files, crash
-recovery, --dry-run, the CLI, and reads through pyarrow.dataset, DuckDB and TelemetryStore."""
+"""fleet.lake.compaction: the plan (pure), the merge on a tmp lake of sink-like files of both tables
+(telemetry, shadow_changes), crash recovery, --dry-run, --table, the CLI, and reads through
+pyarrow.dataset, DuckDB and TelemetryStore."""
 
 from __future__ import annotations
 
@@ -16,7 +17,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from fleet.lake import compaction as lc
-from fleet.lake.compaction import FileInfo, Partition, plan
+from fleet.lake import compaction_merge as merge
+from fleet.lake import compaction_plan as planning
+from fleet.lake.compaction_plan import FileInfo, Partition, plan
 from tests.support import require
 
 UTC = dt.UTC
@@ -81,9 +84,69 @@ def build_lake(root: Path, *, hours=(0, 1), devices=3, files_per_hour=6, per_fil
     return table_dir
 
 
-def keys(table_dir: Path) -> list[tuple[str, int]]:
-    t = ds.dataset(table_dir, format="parquet", partitioning="hive").to_table(columns=["device_id", "seq"])
-    return sorted(zip(t["device_id"].to_pylist(), t["seq"].to_pylist(), strict=True))
+def _shadow_sink_schema() -> pa.Schema:
+    """The Arrow schema pyarrow reads from the shadow job's files (schemas/parquet/shadow_changes.md):
+    fleet.lake.dataset's columns without the partition columns, through a Parquet file, plus the
+    sink's "fleet.table" key. test_the_shadow_test_schema_is_the_sinks checks it against the sink."""
+    from fleet.lake.dataset import SHADOW_CHANGES_SCHEMA
+
+    written = pa.schema([f for f in SHADOW_CHANGES_SCHEMA if f.name not in ("date", "hour")])
+    buf = io.BytesIO()
+    pq.write_table(written.empty_table(), buf, store_schema=False)
+    buf.seek(0)
+    return pq.read_schema(buf).with_metadata({"fleet.table": "shadow_changes"})
+
+
+SHADOW_SCHEMA = _shadow_sink_schema()
+
+
+def write_shadow_part(hour_dir: Path, name: str, rows: list[tuple[str, str, int, int]]) -> Path:
+    """rows: (device_id, shadow_name, version, ts_ms). Snappy, like the sink."""
+    hour_dir.mkdir(parents=True, exist_ok=True)
+    table = pa.Table.from_pylist([{
+        "device_id": d, "shadow_name": s, "version": v, "ts": t, "source_kind": "operator" if v % 2 else "device",
+        "actor": "ops-key" if v % 2 else d, "client_token": None if v % 2 else f"tok-{v}",
+        "patch": json.dumps({"desired": {"v": v}}), "desired": json.dumps({"v": v}), "reported": "{}",
+    } for d, s, v, t in rows], schema=SHADOW_SCHEMA)
+    path = hour_dir / name
+    pq.write_table(table, path, compression="snappy")
+    return path
+
+
+def build_shadow_lake(root: Path, *, hours=(0, 1), devices=3, files_per_hour=6, per_file=5) -> Path:
+    """``root/shadow_changes/date=2024-01-01/hour=HH/part-<uuid>-<n>.parquet``, like build_lake's:
+    each (device, shadow, version) once; a file (one checkpoint) holds several devices' classic and
+    named shadows in ts order, so the versions of one shadow are spread over files."""
+    table_dir = root / "shadow_changes"
+    version = collections.Counter()
+    for hour in hours:
+        hour_dir = table_dir / f"date=2024-01-01/hour={hour:02d}"
+        for n in range(files_per_hour):
+            rows = []
+            for i in range(per_file):
+                d, s = f"dev-{(n + i) % devices:05d}", ("", "config", "ota")[(2 * n + i) % 3]
+                version[d, s] += 1
+                rows.append((d, s, version[d, s], H0 + hour * 3_600_000 + n * 5_000 + i))
+            write_shadow_part(hour_dir, f"part-3c9e0b7d-{n}.parquet", rows)
+    return table_dir
+
+
+# Per table: how the test builds it, what identifies a row, the order compacted rows must have.
+BUILD = {"telemetry": build_lake, "shadow_changes": build_shadow_lake}
+KEY_COLUMNS = {"telemetry": ("device_id", "seq"), "shadow_changes": ("device_id", "shadow_name", "version")}
+ORDER = {"telemetry": ("device_id", "ts", "seq"), "shadow_changes": ("device_id", "shadow_name", "version")}
+
+
+def keys(table_dir: Path) -> list[tuple]:
+    """Every row's identity in the table (from its dir name), sorted: duplicates stay visible."""
+    columns = KEY_COLUMNS[table_dir.name]
+    t = ds.dataset(table_dir, format="parquet", partitioning="hive").to_table(columns=list(columns))
+    return sorted(zip(*(t[c].to_pylist() for c in columns), strict=True))
+
+
+def in_order(table: pa.Table, table_name: str) -> bool:
+    rows = list(zip(*(table[c].to_pylist() for c in ORDER[table_name]), strict=True))
+    return rows == sorted(rows)
 
 
 def visible(hour_dir: Path) -> list[str]:
@@ -159,14 +222,14 @@ def test_plan_rejects_a_naive_clock_and_bad_targets():
 
 
 def test_parse_duration():
-    assert lc.parse_duration("2h") == dt.timedelta(hours=2)
-    assert lc.parse_duration("90m") == dt.timedelta(minutes=90)
-    assert lc.parse_duration("3600s") == dt.timedelta(hours=1)
-    assert lc.parse_duration("1d") == dt.timedelta(days=1)
-    assert lc.parse_duration("1.5") == dt.timedelta(hours=1.5)
+    assert planning.parse_duration("2h") == dt.timedelta(hours=2)
+    assert planning.parse_duration("90m") == dt.timedelta(minutes=90)
+    assert planning.parse_duration("3600s") == dt.timedelta(hours=1)
+    assert planning.parse_duration("1d") == dt.timedelta(days=1)
+    assert planning.parse_duration("1.5") == dt.timedelta(hours=1.5)
     for bad in ("", "-1h", "2 hours", "h"):
         with pytest.raises(ValueError):
-            lc.parse_duration(bad)
+            planning.parse_duration(bad)
 
 
 # -- execution ---------------------------------------------------------------------------------
@@ -199,20 +262,20 @@ def test_compaction_keeps_every_row_once_with_the_same_schema(tmp_path):
     assert row["metrics"] == [("temp", 0.3), ("n", 3.0)] and row["attrs"] == '{"fw":"2.0"}'
 
 
-def test_rows_are_sorted_across_row_groups(tmp_path, monkeypatch):
-    monkeypatch.setattr(lc, "ROW_GROUP_ROWS", 7)
-    table_dir = build_lake(tmp_path, hours=(0,))
+@pytest.mark.parametrize("table", list(BUILD))
+def test_rows_are_sorted_across_row_groups(tmp_path, monkeypatch, table):
+    monkeypatch.setattr(merge, "ROW_GROUP_ROWS", 7)
+    table_dir = BUILD[table](tmp_path, hours=(0,))
     assert run(tmp_path)[0] == 0
     (path,) = (table_dir / "date=2024-01-01/hour=00").glob("compacted-*.parquet")
     pf = pq.ParquetFile(path)
     assert pf.metadata.num_row_groups == 5 and pf.metadata.num_rows == 30
-    t = pf.read()
-    order = list(zip(t["device_id"].to_pylist(), t["ts"].to_pylist(), t["seq"].to_pylist(), strict=True))
-    assert order == sorted(order)
+    assert in_order(pf.read(), table)
 
 
-def test_a_second_run_changes_nothing(tmp_path):
-    build_lake(tmp_path)
+@pytest.mark.parametrize("table", list(BUILD))
+def test_a_second_run_changes_nothing(tmp_path, table):
+    BUILD[table](tmp_path)
     assert run(tmp_path)[0] == 0
     before = snapshot(tmp_path)
     code, out = run(tmp_path)
@@ -240,11 +303,11 @@ def test_duckdb_reads_the_compacted_lake(tmp_path):
 def test_files_appearing_after_planning_are_left_for_the_next_run(tmp_path):
     table_dir = build_lake(tmp_path, hours=(0,))
     before = keys(table_dir)
-    plans = lc.plan(lc.list_partitions(table_dir), now=NOW)
+    plans = planning.plan(planning.list_partitions(table_dir), now=NOW)
     hour_dir = table_dir / "date=2024-01-01/hour=00"
     write_part(hour_dir, "part-9e7d1b3a-0.parquet", [("dev-00009", 1, H0 + 5)])  # a late record
 
-    results = lc.execute(table_dir, plans)
+    results = merge.execute(table_dir, plans, sort_keys=("device_id", "ts", "seq"))
 
     assert [len(r.groups) for r in results] == [1] and results[0].groups[0].sources == 6
     names = visible(hour_dir)
@@ -305,11 +368,116 @@ def test_a_second_concurrent_run_is_refused(tmp_path):
     assert run(tmp_path)[0] == 0
 
 
+# -- shadow_changes and the choice of tables --------------------------------------------------
+def test_the_shadow_test_schema_is_the_sinks():
+    """SHADOW_SCHEMA's Parquet columns are jobs/shadow/sinks.py SHADOW_CHANGES_PARQUET's (what the
+    Java sink writes): names, order, repetition, physical and logical types."""
+    require.module("pyflink", "jobs.shadow.sinks imports PyFlink (apache-flink)")
+    import re
+
+    from jobs.shadow.sinks import SHADOW_CHANGES_PARQUET
+
+    logical = {"STRING": "String", "TIMESTAMP(MILLIS,true)": "Timestamp(isAdjustedToUTC=true, timeUnit=milliseconds"}
+    physical = {"binary": "BYTE_ARRAY", "int64": "INT64"}
+    sink = [(rep, physical[typ], name, logical.get(ann or "", "None"))
+            for rep, typ, name, ann in re.findall(r"(required|optional) (\w+) (\w+)(?: \((.+)\))?;", SHADOW_CHANGES_PARQUET)]
+    buf = io.BytesIO()
+    pq.write_table(SHADOW_SCHEMA.empty_table(), buf)
+    buf.seek(0)
+    ours = pq.ParquetFile(buf).schema
+    assert len(sink) == len(ours) == 10
+    for (rep, typ, name, ann), i in zip(sink, range(len(ours)), strict=True):
+        col = ours.column(i)
+        assert (name, typ, rep) == (col.name, col.physical_type, "required" if col.max_definition_level == 0 else "optional")
+        assert str(col.logical_type).startswith(ann), (name, col.logical_type)
+
+
+def test_shadow_changes_are_compacted_like_telemetry_in_the_same_run(tmp_path):
+    from fleet.lake.dataset import shadow_changes_dataset
+
+    telemetry_dir, shadow_dir = build_lake(tmp_path), build_shadow_lake(tmp_path)
+    before = keys(telemetry_dir), keys(shadow_dir)
+    assert len(before[1]) == len(set(before[1])) == 60
+
+    code, out = run(tmp_path)
+
+    assert code == 0, out
+    assert "telemetry/date=2024-01-01/hour=00: 6 files, " in out and "shadow_changes/date=2024-01-01/hour=01: 6 files, " in out
+    assert out.splitlines()[-1].startswith("total: 4 partition(s), 24 files")
+    assert (keys(telemetry_dir), keys(shadow_dir)) == before
+    for table_dir in (telemetry_dir, shadow_dir):
+        for hour in ("00", "01"):
+            hour_dir = table_dir / f"date=2024-01-01/hour={hour}"
+            (name,) = os.listdir(hour_dir)  # no manifest, temp or source file left
+            assert name.startswith("compacted-") and name.endswith(".parquet")
+            pf = pq.ParquetFile(hour_dir / name)
+            assert pf.schema_arrow.equals(SCHEMA if table_dir == telemetry_dir else SHADOW_SCHEMA, check_metadata=True)
+            assert pf.metadata.row_group(0).column(0).compression == "SNAPPY"
+            assert in_order(pf.read(), table_dir.name)
+    table = shadow_changes_dataset(shadow_dir).to_table(filter=ds.field("device_id") == "dev-00001")
+    assert set(table["hour"].to_pylist()) == {0, 1} and set(table["date"].to_pylist()) == {"2024-01-01"}
+    row = table.filter((ds.field("shadow_name") == "config") & (ds.field("version") == 2)).to_pylist()
+    assert [(r["source_kind"], r["actor"], r["client_token"], json.loads(r["patch"])) for r in row] == [
+        ("device", "dev-00001", "tok-2", {"desired": {"v": 2}})]
+
+
+def test_table_option_compacts_only_the_tables_named(tmp_path):
+    telemetry_dir, shadow_dir = build_lake(tmp_path), build_shadow_lake(tmp_path)
+    before = snapshot(telemetry_dir)
+    code, out = run(tmp_path, tables=["shadow_changes"])
+    assert code == 0, out
+    assert "telemetry" not in out and out.splitlines()[-1].startswith("total: 2 partition(s), 12 files")
+    assert snapshot(telemetry_dir) == before and not (telemetry_dir / lc.LOCK_NAME).exists()
+    assert all(len(visible(d)) == 1 for d in shadow_dir.glob("date=*/hour=*"))
+    assert run(tmp_path, tables=["telemetry", "telemetry"])[1].splitlines()[-1].startswith("total: 2 partition(s)")
+    with pytest.raises(ValueError, match="unknown lake table"):
+        run(tmp_path, tables=["shadows"])
+
+
+def test_a_missing_table_is_reported_and_the_others_compacted(tmp_path):
+    build_shadow_lake(tmp_path)
+    code, out = run(tmp_path)
+    assert code == 0 and f"telemetry: no such table under {tmp_path}" in out
+    assert out.splitlines()[-1].startswith("total: 2 partition(s), 12 files")
+    code, out = run(tmp_path, dry_run=True)
+    assert code == 0 and out.splitlines()[-1].startswith("dry run: 0 partition(s)")
+
+
+def test_a_locked_table_fails_the_run_but_the_others_are_compacted(tmp_path):
+    telemetry_dir, shadow_dir = build_lake(tmp_path, hours=(0,)), build_shadow_lake(tmp_path, hours=(0,))
+    with lc._Lock(shadow_dir):
+        before = snapshot(shadow_dir)
+        code, out = run(tmp_path)
+        assert code == 1 and snapshot(shadow_dir) == before
+    assert len(visible(telemetry_dir / "date=2024-01-01/hour=00")) == 1
+    assert run(tmp_path)[0] == 0 and len(visible(shadow_dir / "date=2024-01-01/hour=00")) == 1
+
+
+def test_dry_run_plans_every_table(tmp_path):
+    build_lake(tmp_path, hours=(0,)), build_shadow_lake(tmp_path)
+    before = snapshot(tmp_path)
+    code, out = run(tmp_path, dry_run=True)
+    assert code == 0 and snapshot(tmp_path) == before
+    assert out.count("(planned)") == 3 and "shadow_changes/date=2024-01-01/hour=01: 6 files, " in out
+    assert out.splitlines()[-1].startswith("dry run: 3 partition(s), 18 files")
+
+
+def test_files_of_another_table_are_not_merged(tmp_path):
+    """Shadow changes in a telemetry partition have no ts/seq to sort by: skipped, nothing changed."""
+    hour_dir = tmp_path / "telemetry" / "date=2024-01-01" / "hour=00"
+    write_shadow_part(hour_dir, "part-a-0.parquet", [("dev-00000", "", 1, H0)])
+    write_shadow_part(hour_dir, "part-a-1.parquet", [("dev-00000", "", 2, H0 + 1)])
+    before = snapshot(tmp_path)
+    code, out = run(tmp_path)
+    assert code == 0 and "skipped 1 group(s)" in out and "has no column seq to sort by" in out
+    assert snapshot(tmp_path) == before
+
+
 # -- crash recovery ----------------------------------------------------------------------------
 def _crash_after_rename(monkeypatch, table_dir: Path, deleted_before_crash: int) -> Path:
     """Run one compaction and 'kill' it after the rename, once some sources are deleted."""
     hour_dir = table_dir / "date=2024-01-01/hour=00"
-    real_unlink, calls = lc._unlink, []
+    real_unlink, calls = merge._unlink, []
 
     def dying_unlink(path: Path) -> bool:
         if path.name.startswith("part-"):
@@ -318,17 +486,18 @@ def _crash_after_rename(monkeypatch, table_dir: Path, deleted_before_crash: int)
             calls.append(path)
         return real_unlink(path)
 
-    monkeypatch.setattr(lc, "_unlink", dying_unlink)
-    (p,) = lc.plan(lc.list_partitions(table_dir), now=NOW)
+    monkeypatch.setattr(merge, "_unlink", dying_unlink)
+    (p,) = planning.plan(planning.list_partitions(table_dir), now=NOW)
     with pytest.raises(KeyboardInterrupt):
-        lc.compact_group(hour_dir, p.groups[0])
-    monkeypatch.setattr(lc, "_unlink", real_unlink)
+        merge.compact_group(hour_dir, p.groups[0], sort_keys=lc.TABLES[table_dir.name].sort_keys)
+    monkeypatch.setattr(merge, "_unlink", real_unlink)
     return hour_dir
 
 
+@pytest.mark.parametrize("table", list(BUILD))
 @pytest.mark.parametrize("deleted_before_crash", [0, 4])
-def test_a_run_killed_after_the_rename_is_finished_by_the_next_run(tmp_path, monkeypatch, deleted_before_crash):
-    table_dir = build_lake(tmp_path, hours=(0,))
+def test_a_run_killed_after_the_rename_is_finished_by_the_next_run(tmp_path, monkeypatch, deleted_before_crash, table):
+    table_dir = BUILD[table](tmp_path, hours=(0,))
     before = keys(table_dir)
     hour_dir = _crash_after_rename(monkeypatch, table_dir, deleted_before_crash)
     (manifest,) = hour_dir.glob(".compaction-*.json")
@@ -339,17 +508,19 @@ def test_a_run_killed_after_the_rename_is_finished_by_the_next_run(tmp_path, mon
     code, out = run(tmp_path)
 
     assert code == 0, out
-    assert "leftover compaction finished" in out
+    assert f"{table}/date=2024-01-01/hour=00: leftover compaction finished" in out
     assert keys(table_dir) == before
     assert sorted(os.listdir(hour_dir)) == [doc["output"]]
+    assert in_order(pq.read_table(hour_dir / doc["output"]), table)
 
 
-def test_a_run_killed_before_the_rename_is_rolled_back(tmp_path):
-    table_dir = build_lake(tmp_path, hours=(0,))
+@pytest.mark.parametrize("table", list(BUILD))
+def test_a_run_killed_before_the_rename_is_rolled_back(tmp_path, table):
+    table_dir = BUILD[table](tmp_path, hours=(0,))
     before = keys(table_dir)
     hour_dir = table_dir / "date=2024-01-01/hour=00"
     sources = visible(hour_dir)
-    m = lc.Manifest("20240101T020000Z-0badc0de", tuple(sources), 30)
+    m = merge.Manifest("20240101T020000Z-0badc0de", tuple(sources), 30)
     m.write(hour_dir)
     (hour_dir / m.temp).write_bytes(b"PAR1 half written")
     (hour_dir / ".compaction-20240101T020500Z-12345678.json.tmp").write_text("{")  # killed while writing a manifest
@@ -368,7 +539,7 @@ def test_an_output_that_does_not_match_its_manifest_is_left_for_a_human(tmp_path
     table_dir = build_lake(tmp_path, hours=(0, 1))
     hour_dir = table_dir / "date=2024-01-01/hour=00"
     sources = visible(hour_dir)
-    m = lc.Manifest("20240101T020000Z-0badc0de", tuple(sources), 999)
+    m = merge.Manifest("20240101T020000Z-0badc0de", tuple(sources), 999)
     m.write(hour_dir)
     write_part(hour_dir, m.output, [("dev-00000", 1000, H0)])
     before = snapshot(hour_dir)
@@ -400,8 +571,21 @@ def test_cli_dry_run_and_compact(cli_lake, capsys):
     assert all(len(visible(d)) == 1 for d in cli_lake.glob("date=*/hour=*"))
 
 
+def test_cli_table_option(cli_lake, capsys):
+    from fleet.cli import main
+
+    shadow_dir = build_shadow_lake(cli_lake.parent)
+    before = snapshot(cli_lake)
+    assert main(["lake", "compact", "--table", "shadow_changes"]) == 0
+    assert "total: 2 partition(s)" in capsys.readouterr().out and snapshot(cli_lake) == before
+    assert all(len(visible(d)) == 1 for d in shadow_dir.glob("date=*/hour=*"))
+    assert main(["lake", "compact", "--table", "telemetry", "--table", "shadow_changes"]) == 0
+    assert "total: 2 partition(s)" in capsys.readouterr().out
+    assert all(len(visible(d)) == 1 for d in cli_lake.glob("date=*/hour=*"))
+
+
 @pytest.mark.parametrize("args", [["--min-age", "soon"], ["--min-age", "-2h"], ["--target-mb", "0"],
-                                  ["--target-mb", "lots"], ["--bogus"]])
+                                  ["--target-mb", "lots"], ["--bogus"], ["--table", "shadows"]])
 def test_cli_bad_arguments_exit_2(cli_lake, args):
     from fleet.cli import main
 
