@@ -98,16 +98,21 @@ def cpu_snapshot(pids: dict[str, int | None]) -> dict[str, float]:
     return snap
 
 
-def ensure_telemetry_job(settings: Settings) -> str:
+def ensure_job(settings: Settings, name: str) -> str:
+    """The id of the RUNNING Flink job ``name`` (jobs/<name>/job.py), submitting it if none runs."""
     from devtools.stack import flink
 
     for job in flink.list_jobs(settings):
-        if job["name"] == "telemetry" and job["state"] == "RUNNING":
+        if job["name"] == name and job["state"] == "RUNNING":
             return job["id"]
-    print("no RUNNING 'telemetry' job: submitting jobs/telemetry/job.py ...", file=sys.stderr)
-    job_id = flink.submit_job(settings, PROJECT_ROOT / "jobs" / "telemetry" / "job.py")
+    print(f"no RUNNING '{name}' job: submitting jobs/{name}/job.py ...", file=sys.stderr)
+    job_id = flink.submit_job(settings, PROJECT_ROOT / "jobs" / name / "job.py")
     flink.wait_for_job_state(settings, job_id, ["RUNNING"], timeout=240, all_tasks_running=True)
     return job_id
+
+
+def ensure_telemetry_job(settings: Settings) -> str:
+    return ensure_job(settings, "telemetry")
 
 
 def job_running_for_s(settings: Settings, job_id: str) -> float | None:

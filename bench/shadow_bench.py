@@ -53,7 +53,7 @@ sys.path.insert(0, str(PROJECT_ROOT / "bench"))
 import baseline  # noqa: E402 - after the sys.path set-up above
 import httpx  # noqa: E402 - after the sys.path set-up above
 from baseline import percentile  # noqa: E402 - after the sys.path set-up above
-from e2e_bench import component_pids, cpu_snapshot, ensure_telemetry_job  # noqa: E402 - after the sys.path set-up above
+from e2e_bench import component_pids, cpu_snapshot, ensure_job, ensure_telemetry_job  # noqa: E402 - after the sys.path set-up above
 from mqtt_driver import AsyncDriver, _utf8, _varint, connect_packet, publish_packet  # noqa: E402 - after the sys.path set-up above
 
 from devtools.enrollment import RegistryEnrollment  # noqa: E402 - after the sys.path set-up above
@@ -413,6 +413,7 @@ def main(argv: list[str] | None = None) -> int:
     bench_dir = settings.var_dir / "bench"
     bench_dir.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
+    ensure_job(settings, "shadow")
     base = baseline.measure(settings, broker=a.baseline_messages > 0, broker_messages=a.baseline_messages)
     api_url = a.api_url or f"http://{settings.api_host}:{settings.api_port}"
 

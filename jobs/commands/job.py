@@ -19,6 +19,7 @@ from jobs.checkpointing import exactly_once_problems
 from jobs.commands.options import JobOptions
 from jobs.commands.pipeline import INPUT_TOPICS, build, kafka_source
 from jobs.commands.sinks import ProductionSinks
+from jobs.latency import flush_buffers_quickly
 
 # Not __name__: Flink's CLI runs this file as a top-level module of its own name.
 log = logging.getLogger("jobs.commands.job")
@@ -55,6 +56,7 @@ def main(argv: list[str] | None = None) -> None:
         log.error("commands job refuses to start: %s", "; ".join(found))
         raise SystemExit(2)
     env.set_parallelism(options.parallelism)
+    flush_buffers_quickly(env)
     build(env, settings, kafka_source(env, settings, options), ProductionSinks(env, settings, options), options)
     log.info("submitting commands job: topics %s -> downlink, command-events, keyspace %s (parallelism %d)",
              ", ".join(settings.topic(t) for t in INPUT_TOPICS), settings.cassandra_keyspace, options.parallelism)

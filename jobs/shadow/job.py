@@ -18,6 +18,7 @@ from pyflink.datastream import StreamExecutionEnvironment
 from fleet.config import Settings
 from fleet.infra.job_config import configured_lake_path
 from jobs.checkpointing import exactly_once_problems
+from jobs.latency import flush_buffers_quickly
 from jobs.shadow.options import CORES, JobOptions
 from jobs.shadow.pipeline import INPUT_TOPICS, build, kafka_source
 from jobs.shadow.sinks import ProductionSinks
@@ -58,6 +59,7 @@ def main(argv: list[str] | None = None) -> None:
         log.error("shadow job refuses to start: %s", "; ".join(found))
         raise SystemExit(2)
     env.set_parallelism(options.parallelism)
+    flush_buffers_quickly(env)
     build(env, settings, kafka_source(env, settings, options), ProductionSinks(env, settings, options), options)
     log.info("submitting shadow job: topics %s -> downlink, shadow-verdicts, keyspace %s, lake %s (parallelism %d, "
              "%s core)", ", ".join(settings.topic(t) for t in INPUT_TOPICS), settings.cassandra_keyspace,

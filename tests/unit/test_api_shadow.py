@@ -498,6 +498,7 @@ class FakeMessage:
 
 class FakeConsumer:
     def __init__(self, partitions=(0, 1, 2), reachable=True):
+        self.consume_timeouts = []
         self.partitions = partitions
         self.reachable = reachable
         self.assigned = None
@@ -515,11 +516,21 @@ class FakeConsumer:
     def assign(self, partitions):
         self.assigned = [(tp.topic, tp.partition, tp.offset) for tp in partitions]
 
-    def consume(self, num_messages, timeout):
+    def poll(self, timeout):
         try:
-            return [self.inbox.get(timeout=timeout)]
+            return self.inbox.get(timeout=timeout)
         except queue.Empty:
-            return []
+            return None
+
+    def consume(self, num_messages, timeout):
+        self.consume_timeouts.append(timeout)
+        out = []
+        while len(out) < num_messages:
+            try:
+                out.append(self.inbox.get(timeout=timeout) if timeout else self.inbox.get_nowait())
+            except queue.Empty:
+                break
+        return out
 
     def close(self):
         self.closed = True
@@ -561,6 +572,8 @@ def test_the_verdict_resolves_the_waiting_request():
     # Positioned at each partition's end before anything was produced.
     assert consumer.assigned == [("fleet.shadow-verdicts", p, 10 + p) for p in (0, 1, 2)]
     assert requests.lookup(record["request_id"]) == outcome and consumer.closed
+    # consume(n, timeout) waits for n records or the whole timeout: only poll() may block.
+    assert consumer.consume_timeouts and set(consumer.consume_timeouts) == {0}
 
 
 def test_no_verdict_in_time_is_none_then_looked_up():
