@@ -22,15 +22,16 @@ import sys
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import yaml
 
 from devtools.stack import jars
+from devtools.stack.flink_recovery import JobRecord, JobRecords, plan_recovery
 from devtools.stack.process import ManagedProcess, StackError, ensure_port_free, run_checked, wait_until
 from fleet.config import Settings
 from fleet.infra import flink_jobs as deploy
-from fleet.infra.flink_jobs import PROJECT_PACKAGES, flatten, python_path
+from fleet.infra.flink_jobs import PROJECT_PACKAGES, TERMINAL_STATES, flatten, python_path
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 REPO_CONF = PROJECT_ROOT / "flink-conf" / "config.yaml"
@@ -70,6 +71,9 @@ class FlinkLayout:
         self.tmp_dir = self.root / "tmp"
         self.log_dir = settings.log_dir / "flink"
         self.pid_dir = settings.run_dir / "flink"
+        # Every job that reached a terminal state (devtools/stack/flink_recovery.py reads it).
+        self.archive_dir = self.root / "completed-jobs"
+        self.jobs_file = self.pid_dir / "jobs.json"
 
     @property
     def rest_url(self) -> str:
@@ -108,6 +112,7 @@ def runtime_overrides(settings: Settings, layout: FlinkLayout) -> dict[str, Any]
         "parallelism.default": settings.flink_parallelism,
         "execution.checkpointing.dir": layout.checkpoint_dir.as_uri(),
         "execution.checkpointing.savepoint-dir": layout.savepoint_dir.as_uri(),
+        "jobmanager.archive.fs.dir": layout.archive_dir.as_uri(),
         "io.tmp.dirs": str(layout.tmp_dir),
         # Workers and the client must use the interpreter that has the project and PyFlink.
         "python.executable": sys.executable,
@@ -181,11 +186,12 @@ class FlinkComponent:
         )
         # The launcher watches this one for an early exit during start-up.
         self.process = self.jobmanager
+        self.jobmanager_started = False  # by this start(): its jobs are gone, post_start restores them
 
     def prepare(self) -> None:
         prepare_lib(self.settings)
         for d in (self.layout.conf_dir, self.layout.checkpoint_dir, self.layout.savepoint_dir,
-                  self.layout.tmp_dir, self.layout.log_dir, self.layout.pid_dir):
+                  self.layout.tmp_dir, self.layout.log_dir, self.layout.pid_dir, self.layout.archive_dir):
             d.mkdir(parents=True, exist_ok=True)
         package_conf = pyflink_home() / "conf"
         for name in CONF_FILES:
@@ -194,7 +200,12 @@ class FlinkComponent:
 
     def start(self) -> None:
         (self.layout.pid_dir / "cluster.lib").write_text(lib_fingerprint(self.layout))
-        if not self.jobmanager.is_running():
+        self.jobmanager_started = not self.jobmanager.is_running()
+        if self.jobmanager_started and self.taskmanager.is_running():
+            # The JobManager died under a running TaskManager: its orphaned tasks would keep
+            # writing for a heartbeat timeout beside the restored jobs. A fresh one instead.
+            self.taskmanager.stop(timeout=30)
+        if self.jobmanager_started:
             ensure_port_free("127.0.0.1", self.settings.flink_rest_port, "the Flink JobManager (REST)")
             ensure_port_free("127.0.0.1", self.settings.flink_rest_port + RPC_PORT_OFFSET, "the Flink JobManager (RPC)")
             self.jobmanager.start()
@@ -209,7 +220,8 @@ class FlinkComponent:
         return overview.get("taskmanagers", 0) >= 1 and overview.get("slots-total", 0) >= 1
 
     def post_start(self) -> None:
-        pass
+        if self.jobmanager_started:
+            restore_jobs(self.settings)
 
     def stop(self) -> None:
         # TaskManager first, so the JobManager does not start restarting jobs on a lost TM.
@@ -325,6 +337,8 @@ def submit_job(settings: Settings, job_py: Path | str, args: Sequence[str] = (),
                                 base=layout.env())
         job_id = deploy.submit(argv, env, f"submitting {job_py.parent.name}/{job_py.name} to Flink", timeout=timeout)
     code.record()
+    # The job's name is its package's (every jobs/<name>/job.py executes as <name>).
+    JobRecords(layout.jobs_file).remember(JobRecord(job_py.parent.name, str(job_py), list(args), parallelism, job_id))
     return job_id
 
 
@@ -426,6 +440,7 @@ def _root_exception(settings: Settings, job_id: str) -> str:
 
 
 def cancel_job(settings: Settings, job_id: str, wait: bool = True) -> None:
+    JobRecords(FlinkLayout(settings).jobs_file).forget_job_id(job_id)  # ended on purpose: not restored
     rest(settings, "PATCH", f"/jobs/{job_id}?mode=cancel")
     if wait:
         wait_for_job_state(settings, job_id, ["CANCELED", "FINISHED", "FAILED"], timeout=60)
@@ -435,6 +450,7 @@ def stop_with_savepoint(settings: Settings, job_id: str, target_dir: Path | None
                         drain: bool = False, timeout: float = 300) -> str:
     """Stop the job with a savepoint (Kafka offsets, state, committed lake files); returns its path."""
     target = target_dir or FlinkLayout(settings).savepoint_dir
+    JobRecords(FlinkLayout(settings).jobs_file).forget_job_id(job_id)
     with _stack_errors():
         return deploy.stop_with_savepoint(local_cluster(settings), job_id, target.as_uri(), drain, timeout)
 
@@ -457,6 +473,20 @@ def wait_for_restore(settings: Settings, job_id: str, after_ms: int, timeout: fl
                      f"last exception: {_root_exception(settings, job_id)[:1500]}")
 
 
+def wait_for_checkpoint_after(settings: Settings, job_id: str, after_ms: int, timeout: float = 60) -> dict[str, Any]:
+    """Wait until the job has completed a checkpoint after ``after_ms`` (epoch ms); its REST record."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            completed = rest(settings, "GET", f"/jobs/{job_id}/checkpoints").get("latest", {}).get("completed")
+        except StackError:
+            completed = None
+        if completed and completed.get("latest_ack_timestamp", 0) >= after_ms:
+            return completed
+        time.sleep(0.5)
+    raise StackError(f"job {job_id} completed no checkpoint within {timeout:.0f}s")
+
+
 def kill_taskmanager(settings: Settings, restart: bool = True) -> None:
     """kill -9 the TaskManager (fault tests); by default start a fresh one right away."""
     component = FlinkComponent(settings)
@@ -468,3 +498,33 @@ def kill_taskmanager(settings: Settings, restart: bool = True) -> None:
 def restart_taskmanager(settings: Settings) -> None:
     FlinkComponent(settings).restart_taskmanager()
 
+
+def restore_jobs(settings: Settings, out: TextIO | None = None) -> list[str]:
+    """After a JobManager start: resubmit every recorded job that no longer runs, from its
+    latest retained checkpoint (flink_recovery's module docstring); the new job ids. A job that
+    cannot be restored is reported and left for the operator, never silently dropped: `fleet
+    stack status` then shows it missing."""
+    out = out or sys.stderr
+    layout = FlinkLayout(settings)
+    records = JobRecords(layout.jobs_file)
+    live = {j["name"] for j in list_jobs(settings) if j["state"] not in TERMINAL_STATES}
+    plan = plan_recovery(records.load(), live, layout.archive_dir, layout.checkpoint_dir)
+    for record in plan.ended:
+        records.forget(record.name)
+    restored = []
+    for record, checkpoint in plan.restore:
+        source = f"checkpoint {checkpoint.name} of {record.job_id}" if checkpoint else "no checkpoint: from the start"
+        out.write(f"  flink      restoring job {record.name} ({source}) ...\n")
+        out.flush()
+        try:
+            job_id = submit_job(settings, record.script, record.args, savepoint=str(checkpoint) if checkpoint else None,
+                                parallelism=record.parallelism)
+            wait_for_job_state(settings, job_id, ["RUNNING"], timeout=240, all_tasks_running=True)
+        except StackError as err:
+            out.write(f"  flink      job {record.name} NOT restored: {str(err)[:1500]}\n"
+                      f"             restore it by hand: fleet jobs submit {record.name} --from-savepoint "
+                      f"{checkpoint or '<path>'}\n")
+            continue
+        out.write(f"  flink      restored job {record.name} as {job_id}\n")
+        restored.append(job_id)
+    return restored

@@ -75,3 +75,33 @@ def test_a_delta_survives_kill_9_of_the_bridge(api, keys, device, stack):  # noq
         assert agent.shadow.reported("")["during"] == "outage"
     finally:
         agent.stop()
+
+
+def test_the_jobs_come_back_by_themselves_after_kill_9_of_the_jobmanager(api, keys, device, stack):  # noqa: F811
+    """No HA in the local stack: the launcher's `up` resubmits what ran from its latest retained
+    checkpoint (devtools/stack/flink_recovery.py), so the shadow job keeps its versions and every
+    other job that ran is back too, none twice."""
+    from devtools.stack import launcher
+    from devtools.stack.process import wait_until
+
+    before = {j["name"] for j in flink.list_jobs(stack) if j["state"] == "RUNNING"}
+    job_id = shadow_job_id(stack)
+    status, doc, _ = patch(api, keys, device.device_id, {"setting": "before-crash"})
+    assert status == 200, doc
+    version = doc["version"]
+    flink.wait_for_checkpoint_after(stack, job_id, int(time.time() * 1000))
+
+    component = flink.FlinkComponent(stack)
+    component.jobmanager.kill()  # kill -9
+    wait_until(lambda: not component.jobmanager.is_running(), what="JobManager exit", timeout=10)
+    launcher.up(stack, ["flink"])  # what an operator (or a supervisor) runs
+
+    jobs = [j for j in flink.list_jobs(stack) if j["state"] == "RUNNING"]
+    assert sorted(j["name"] for j in jobs) == sorted(before), jobs  # each one back, once
+    new_id = shadow_job_id(stack)
+    restored = flink.rest(stack, "GET", f"/jobs/{new_id}/checkpoints").get("latest", {}).get("restored")
+    assert new_id != job_id and restored and f"/{job_id}/chk-" in restored["external_path"], restored
+
+    # The state came back with it: a change on top of the version the job had is accepted.
+    status, doc, _ = patch(api, keys, device.device_id, {"extra": 2}, if_match=str(version))
+    assert status == 200 and doc["version"] == version + 1, doc
