@@ -13,6 +13,7 @@ import java.math.BigDecimal;
 import java.math.MathContext;
 import java.util.Iterator;
 import java.util.Map;
+import java.util.function.BiConsumer;
 
 /**
  * JSON as Python's {@code json} module reads and writes it, for the shadow core: parsing like
@@ -72,29 +73,8 @@ final class Json {
     static void write(StringBuilder out, JsonNode node) {
         if (node == null || node.isNull()) {
             out.append("null");
-        } else if (node.isObject()) {
-            out.append('{');
-            boolean first = true;
-            for (Iterator<Map.Entry<String, JsonNode>> it = node.fields(); it.hasNext(); ) {
-                Map.Entry<String, JsonNode> e = it.next();
-                if (!first) {
-                    out.append(',');
-                }
-                first = false;
-                string(out, e.getKey());
-                out.append(':');
-                write(out, e.getValue());
-            }
-            out.append('}');
-        } else if (node.isArray()) {
-            out.append('[');
-            for (int i = 0; i < node.size(); i++) {
-                if (i > 0) {
-                    out.append(',');
-                }
-                write(out, node.get(i));
-            }
-            out.append(']');
+        } else if (node.isContainerNode()) {
+            container(out, node, ",", ":", Json::string, Json::write);
         } else if (node.isTextual()) {
             string(out, node.textValue());
         } else if (node.isBoolean()) {
@@ -105,6 +85,38 @@ final class Json {
             out.append(floatRepr(node.doubleValue()));
         } else {
             throw new IllegalArgumentException("not a JSON value: " + node.getNodeType());
+        }
+    }
+
+    /**
+     * An object or an array, walked the same way by dumps and repr: only the separators and how
+     * keys and values are written differ between them.
+     */
+    private static void container(StringBuilder out, JsonNode node, String comma, String colon,
+                                  BiConsumer<StringBuilder, String> key, BiConsumer<StringBuilder, JsonNode> value) {
+        if (node.isObject()) {
+            out.append('{');
+            boolean first = true;
+            for (Iterator<Map.Entry<String, JsonNode>> it = node.fields(); it.hasNext(); ) {
+                Map.Entry<String, JsonNode> e = it.next();
+                if (!first) {
+                    out.append(comma);
+                }
+                first = false;
+                key.accept(out, e.getKey());
+                out.append(colon);
+                value.accept(out, e.getValue());
+            }
+            out.append('}');
+        } else {
+            out.append('[');
+            for (int i = 0; i < node.size(); i++) {
+                if (i > 0) {
+                    out.append(comma);
+                }
+                value.accept(out, node.get(i));
+            }
+            out.append(']');
         }
     }
 
@@ -199,28 +211,8 @@ final class Json {
     private static void repr(StringBuilder out, JsonNode node) {
         if (node == null || node.isNull()) {
             out.append("None");
-        } else if (node.isObject()) {
-            out.append('{');
-            boolean first = true;
-            for (Iterator<Map.Entry<String, JsonNode>> it = node.fields(); it.hasNext(); ) {
-                Map.Entry<String, JsonNode> e = it.next();
-                if (!first) {
-                    out.append(", ");
-                }
-                first = false;
-                out.append(repr(e.getKey())).append(": ");
-                repr(out, e.getValue());
-            }
-            out.append('}');
-        } else if (node.isArray()) {
-            out.append('[');
-            for (int i = 0; i < node.size(); i++) {
-                if (i > 0) {
-                    out.append(", ");
-                }
-                repr(out, node.get(i));
-            }
-            out.append(']');
+        } else if (node.isContainerNode()) {
+            container(out, node, ", ", ": ", (o, key) -> o.append(repr(key)), Json::repr);
         } else if (node.isTextual()) {
             out.append(repr(node.textValue()));
         } else if (node.isBoolean()) {
