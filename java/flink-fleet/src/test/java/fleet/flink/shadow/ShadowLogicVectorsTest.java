@@ -15,8 +15,9 @@ import java.util.List;
 import java.util.Map;
 import java.util.stream.Stream;
 
+import fleet.flink.VectorFiles;
+
 import static org.junit.jupiter.api.Assertions.assertEquals;
-import static org.junit.jupiter.api.Assertions.assertTrue;
 
 /**
  * tests/vectors/shadow_job/*.json through ShadowLogic.handle: for each record, the same outputs
@@ -24,7 +25,7 @@ import static org.junit.jupiter.api.Assertions.assertTrue;
  * (tests/vectors/shadow_job_replay.py generates them). The state carries over per key, in memory.
  */
 class ShadowLogicVectorsTest {
-    static final Path VECTORS = ShadowVectorsTest.VECTORS.resolveSibling("shadow_job");
+    private static final Path VECTORS = VectorFiles.dir("shadow_job");
 
     /** logic.MemoryState */
     static final class MemoryState implements ShadowLogic.DeviceState {
@@ -70,12 +71,7 @@ class ShadowLogicVectorsTest {
 
     @TestFactory
     Stream<DynamicTest> vectors() throws IOException {
-        List<Path> files;
-        try (Stream<Path> listing = Files.list(VECTORS)) {
-            files = listing.filter(p -> p.toString().endsWith(".json")).sorted().toList();
-        }
-        assertTrue(files.size() >= 4, "vectors in " + VECTORS.toAbsolutePath() + ": " + files);
-        return files.stream().map(f -> DynamicTest.dynamicTest(f.getFileName().toString(), () -> replay(f)));
+        return VectorFiles.tests(VECTORS, 4, ShadowLogicVectorsTest::replay);
     }
 
     private static void replay(Path file) throws Exception {

@@ -9,9 +9,9 @@ import org.junit.jupiter.api.TestFactory;
 import java.io.IOException;
 import java.nio.file.Files;
 import java.nio.file.Path;
-import java.util.List;
 import java.util.stream.Stream;
 
+import fleet.flink.VectorFiles;
 import fleet.flink.shadow.ShadowDomain.Accepted;
 import fleet.flink.shadow.ShadowDomain.Document;
 import fleet.flink.shadow.ShadowDomain.Rejection;
@@ -26,18 +26,11 @@ import static org.junit.jupiter.api.Assertions.assertTrue;
  * order, and 1 against 1.0, must match too.
  */
 class ShadowVectorsTest {
-    // fleet.vectors.dir names the telemetry vectors (the POM sets it); the shadow ones are their sibling.
-    static final Path VECTORS = Path.of(System.getProperty("fleet.vectors.dir", "../../tests/vectors/telemetry"))
-            .resolveSibling("shadow");
+    private static final Path VECTORS = VectorFiles.dir("shadow");
 
     @TestFactory
     Stream<DynamicTest> vectors() throws IOException {
-        List<Path> files;
-        try (Stream<Path> listing = Files.list(VECTORS)) {
-            files = listing.filter(p -> p.toString().endsWith(".json")).sorted().toList();
-        }
-        assertTrue(files.size() >= 6, "vectors in " + VECTORS.toAbsolutePath() + ": " + files);
-        return files.stream().map(f -> DynamicTest.dynamicTest(f.getFileName().toString(), () -> replay(f)));
+        return VectorFiles.tests(VECTORS, 6, ShadowVectorsTest::replay);
     }
 
     private static ShadowDomain rules(JsonNode r) {

@@ -11,14 +11,13 @@ import org.junit.jupiter.api.DynamicTest;
 import org.junit.jupiter.api.TestFactory;
 
 import java.io.IOException;
-import java.nio.file.Files;
 import java.nio.file.Path;
 import java.util.ArrayList;
-import java.util.List;
 import java.util.stream.Stream;
 
+import fleet.flink.VectorFiles;
+
 import static org.junit.jupiter.api.Assertions.assertEquals;
-import static org.junit.jupiter.api.Assertions.assertTrue;
 
 /**
  * tests/vectors/telemetry/*.json through TelemetryEnvelope and TelemetryLogic: the same files,
@@ -28,16 +27,11 @@ import static org.junit.jupiter.api.Assertions.assertTrue;
 class TelemetryVectorsTest {
     private static final ObjectMapper JSON = new ObjectMapper();
     private static final JsonNodeFactory NODES = JsonNodeFactory.instance;
-    static final Path VECTORS = Path.of(System.getProperty("fleet.vectors.dir", "../../tests/vectors/telemetry"));
+    private static final Path VECTORS = VectorFiles.dir("telemetry");
 
     @TestFactory
     Stream<DynamicTest> vectors() throws IOException {
-        List<Path> files;
-        try (Stream<Path> listing = Files.list(VECTORS)) {
-            files = listing.filter(p -> p.toString().endsWith(".json")).sorted().toList();
-        }
-        assertTrue(files.size() >= 10, "vectors in " + VECTORS.toAbsolutePath() + ": " + files);
-        return files.stream().map(f -> DynamicTest.dynamicTest(f.getFileName().toString(), () -> replay(f)));
+        return VectorFiles.tests(VECTORS, 10, TelemetryVectorsTest::replay);
     }
 
     private static void replay(Path file) throws IOException {
