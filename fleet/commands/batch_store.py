@@ -8,22 +8,16 @@ A cancellation sets ``canceled_at`` once (a lightweight transaction); the fan-ou
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from fleet.infra.cql_values import epoch_ms
+from fleet.infra.cql_values import epoch_ms, from_epoch_ms
 
 if TYPE_CHECKING:  # the driver ships no type hints
     from cassandra.cluster import Session
 
-_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 _FETCH = 5000
-
-
-def _time(ms: int) -> dt.datetime:
-    return _EPOCH + dt.timedelta(milliseconds=ms)
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,12 +80,12 @@ class BatchStore:
         self.session.execute(self._create, (
             b.batch_id, b.name, json.dumps(b.params, separators=(",", ":"), ensure_ascii=False), b.timeout_ms,
             b.ttl_ms, json.dumps(b.target, separators=(",", ":")), set(b.scope) if b.scope is not None else None,
-            b.created_by, _time(b.created_at), b.state, _time(b.heartbeat_at or b.created_at)))
+            b.created_by, from_epoch_ms(b.created_at), b.state, from_epoch_ms(b.heartbeat_at or b.created_at)))
 
     def progress(self, batch_id: str, *, state: str, error: str | None, targeted: int, submitted: int,
                  skipped: int, skipped_sample: list[str], now: int) -> None:
         self.session.execute(self._progress, (state, error, targeted, submitted, skipped, skipped_sample or None,
-                                              _time(now), batch_id))
+                                              from_epoch_ms(now), batch_id))
 
     def get(self, batch_id: str) -> Batch | None:
         row = self.session.execute(self._get, (batch_id,)).one()
@@ -120,7 +114,7 @@ class BatchStore:
 
     def cancel(self, batch_id: str, *, by: str, now: int) -> bool:
         """Mark the batch canceled unless it is already; whether this call marked it."""
-        return bool(self.session.execute(self._cancel, (_time(now), by, batch_id)).was_applied)
+        return bool(self.session.execute(self._cancel, (from_epoch_ms(now), by, batch_id)).was_applied)
 
     def canceled(self, batch_id: str) -> bool:
         """Whether the batch is marked canceled (the fan-out asks between chunks)."""

@@ -14,23 +14,17 @@ from __future__ import annotations
 
 import base64
 import binascii
-import datetime as dt
 import json
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from fleet.infra.cql_values import epoch_ms
+from fleet.infra.cql_values import epoch_ms, from_epoch_ms
 
 if TYPE_CHECKING:  # the driver ships no type hints
     from cassandra.cluster import Session
 
 MAX_PAGE_LIMIT = 500
-_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 _TOKEN_PREFIX = "c:"
-
-
-def _time(ms: int) -> dt.datetime:
-    return _EPOCH + dt.timedelta(milliseconds=ms)
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,7 +93,7 @@ class CommandReader:
         if cursor is None:
             rows = list(self.session.execute(self._first, (device_id, want)))
         else:
-            at = _time(cursor.created_at)
+            at = from_epoch_ms(cursor.created_at)
             rows = list(self.session.execute(self._same_ms, (device_id, at, cursor.command_id, want)))
             if len(rows) < want:
                 rows += list(self.session.execute(self._older, (device_id, at, want - len(rows))))
@@ -109,7 +103,7 @@ class CommandReader:
 
     def claim(self, device_id: str, key: str, command_id: str, body_hash: str, now_ms: int) -> Claim:
         """Bind ``key`` to ``command_id`` unless it is bound already; the binding that holds."""
-        result = self.session.execute(self._claim, (device_id, key, command_id, body_hash, _time(now_ms)))
+        result = self.session.execute(self._claim, (device_id, key, command_id, body_hash, from_epoch_ms(now_ms)))
         if result.was_applied:
             return Claim(command_id, body_hash)
         row = result.one()  # the existing binding's columns

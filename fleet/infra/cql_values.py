@@ -1,7 +1,7 @@
 """Values as the Cassandra driver returns them, made what the stores hand out.
 
 The driver returns ``timestamp`` columns as naive datetimes that are UTC; every store wants them
-aware (or as epoch milliseconds).
+aware (or as epoch milliseconds), and binds epoch milliseconds as aware datetimes.
 """
 
 from __future__ import annotations
@@ -43,3 +43,8 @@ def epoch_ms(value: dt.datetime | int | None) -> int | None:
         # Exact integer arithmetic: float timestamp() * 1000 can land one millisecond low.
         return (as_utc(value) - _EPOCH) // dt.timedelta(milliseconds=1)
     return int(value)
+
+
+def from_epoch_ms(ms: int) -> dt.datetime:
+    """The aware UTC datetime to bind for a timestamp column, exact to the millisecond (epoch_ms's inverse)."""
+    return _EPOCH + dt.timedelta(milliseconds=ms)
