@@ -6,36 +6,19 @@ import datetime as dt
 import uuid
 
 import pytest
-from fastapi.testclient import TestClient
 
 from api.deps import get_audit, get_onboarding, get_principal, get_shadows, get_stores, get_telemetry
 from api.main import create_app
 from fleet.access.audit import AuditRecord
 from fleet.access.auth import Principal, Role
 from fleet.config import Settings
-from fleet.identity.devices import Device, RegistryError, encode_cursor
+from fleet.identity.devices import RegistryError, encode_cursor
 from fleet.infra.cassandra import StoreUnavailable
 from fleet.telemetry.query import AGG_FUNCTIONS, BUCKETS_MS, Bucket, Cursor
+from tests.support.api import FakeDevices, api_client
 
 ADMIN = Principal("k1", "admin", Role.admin, None)
 NOW = dt.datetime.now(dt.UTC)
-
-
-class FakeDevices:
-    def __init__(self, ids):
-        self.devices = {i: Device(i, groups=frozenset({"a"} if i.endswith("a") else {"b"})) for i in ids}
-        self.listed = []
-
-    def require(self, device_id):
-        if device_id not in self.devices:
-            raise RegistryError("not_found", f"device {device_id!r} not found")
-        return self.devices[device_id]
-
-    def list(self, flt, limit, after=None):
-        self.listed.append((flt, limit, after))
-        ids = sorted(i for i in self.devices if after is None or i > after)
-        page = ids[:limit]
-        return [self.devices[i] for i in page], page[-1] if len(ids) > limit else None
 
 
 class FakeOnboarding:
@@ -97,12 +80,9 @@ class Principals:
 
 @pytest.fixture(scope="module")
 def world():
-    app = create_app(Settings.from_env({}).replace(provisioning_service=False, revocation_interval_s=0))
     principals, onboarding, telemetry, audit = Principals(), FakeOnboarding(), FakeTelemetry(), FakeAudit()
-    app.dependency_overrides.update({get_principal: principals, get_onboarding: lambda: onboarding,
-                                     get_telemetry: lambda: telemetry, get_audit: lambda: audit,
-                                     get_shadows: NoShadows})
-    with TestClient(app, raise_server_exceptions=False) as client:
+    with api_client({get_principal: principals, get_onboarding: lambda: onboarding, get_telemetry: lambda: telemetry,
+                     get_audit: lambda: audit, get_shadows: NoShadows}) as client:
         yield client, principals, onboarding, telemetry, audit
 
 

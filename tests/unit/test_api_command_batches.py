@@ -12,7 +12,6 @@ import time
 from dataclasses import replace
 
 import pytest
-from fastapi.testclient import TestClient
 
 from api import command_batches as runner
 from api.deps import (
@@ -28,8 +27,8 @@ from fleet.access.auth import Principal, Role
 from fleet.commands import batches
 from fleet.commands.batch_store import Batch, Member
 from fleet.config import Settings
-from fleet.identity.devices import Device
 from jobs.commands import logic
+from tests.support.api import FakeDevices, api_client
 from tests.unit.test_api_commands import FakeCommands, FakeJob, FakeRequests, online, result
 from tests.unit.test_api_shadow import ADMIN, OPERATOR_KEY, SCOPED, VIEWER, FakeOnboarding
 
@@ -41,19 +40,12 @@ class BatchJob(FakeJob):
         super().__init__()
         self.members: dict[tuple[str, str], dict] = {}
 
-    def handle(self, raw: str, now: int | None = None) -> list[dict]:
-        record = json.loads(raw)
-        device = record["device_id"]
-        handled = logic.handle(device, raw, now or record.get("created_at") or record.get("ts") or 0,
-                               self.cells.setdefault(device, logic.MemoryCell()))
-        for out in handled.outputs:
-            if out.kind == logic.COMMAND:
-                self.rows[out.value["command_id"]] = json.loads(out.value["command"])
-            elif out.kind == logic.BATCH_MEMBER:
-                key = (out.value["batch_id"], out.value["device_id"])
-                if key not in self.members or self.members[key]["write_ts"] <= out.value["write_ts"]:
-                    self.members[key] = out.value
-        return [o.value for o in handled.outputs if o.kind == logic.EVENT]
+    def keep(self, out: logic.Output) -> None:
+        super().keep(out)
+        if out.kind == logic.BATCH_MEMBER:
+            key = (out.value["batch_id"], out.value["device_id"])
+            if key not in self.members or self.members[key]["write_ts"] <= out.value["write_ts"]:
+                self.members[key] = out.value
 
 
 class BatchRequests(FakeRequests):
@@ -126,20 +118,6 @@ class FakeBatches:
         return self.rows[batch_id].canceled_at is not None
 
 
-class Devices:
-    """The registry's devices for the fan-out: ``get_many`` and an unfiltered ``list``."""
-
-    def __init__(self, ids):
-        self.devices = {i: Device(i, groups=frozenset({i[-1]})) for i in ids}
-
-    def get_many(self, ids):
-        return {i: self.devices[i] for i in ids if i in self.devices}
-
-    def list(self, flt, limit, after=None):
-        ids = sorted(i for i in self.devices if after is None or i > after)
-        return [self.devices[i] for i in ids[:limit]], ids[limit - 1] if len(ids) > limit else None
-
-
 class Audit:
     """Keeps what the audit middleware records."""
 
@@ -166,20 +144,16 @@ class World:
         self.requests = BatchRequests(self.job)
         self.commands = FakeCommands(self.job)
         self.onboarding = FakeOnboarding()
-        self.onboarding.devices = Devices(["d1-a", "d2-a", "d3-b", "d4-b"])
         self.store = FakeBatches(self.job)
         self.audit = Audit()
 
 
 @pytest.fixture
 def world():
-    app = create_app(Settings.from_env({}).replace(provisioning_service=False, revocation_interval_s=0))
     w = World()
-    app.dependency_overrides.update({
-        get_principal: lambda: w.principal, get_onboarding: lambda: w.onboarding, get_audit: w.audit,
-        get_commands: lambda: w.commands, get_command_requests: lambda: w.requests, get_batches: lambda: w.store})
-    with TestClient(app, raise_server_exceptions=False) as client:
-        w.client = client
+    with api_client({get_principal: lambda: w.principal, get_onboarding: lambda: w.onboarding, get_audit: w.audit,
+                     get_commands: lambda: w.commands, get_command_requests: lambda: w.requests,
+                     get_batches: lambda: w.store}) as w.client:
         yield w
 
 
@@ -303,7 +277,7 @@ def test_the_fan_out_stops_at_the_next_chunk_and_never_submits_the_rest(monkeypa
     requests.on_send_many = lambda records: store.cancel(batch.batch_id, by="bob", now=runner._now_ms())
 
     async def run():
-        await runner.fan_out(batch, batches.target(device_ids=ids), registry=Devices(ids), store=store,
+        await runner.fan_out(batch, batches.target(device_ids=ids), registry=FakeDevices(ids), store=store,
                              requests=requests, visible_groups=None)
         return await runner.cancel_members(batch.batch_id, store=store, requests=requests, by="bob")
 
@@ -324,7 +298,7 @@ def test_a_cancel_before_the_first_chunk_submits_nothing():
     batch = _batch()
     store.create(batch)
     store.cancel(batch.batch_id, by="bob", now=runner._now_ms())
-    asyncio.run(runner.fan_out(batch, batches.target(device_ids=["d1-a"]), registry=Devices(["d1-a"]),
+    asyncio.run(runner.fan_out(batch, batches.target(device_ids=["d1-a"]), registry=FakeDevices(["d1-a"]),
                                store=store, requests=requests, visible_groups=None))
     assert (store.get(batch.batch_id).state, store.get(batch.batch_id).submitted, job.records) == ("canceled", 0, [])
 
@@ -339,7 +313,7 @@ def test_the_sweep_waits_for_members_the_job_has_not_written_yet(monkeypatch):
     requests.mode = "lag"  # Kafka took the submissions, the job has not read them yet
 
     async def run():
-        await runner.fan_out(batch, batches.target(device_ids=ids), registry=Devices(ids), store=store,
+        await runner.fan_out(batch, batches.target(device_ids=ids), registry=FakeDevices(ids), store=store,
                              requests=requests, visible_groups=None)
         store.cancel(batch.batch_id, by="bob", now=runner._now_ms())
         sweep = asyncio.create_task(runner.cancel_members(batch.batch_id, store=store, requests=requests, by="bob"))

@@ -12,7 +12,6 @@ import json
 import threading
 
 import pytest
-from fastapi.testclient import TestClient
 
 from api.command_requests import CommandRequests, KafkaUnavailable, submit_record
 from api.deps import get_audit, get_command_requests, get_commands, get_onboarding, get_principal
@@ -21,6 +20,7 @@ from fleet.access.auth import Principal, Role
 from fleet.commands.query import Claim, PageCursor
 from fleet.config import Settings
 from jobs.commands import logic
+from tests.support.api import api_client
 from tests.unit.test_api_shadow import (
     ADMIN,
     OPERATOR_KEY,
@@ -47,9 +47,13 @@ class FakeJob:
         handled = logic.handle(device, raw, now or record.get("created_at") or record.get("ts") or 0,
                                self.cells.setdefault(device, logic.MemoryCell()))
         for out in handled.outputs:
-            if out.kind == logic.COMMAND:
-                self.rows[out.value["command_id"]] = json.loads(out.value["command"])
+            self.keep(out)
         return [o.value for o in handled.outputs if o.kind == logic.EVENT]
+
+    def keep(self, out: logic.Output) -> None:
+        """What the job writes to Cassandra: the command rows."""
+        if out.kind == logic.COMMAND:
+            self.rows[out.value["command_id"]] = json.loads(out.value["command"])
 
 
 class FakeRequests(CommandRequests):
@@ -112,13 +116,9 @@ class World:
 
 @pytest.fixture
 def world():
-    app = create_app(Settings.from_env({}).replace(provisioning_service=False, revocation_interval_s=0))
     w = World()
-    app.dependency_overrides.update({
-        get_principal: lambda: w.principal, get_onboarding: lambda: w.onboarding, get_audit: NoAudit,
-        get_commands: lambda: w.commands, get_command_requests: lambda: w.requests})
-    with TestClient(app, raise_server_exceptions=False) as client:
-        w.client = client
+    with api_client({get_principal: lambda: w.principal, get_onboarding: lambda: w.onboarding, get_audit: NoAudit,
+                     get_commands: lambda: w.commands, get_command_requests: lambda: w.requests}) as w.client:
         yield w
 
 

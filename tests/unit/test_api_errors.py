@@ -1,13 +1,11 @@
 """Invalid request bodies are 4xx with a short message, never a 500 (no Cassandra: stores are faked)."""
 
 import pytest
-from fastapi.testclient import TestClient
 
 from api.deps import get_api_keys, get_audit, get_onboarding, get_principal, get_visible_device
-from api.main import create_app
 from fleet.access.auth import Principal, Role
-from fleet.config import Settings
 from fleet.infra.cassandra import StoreUnavailable
+from tests.support.api import api_client
 
 
 class NoAudit:
@@ -17,15 +15,9 @@ class NoAudit:
 
 @pytest.fixture(scope="module")
 def client():
-    # No background workers: nothing here may reach a broker or Cassandra.
-    app = create_app(Settings.from_env({}).replace(api_max_body_bytes=1 << 20, provisioning_service=False,
-                                                   revocation_interval_s=0))
-    app.dependency_overrides[get_principal] = lambda: Principal("k1", "admin", Role.admin, None)
-    app.dependency_overrides[get_onboarding] = lambda: object()
-    app.dependency_overrides[get_api_keys] = lambda: object()
-    app.dependency_overrides[get_visible_device] = lambda: object()
-    app.dependency_overrides[get_audit] = NoAudit
-    with TestClient(app, raise_server_exceptions=False) as c:
+    with api_client({get_principal: lambda: Principal("k1", "admin", Role.admin, None),
+                     get_onboarding: lambda: object(), get_api_keys: lambda: object(),
+                     get_visible_device: lambda: object(), get_audit: NoAudit}, api_max_body_bytes=1 << 20) as c:
         yield c
 
 

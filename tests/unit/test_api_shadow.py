@@ -14,37 +14,21 @@ from concurrent.futures import ThreadPoolExecutor
 from types import SimpleNamespace
 
 import pytest
-from fastapi.testclient import TestClient
 
 from api.deps import get_audit, get_onboarding, get_principal, get_shadow_requests, get_shadows
 from api.main import create_app
 from api.shadow_requests import KafkaUnavailable, Outcome, Pending, ShadowRequests, desired_record
 from fleet.access.auth import Principal, Role
 from fleet.config import Settings
-from fleet.identity.devices import Device, RegistryError
 from fleet.shadow.domain import OPERATOR, ShadowDocument, ShadowUpdate, Source, apply_update
 from fleet.shadow.query import Connectivity, HistoryCursor
+from tests.support.api import FakeDevices, api_client
 
 ADMIN = Principal("k1", "admin", Role.admin, None)
 OPERATOR_KEY = Principal("k2", "alice", Role.operator, None)
 VIEWER = Principal("k3", "viewer", Role.viewer, None)
 SCOPED = Principal("k4", "scoped", Role.operator, frozenset({"a"}))
 T0 = 1_717_156_800_000
-
-
-class FakeDevices:
-    def __init__(self):
-        self.devices = {i: Device(i, groups=frozenset({i[-1]})) for i in ("d1-a", "d2-a", "d3-b", "d4-b")}
-
-    def require(self, device_id):
-        if device_id not in self.devices:
-            raise RegistryError("not_found", f"device {device_id!r} not found")
-        return self.devices[device_id]
-
-    def list(self, flt, limit, after=None):
-        ids = sorted(i for i in self.devices if after is None or i > after)
-        page = ids[:limit]
-        return [self.devices[i] for i in page], page[-1] if len(ids) > limit else None
 
 
 class FakeOnboarding:
@@ -160,13 +144,9 @@ class World:
 
 @pytest.fixture
 def world():
-    app = create_app(Settings.from_env({}).replace(provisioning_service=False, revocation_interval_s=0))
     w = World()
-    app.dependency_overrides.update({
-        get_principal: lambda: w.principal, get_onboarding: lambda: w.onboarding, get_audit: NoAudit,
-        get_shadows: lambda: w.shadows, get_shadow_requests: lambda: w.requests})
-    with TestClient(app, raise_server_exceptions=False) as client:
-        w.client = client
+    with api_client({get_principal: lambda: w.principal, get_onboarding: lambda: w.onboarding, get_audit: NoAudit,
+                     get_shadows: lambda: w.shadows, get_shadow_requests: lambda: w.requests}) as w.client:
         yield w
 
 
