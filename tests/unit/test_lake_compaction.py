@@ -9,6 +9,7 @@ import datetime as dt
 import io
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import pyarrow as pa
@@ -27,6 +28,17 @@ NOW = dt.datetime(2024, 1, 2, 0, 0, tzinfo=UTC)
 H0 = 1_704_067_200_000  # 2024-01-01T00:00:00Z
 
 
+def _read_back(written: pa.Schema, table: str) -> tuple[pa.Schema, str]:
+    """``written`` as pyarrow reads it from a Parquet file (no stored Arrow schema, as the sinks
+    write), plus the sink's "fleet.table" key; and the Parquet schema's text."""
+    buf = io.BytesIO()
+    pq.write_table(written.empty_table(), buf, store_schema=False)
+    buf.seek(0)
+    parquet_schema = str(pq.ParquetFile(buf).schema)
+    buf.seek(0)
+    return pq.read_schema(buf).with_metadata({"fleet.table": table}), parquet_schema
+
+
 def _sink_schema() -> pa.Schema:
     """The Arrow schema pyarrow reads from the sink's files (schemas/parquet/telemetry.md): the
     same Parquet schema as TelemetryLakeSink.SCHEMA, read back, plus its "fleet.table" key."""
@@ -39,49 +51,56 @@ def _sink_schema() -> pa.Schema:
                                     pa.field("value", pa.float64(), nullable=False))),
         pa.field("attrs", pa.string()),
     ])
-    buf = io.BytesIO()
-    pq.write_table(written.empty_table(), buf, store_schema=False)
-    buf.seek(0)
-    parquet_schema = str(pq.ParquetFile(buf).schema)
+    schema, parquet_schema = _read_back(written, "telemetry")
     assert "repeated group field_id=-1 key_value" in parquet_schema and "required double field_id=-1 value" in parquet_schema
-    buf.seek(0)
-    return pq.read_schema(buf).with_metadata({"fleet.table": "telemetry"})
+    return schema
 
 
 SCHEMA = _sink_schema()
 
 
-def write_part(hour_dir: Path, name: str, rows: list[tuple[str, int, int]]) -> Path:
-    """rows: (device_id, seq, ts_ms). Snappy, like the sink."""
+def _write(hour_dir: Path, name: str, table: pa.Table) -> Path:
+    """Snappy, like the sinks."""
     hour_dir.mkdir(parents=True, exist_ok=True)
-    table = pa.table({
+    path = hour_dir / name
+    pq.write_table(table, path, compression="snappy")
+    return path
+
+
+def _build(table_dir: Path, hours, files_per_hour: int, per_file: int, part: str,
+           row: Callable[[int, int, int], tuple], write: Callable[[Path, str, list], Path]) -> Path:
+    """``table_dir/date=2024-01-01/hour=HH/part-<part>-<n>.parquet``: per hour ``files_per_hour``
+    files of ``per_file`` rows, ``row(hour, n, i)`` the i-th row of file n."""
+    for hour in hours:
+        hour_dir = table_dir / f"date=2024-01-01/hour={hour:02d}"
+        for n in range(files_per_hour):
+            write(hour_dir, f"part-{part}-{n}.parquet", [row(hour, n, i) for i in range(per_file)])
+    return table_dir
+
+
+def write_part(hour_dir: Path, name: str, rows: list[tuple[str, int, int]]) -> Path:
+    """rows: (device_id, seq, ts_ms)."""
+    return _write(hour_dir, name, pa.table({
         "device_id": [d for d, _, _ in rows],
         "ts": pa.array([t for _, _, t in rows], pa.timestamp("ms", tz="UTC")),
         "seq": [s for _, s, _ in rows],
         "ingest_ts": [t + 7 for _, _, t in rows],
         "metrics": pa.array([[("temp", s / 10), ("n", float(s))] for _, s, _ in rows], SCHEMA.field("metrics").type),
         "attrs": ['{"fw":"2.0"}' if s % 2 else None for _, s, _ in rows],
-    }, schema=SCHEMA)
-    path = hour_dir / name
-    pq.write_table(table, path, compression="snappy")
-    return path
+    }, schema=SCHEMA))
 
 
 def build_lake(root: Path, *, hours=(0, 1), devices=3, files_per_hour=6, per_file=5) -> Path:
     """``root/telemetry/date=2024-01-01/hour=HH/part-<uuid>-<n>.parquet``: each (device, seq)
     once; files hold interleaved devices and out-of-order ts, as the sink's do."""
-    table_dir = root / "telemetry"
     seq = collections.Counter()
-    for hour in hours:
-        hour_dir = table_dir / f"date=2024-01-01/hour={hour:02d}"
-        for n in range(files_per_hour):
-            rows = []
-            for i in range(per_file):
-                d = f"dev-{(n + i) % devices:05d}"
-                seq[d] += 1
-                rows.append((d, seq[d], H0 + hour * 3_600_000 + ((n * 7 + i * 13) % 3_600) * 1000))
-            write_part(hour_dir, f"part-5f1c0a2e-{n}.parquet", rows)
-    return table_dir
+
+    def row(hour: int, n: int, i: int) -> tuple[str, int, int]:
+        d = f"dev-{(n + i) % devices:05d}"
+        seq[d] += 1
+        return d, seq[d], H0 + hour * 3_600_000 + ((n * 7 + i * 13) % 3_600) * 1000
+
+    return _build(root / "telemetry", hours, files_per_hour, per_file, "5f1c0a2e", row, write_part)
 
 
 def _shadow_sink_schema() -> pa.Schema:
@@ -90,45 +109,34 @@ def _shadow_sink_schema() -> pa.Schema:
     sink's "fleet.table" key. test_the_shadow_test_schema_is_the_sinks checks it against the sink."""
     from fleet.lake.dataset import SHADOW_CHANGES_SCHEMA
 
-    written = pa.schema([f for f in SHADOW_CHANGES_SCHEMA if f.name not in ("date", "hour")])
-    buf = io.BytesIO()
-    pq.write_table(written.empty_table(), buf, store_schema=False)
-    buf.seek(0)
-    return pq.read_schema(buf).with_metadata({"fleet.table": "shadow_changes"})
+    return _read_back(pa.schema([f for f in SHADOW_CHANGES_SCHEMA if f.name not in ("date", "hour")]),
+                      "shadow_changes")[0]
 
 
 SHADOW_SCHEMA = _shadow_sink_schema()
 
 
 def write_shadow_part(hour_dir: Path, name: str, rows: list[tuple[str, str, int, int]]) -> Path:
-    """rows: (device_id, shadow_name, version, ts_ms). Snappy, like the sink."""
-    hour_dir.mkdir(parents=True, exist_ok=True)
-    table = pa.Table.from_pylist([{
+    """rows: (device_id, shadow_name, version, ts_ms)."""
+    return _write(hour_dir, name, pa.Table.from_pylist([{
         "device_id": d, "shadow_name": s, "version": v, "ts": t, "source_kind": "operator" if v % 2 else "device",
         "actor": "ops-key" if v % 2 else d, "client_token": None if v % 2 else f"tok-{v}",
         "patch": json.dumps({"desired": {"v": v}}), "desired": json.dumps({"v": v}), "reported": "{}",
-    } for d, s, v, t in rows], schema=SHADOW_SCHEMA)
-    path = hour_dir / name
-    pq.write_table(table, path, compression="snappy")
-    return path
+    } for d, s, v, t in rows], schema=SHADOW_SCHEMA))
 
 
 def build_shadow_lake(root: Path, *, hours=(0, 1), devices=3, files_per_hour=6, per_file=5) -> Path:
     """``root/shadow_changes/date=2024-01-01/hour=HH/part-<uuid>-<n>.parquet``, like build_lake's:
     each (device, shadow, version) once; a file (one checkpoint) holds several devices' classic and
     named shadows in ts order, so the versions of one shadow are spread over files."""
-    table_dir = root / "shadow_changes"
     version = collections.Counter()
-    for hour in hours:
-        hour_dir = table_dir / f"date=2024-01-01/hour={hour:02d}"
-        for n in range(files_per_hour):
-            rows = []
-            for i in range(per_file):
-                d, s = f"dev-{(n + i) % devices:05d}", ("", "config", "ota")[(2 * n + i) % 3]
-                version[d, s] += 1
-                rows.append((d, s, version[d, s], H0 + hour * 3_600_000 + n * 5_000 + i))
-            write_shadow_part(hour_dir, f"part-3c9e0b7d-{n}.parquet", rows)
-    return table_dir
+
+    def row(hour: int, n: int, i: int) -> tuple[str, str, int, int]:
+        d, s = f"dev-{(n + i) % devices:05d}", ("", "config", "ota")[(2 * n + i) % 3]
+        version[d, s] += 1
+        return d, s, version[d, s], H0 + hour * 3_600_000 + n * 5_000 + i
+
+    return _build(root / "shadow_changes", hours, files_per_hour, per_file, "3c9e0b7d", row, write_shadow_part)
 
 
 # Per table: how the test builds it, what identifies a row, the order compacted rows must have.
