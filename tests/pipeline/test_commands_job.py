@@ -82,12 +82,13 @@ RECORDS = [
 
 @pytest.fixture(scope="module")
 def out(tmp_path_factory):
-    from pyflink.common import Configuration, Types
-    from pyflink.datastream import FlatMapFunction, RuntimeExecutionMode, StreamExecutionEnvironment
+    from pyflink.common import Types
+    from pyflink.datastream import FlatMapFunction
 
     from fleet.config import Settings
     from jobs.commands.pipeline import build, from_json
     from tests.pipeline.collect import Collector
+    from tests.pipeline.flink_env import local_env
 
     collector = Collector(tmp_path_factory.mktemp("commands"))
 
@@ -109,13 +110,7 @@ def out(tmp_path_factory):
                 value = j.dumps(record, separators=(",", ":"))
             yield value
 
-    config = Configuration()
-    config.set_string("python.execution-mode", "thread")
-    config.set_string("state.backend.type", "rocksdb")
-    config.set_string("restart-strategy.type", "none")
-    env = StreamExecutionEnvironment.get_execution_environment(config)
-    env.set_runtime_mode(RuntimeExecutionMode.STREAMING)
-    env.set_parallelism(2)
+    env = local_env()
     raw = env.from_collection(RECORDS, type_info=Types.STRING()).name("records").set_parallelism(1)
     paced = raw.flat_map(Pace(), output_type=Types.STRING()).name("pace").set_parallelism(1)
     settings = Settings.from_env({"FLEET_VAR_DIR": str(collector.directory)})

@@ -75,14 +75,14 @@ def runs(tmp_path_factory):
     """Each core's run on RECORDS: (collector, first and last wall-clock ms the run could stamp)."""
     import time
 
-    from pyflink.common import Configuration, Types
-    from pyflink.datastream import RuntimeExecutionMode, StreamExecutionEnvironment
+    from pyflink.common import Types
 
     from fleet.config import Settings
     from jobs.shadow.options import JobOptions
     from jobs.shadow.pipeline import build, from_json
     from jobs.shadow.sinks import ProductionSinks
     from tests.pipeline.collect import Collector
+    from tests.pipeline.flink_env import local_env
 
     def run(core: str):
         collector = Collector(tmp_path_factory.mktemp(f"shadow-{core}"))
@@ -95,13 +95,7 @@ def runs(tmp_path_factory):
             def shadow_changes(self, stream):
                 ProductionSinks(env, settings, options).shadow_changes(stream)
 
-        config = Configuration()
-        config.set_string("python.execution-mode", "thread")
-        config.set_string("state.backend.type", "rocksdb")
-        config.set_string("restart-strategy.type", "none")
-        env = StreamExecutionEnvironment.get_execution_environment(config)
-        env.set_runtime_mode(RuntimeExecutionMode.STREAMING)
-        env.set_parallelism(2)
+        env = local_env()
         env.enable_checkpointing(500)  # the lake's files commit on checkpoints (and at the end of input)
         raw = env.from_collection(RECORDS, type_info=Types.STRING()).name("records")
         settings = Settings.from_env({"FLEET_VAR_DIR": str(collector.directory)})

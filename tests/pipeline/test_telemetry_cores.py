@@ -81,24 +81,18 @@ RECORDS = generate()
 
 @pytest.fixture(scope="module")
 def outputs(tmp_path_factory):
-    from pyflink.common import Configuration, Types
-    from pyflink.datastream import RuntimeExecutionMode, StreamExecutionEnvironment
+    from pyflink.common import Types
 
     from fleet.config import Settings
     from fleet.telemetry.domain import TelemetryRules
     from jobs.telemetry.options import JobOptions
     from jobs.telemetry.pipeline import build, envelopes
     from tests.pipeline.collect import CollectingSinks, Collector
+    from tests.pipeline.flink_env import local_env
 
     def run(core: str) -> dict[str, list]:
         collector = Collector(tmp_path_factory.mktemp(f"cores-{core}"))
-        config = Configuration()
-        config.set_string("python.execution-mode", "thread")
-        config.set_string("state.backend.type", "rocksdb")
-        config.set_string("restart-strategy.type", "none")
-        env = StreamExecutionEnvironment.get_execution_environment(config)
-        env.set_runtime_mode(RuntimeExecutionMode.STREAMING)
-        env.set_parallelism(2)
+        env = local_env()
         # Timers fire only at the end of input (see test_telemetry_job), and then in timestamp
         # order per device, so both runs see the same sequence of events per device.
         # Few open gaps allowed, so that the oldest are also declared lost for that reason.

@@ -104,25 +104,17 @@ def last_by(rows: list[dict], key) -> dict:
 
 @pytest.fixture(scope="module")
 def run_job(tmp_path_factory):
-    from pyflink.common import Configuration, Types
-    from pyflink.datastream import RuntimeExecutionMode, StreamExecutionEnvironment
+    from pyflink.common import Types
 
     from fleet.config import Settings
     from jobs.telemetry.options import JobOptions
     from jobs.telemetry.pipeline import build, envelopes
     from tests.pipeline.collect import CollectingSinks, Collector
+    from tests.pipeline.flink_env import local_env
 
     def run(core: str, parallelism: int) -> Collector:
         collector = Collector(tmp_path_factory.mktemp(f"telemetry-{core}-p{parallelism}"))
-        config = Configuration()
-        config.set_string("python.execution-mode", "thread")
-        # As on the cluster: RocksDB serialises state on every update, the heap backend does not
-        # (a wrong state type only shows up with RocksDB).
-        config.set_string("state.backend.type", "rocksdb")
-        config.set_string("restart-strategy.type", "none")  # fail the test, not retry for ever
-        env = StreamExecutionEnvironment.get_execution_environment(config)
-        env.set_runtime_mode(RuntimeExecutionMode.STREAMING)
-        env.set_parallelism(parallelism)
+        env = local_env(parallelism)
         # A day of out-of-orderness: no timer fires before the end of input, when the final
         # watermark fires them all, so the run is deterministic whatever the machine's speed.
         options = JobOptions(out_of_orderness_ms=24 * 3600 * 1000, core=core)

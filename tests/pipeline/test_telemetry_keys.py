@@ -25,8 +25,8 @@ def envelope(device: str, seq: int) -> str:
 
 @pytest.mark.parametrize("core", ["java", "python"])
 def test_a_record_keyed_under_another_device_is_dead_lettered(tmp_path, core):
-    from pyflink.common import Configuration, Row
-    from pyflink.datastream import DataStream, RuntimeExecutionMode, StreamExecutionEnvironment
+    from pyflink.common import Row
+    from pyflink.datastream import DataStream
     from pyflink.java_gateway import get_gateway
 
     from fleet.config import Settings
@@ -34,14 +34,10 @@ def test_a_record_keyed_under_another_device_is_dead_lettered(tmp_path, core):
     from jobs.telemetry.pipeline import build
     from jobs.telemetry.records import ENVELOPE_TYPE
     from tests.pipeline.collect import CollectingSinks, Collector
+    from tests.pipeline.flink_env import local_env
 
     collector = Collector(tmp_path)
-    config = Configuration()
-    config.set_string("python.execution-mode", "thread")
-    config.set_string("restart-strategy.type", "none")
-    env = StreamExecutionEnvironment.get_execution_environment(config)
-    env.set_runtime_mode(RuntimeExecutionMode.STREAMING)
-    env.set_parallelism(1)
+    env = local_env(1, rocksdb=False)
     options = JobOptions(core=core)
     keyed = [Row("d-1", envelope("d-1", 0)), Row("d-2", envelope("d-1", 1)), Row("d-1", envelope("d-1", 2))]
     rows = env.from_collection(keyed, type_info=ENVELOPE_TYPE)

@@ -28,22 +28,17 @@ RECORDS.append(envelope("d-0", 99, T0, {"temp": 0}))  # 117 s behind d-0's clock
 
 @pytest.fixture(scope="module", params=["java", "python"])
 def lake(request, tmp_path_factory):
-    from pyflink.common import Configuration, Types
-    from pyflink.datastream import StreamExecutionEnvironment
+    from pyflink.common import Types
 
     from fleet.config import Settings
     from jobs.telemetry.options import JobOptions
     from jobs.telemetry.pipeline import build, envelopes
     from jobs.telemetry.sinks import ProductionSinks
     from tests.pipeline.collect import Collector
+    from tests.pipeline.flink_env import local_env
 
     root = tmp_path_factory.mktemp(f"lake-test-{request.param}")
-    config = Configuration()
-    config.set_string("python.execution-mode", "thread")
-    config.set_string("state.backend.type", "rocksdb")
-    config.set_string("restart-strategy.type", "none")  # fail the test, not retry for ever
-    env = StreamExecutionEnvironment.get_execution_environment(config)
-    env.set_parallelism(2)
+    env = local_env()
     env.enable_checkpointing(500)  # bulk files commit on checkpoints (and at the end of input)
     settings = Settings.from_env({"FLEET_VAR_DIR": str(root), "FLEET_LAKE_DIR": str(root / "lake")})
     options = JobOptions(cassandra=False, out_of_orderness_ms=3600_000, core=request.param)
