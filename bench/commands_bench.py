@@ -49,10 +49,12 @@ sys.path.insert(0, str(PROJECT_ROOT / "bench"))
 
 import baseline  # noqa: E402 - after the sys.path set-up above
 import httpx  # noqa: E402 - after the sys.path set-up above
+import results  # noqa: E402 - after the sys.path set-up above
 from baseline import percentile  # noqa: E402 - after the sys.path set-up above
 from e2e_bench import component_pids, cpu_snapshot, ensure_job, ensure_telemetry_job  # noqa: E402 - after the sys.path set-up above
 from mqtt_devices import Device, DeviceFleet  # noqa: E402 - after the sys.path set-up above
 from mqtt_driver import AsyncDriver  # noqa: E402 - after the sys.path set-up above
+from results import fmt  # noqa: E402 - after the sys.path set-up above
 
 from devtools.enrollment import RegistryEnrollment  # noqa: E402 - after the sys.path set-up above
 from fleet.config import Settings  # noqa: E402 - after the sys.path set-up above
@@ -317,17 +319,8 @@ def main(argv: list[str] | None = None) -> int:
         api.close()
     result["seconds"] = round(time.monotonic() - started, 1)
     print_report(result)
-    stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S")
-    out = bench_dir / f"commands-{stamp}.json"
-    out.write_text(json.dumps(result, indent=2, default=str))
-    with open(bench_dir / "commands.jsonl", "a") as fh:
-        fh.write(json.dumps(result, default=str) + "\n")
-    print(f"results in {out} (and appended to {bench_dir / 'commands.jsonl'})")
+    results.save(result, bench_dir, "commands")
     return 0
-
-
-def fmt(v, spec: str = ",.0f") -> str:
-    return "-" if v is None else format(v, spec)
 
 
 def print_report(res: dict, out=sys.stdout) -> None:
@@ -358,10 +351,8 @@ def print_report(res: dict, out=sys.stdout) -> None:
         out.write(f"  machine CPU {baseline.with_ratio(b['machine_cpu_us_per_command'], cal, unit=' us/command')}\n")
     out.write(f"redeliveries seen by devices: {res.get('redeliveries')}; enrolment {res.get('enroll_s')} s; "
               f"connecting {res.get('connect_s')} s\n")
-    w = res.get("warmup")
-    if w:
-        out.write(f"Warm-up: {'stable' if w['stable'] else 'NOT stable'} after {w['seconds']:.0f} s "
-                  f"({len(w['windows'])} windows); {w['since_process_start_s']:.0f} s after this process started\n")
+    if res.get("warmup"):
+        out.write(results.warmup_line(res["warmup"]))
 
 
 if __name__ == "__main__":

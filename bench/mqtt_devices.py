@@ -4,21 +4,21 @@ bench/mqtt_driver.py only publishes (telemetry); a bench of the downlink needs d
 what the platform sends them and answer it. Each :class:`Device` here is a real mTLS MQTT 3.1.1
 connection (CONNECT, SUBSCRIBE at QoS 0, QoS 1 PUBLISH with PUBACK counting, PINGREQ), with a
 callback per incoming PUBLISH that runs on the driver's loop and may publish in turn. Cheap on
-purpose: the bench shares 2 cores with the platform it measures.
+purpose: the bench shares 2 cores with the platform it measures. Used by bench/commands_bench.py
+and bench/shadow_bench.py (its devices a subclass of Device with their own counters).
 """
 
 from __future__ import annotations
 
 import asyncio
 import resource
-import ssl
 import struct
 import sys
 import threading
 import time
 from collections.abc import Callable
 
-from mqtt_driver import _utf8, _varint, connect_packet, publish_packet
+from mqtt_driver import _utf8, _varint, keep_alive, open_connection, publish_packet, read_packets
 
 from device.identity import DeviceIdentity
 from fleet.config import Settings
@@ -46,25 +46,31 @@ class Device:
         self.error: str | None = None
         self.tasks: list[asyncio.Task] = []
 
-    def publish(self, topic: str, payload: bytes, *, retain: bool = False) -> None:
-        """QoS 1 PUBLISH (on the driver's loop)."""
-        packet = bytearray(publish_packet(_utf8(topic), self.next_id, payload))
+    def packet(self, topic: bytes, payload: bytes, *, retain: bool = False) -> bytes:
+        """A QoS 1 PUBLISH to write now or with others (on the driver's loop), counted as published;
+        ``topic`` length-prefixed (mqtt_driver._utf8), so a device may build it once."""
+        packet = publish_packet(topic, self.next_id, payload)
         if retain:
-            packet[0] |= 0x01
+            packet = bytes([packet[0] | 0x01]) + packet[1:]
         self.next_id = self.next_id % 65535 + 1
         self.published += 1
+        return packet
+
+    def publish(self, topic: str, payload: bytes, *, retain: bool = False) -> None:
+        """QoS 1 PUBLISH (on the driver's loop)."""
         assert self.writer is not None
-        self.writer.write(bytes(packet))
+        self.writer.write(self.packet(_utf8(topic), payload, retain=retain))
 
 
 class DeviceFleet:
-    """Connects ``identities``, subscribes each to its ``subscriptions`` (``{id}`` is replaced) and
-    calls ``on_publish`` for everything that arrives."""
+    """Connects ``identities`` (as ``device_class``, Device or a subclass), subscribes each to its
+    ``subscriptions`` (``{id}`` is replaced) and calls ``on_publish`` for everything that arrives."""
 
     def __init__(self, settings: Settings, identities: list[DeviceIdentity], subscriptions: list[str],
-                 on_publish: OnPublish, *, online_status: bool = True, connect_concurrency: int = 32):
+                 on_publish: OnPublish, *, online_status: bool = True, connect_concurrency: int = 32,
+                 device_class: type[Device] = Device):
         self.settings = settings
-        self.devices = [Device(i) for i in identities]
+        self.devices = [device_class(i) for i in identities]
         self.subscriptions = subscriptions
         self.on_publish = on_publish
         self.online_status = online_status
@@ -105,75 +111,50 @@ class DeviceFleet:
             raise SystemExit(f"{len(bad)} devices could not connect/subscribe, e.g. {bad[0].id}: {bad[0].error}")
 
     async def _connect(self, d: Device) -> None:
-        s, ident = self.settings, d.identity
-        ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(ident.ca_path))
-        ctx.load_cert_chain(str(ident.cert_path), str(ident.key_path))
         try:
-            reader, writer = await asyncio.open_connection(s.mqtt_host, s.mqtt_device_port, ssl=ctx,
-                                                           server_hostname=s.mqtt_host)
-            writer.write(connect_packet(d.id))
-            connack = await asyncio.wait_for(reader.readexactly(4), 30)
-            if connack[0] != 0x20 or connack[3] != 0:
-                raise ConnectionError(f"CONNACK refused: {connack.hex()}")
+            reader, writer = await open_connection(self.settings, d.identity, connack_timeout_s=30)
             d.writer = writer
-            d.tasks.append(asyncio.ensure_future(self._read(d, reader)))
+            d.tasks.append(asyncio.ensure_future(read_packets(d, reader, lambda buf, at: self._handle(d, buf, at))))
             body = struct.pack("!H", 1) + b"".join(_utf8(t.replace("{id}", d.id)) + b"\x00" for t in self.subscriptions)
             writer.write(b"\x82" + _varint(len(body)) + body)
             await asyncio.wait_for(d.subscribed.wait(), 30)
             if self.online_status:  # what the commands job reads as "online" (docs/device-contract.md)
                 d.publish(f"devices/{d.id}/status", b'{"online":true}', retain=True)
-            d.tasks.append(asyncio.ensure_future(self._keep_alive(d)))
+            d.tasks.append(asyncio.ensure_future(keep_alive(d)))
         except (TimeoutError, OSError, ConnectionError, asyncio.IncompleteReadError) as exc:
             d.error = f"{type(exc).__name__}: {exc}"
 
-    @staticmethod
-    async def _keep_alive(d: Device) -> None:
-        while not d.error:
-            await asyncio.sleep(30)
-            assert d.writer is not None
-            d.writer.write(b"\xc0\x00")
-
-    async def _read(self, d: Device, reader: asyncio.StreamReader) -> None:
-        buf = b""
-        try:
-            while True:
-                chunk = await reader.read(65536)
-                if not chunk:
-                    d.error = d.error or "connection closed by the broker"
-                    return
-                at = time.perf_counter_ns()
-                buf += chunk
-                i, n = 0, len(buf)
-                while n - i >= 2:
-                    kind = buf[i]
-                    length, mult, j = 0, 1, i + 1
-                    while j < n:
-                        b = buf[j]
-                        length += (b & 0x7F) * mult
-                        mult <<= 7
-                        j += 1
-                        if not b & 0x80:
-                            break
-                    else:
-                        break
-                    if n - j < length:
-                        break
-                    body = buf[j:j + length]
-                    i = j + length
-                    t = kind & 0xF0
-                    if t == 0x40:
-                        d.acked += 1
-                    elif t == 0x90:
-                        d.subscribed.set()
-                    elif t == 0x30:  # QoS 0: we subscribed at 0, so no PUBACK to send
-                        tl = struct.unpack("!H", body[:2])[0]
-                        try:
-                            self.on_publish(d, body[2:2 + tl].decode(), body[2 + tl:], at)
-                        except Exception as exc:  # a bench bug must show, not kill the reader silently
-                            print(f"on_publish failed for {d.id}: {exc!r}", file=sys.stderr)
-                buf = buf[i:]
-        except (OSError, asyncio.IncompleteReadError) as exc:
-            d.error = f"{type(exc).__name__}: {exc}"
+    def _handle(self, d: Device, buf: bytes, at: int) -> int:
+        """The whole packets at the start of ``buf``; returns how many bytes they took."""
+        i, n = 0, len(buf)
+        while n - i >= 2:
+            kind = buf[i]
+            length, mult, j = 0, 1, i + 1
+            while j < n:
+                b = buf[j]
+                length += (b & 0x7F) * mult
+                mult <<= 7
+                j += 1
+                if not b & 0x80:
+                    break
+            else:
+                break
+            if n - j < length:
+                break
+            body = buf[j:j + length]
+            i = j + length
+            t = kind & 0xF0
+            if t == 0x40:
+                d.acked += 1
+            elif t == 0x90:
+                d.subscribed.set()
+            elif t == 0x30:  # QoS 0: we subscribed at 0, so no PUBACK to send
+                tl = struct.unpack("!H", body[:2])[0]
+                try:
+                    self.on_publish(d, body[2:2 + tl].decode(), body[2 + tl:], at)
+                except Exception as exc:  # a bench bug must show, not kill the reader silently
+                    print(f"on_publish failed for {d.id}: {exc!r}", file=sys.stderr)
+        return i
 
     def stop(self) -> None:
         async def close() -> None:

@@ -18,6 +18,7 @@ import ssl
 import struct
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from device.identity import DeviceIdentity
@@ -52,6 +53,47 @@ def publish_packet(topic: bytes, packet_id: int, payload: bytes) -> bytes:
     """QoS 1 PUBLISH; ``topic`` is the length-prefixed topic name."""
     length = len(topic) + 2 + len(payload)
     return b"\x32" + _varint(length) + topic + struct.pack("!H", packet_id) + payload
+
+
+async def open_connection(settings: Settings, identity: DeviceIdentity,
+                          connack_timeout_s: float) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """An mTLS connection to the broker's device listener, CONNECTed as ``identity`` (clean session).
+    Raises TimeoutError, OSError, ConnectionError (CONNACK refused) or asyncio.IncompleteReadError."""
+    ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(identity.ca_path))
+    ctx.load_cert_chain(str(identity.cert_path), str(identity.key_path))
+    reader, writer = await asyncio.open_connection(settings.mqtt_host, settings.mqtt_device_port, ssl=ctx,
+                                                   server_hostname=settings.mqtt_host)
+    writer.write(connect_packet(identity.device_id))
+    connack = await asyncio.wait_for(reader.readexactly(4), connack_timeout_s)
+    if connack[0] != 0x20 or connack[3] != 0:
+        raise ConnectionError(f"CONNACK refused: {connack.hex()}")
+    return reader, writer
+
+
+async def read_packets(d, reader: asyncio.StreamReader, parse: Callable[[bytes, int], int]) -> None:
+    """What the broker sends device ``d`` to ``parse(buf, arrival perf_counter ns)``, which handles
+    the whole packets at the start of ``buf`` and returns how many bytes they took; until the
+    connection fails or closes (``d.error`` says which)."""
+    buf = b""
+    try:
+        while True:
+            chunk = await reader.read(65536)
+            if not chunk:
+                d.error = d.error or "connection closed by the broker"
+                return
+            at = time.perf_counter_ns()
+            buf += chunk
+            buf = buf[parse(buf, at):]
+    except (OSError, asyncio.IncompleteReadError) as exc:
+        d.error = f"{type(exc).__name__}: {exc}"
+
+
+async def keep_alive(d) -> None:
+    """PINGREQ now and then while device ``d`` (its ``writer``, ``error``) is up: between stages a
+    device may be silent for longer than its keepalive."""
+    while not d.error:
+        await asyncio.sleep(KEEPALIVE_S / 2)
+        d.writer.write(b"\xc0\x00")
 
 
 @dataclass
@@ -94,51 +136,27 @@ class AsyncDriver:
                              f"{refused[0].error}")
 
     async def _connect(self, d: _Device) -> None:
-        s, ident = self.settings, d.identity
-        ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(ident.ca_path))
-        ctx.load_cert_chain(str(ident.cert_path), str(ident.key_path))
         try:
-            reader, writer = await asyncio.open_connection(s.mqtt_host, s.mqtt_device_port, ssl=ctx,
-                                                           server_hostname=s.mqtt_host)
-            writer.write(connect_packet(ident.device_id))
-            connack = await asyncio.wait_for(reader.readexactly(4), 10)
-            if connack[0] != 0x20 or connack[3] != 0:
-                raise ConnectionError(f"CONNACK refused: {connack.hex()}")
+            reader, writer = await open_connection(self.settings, d.identity, connack_timeout_s=10)
         except (TimeoutError, OSError, ConnectionError, asyncio.IncompleteReadError) as exc:
             d.error = f"{type(exc).__name__}: {exc}"
             return
         d.writer = writer
-        d.reader_task = asyncio.ensure_future(self._read_acks(d, reader))
-        d.ping_task = asyncio.ensure_future(self._keep_alive(d))
+        d.reader_task = asyncio.ensure_future(read_packets(d, reader, lambda buf, _at: self._count_acks(d, buf)))
+        d.ping_task = asyncio.ensure_future(keep_alive(d))
 
     @staticmethod
-    async def _keep_alive(d: _Device) -> None:
-        """PINGREQ now and then: between stages a device may be silent for longer than its keepalive."""
-        while not d.error:
-            await asyncio.sleep(KEEPALIVE_S / 2)
-            d.writer.write(b"\xc0\x00")
-
-    async def _read_acks(self, d: _Device, reader: asyncio.StreamReader) -> None:
+    def _count_acks(d: _Device, buf: bytes) -> int:
         """Count PUBACKs (4 bytes each); anything else the broker sends here is a PINGRESP."""
-        buf = b""
-        try:
-            while True:
-                chunk = await reader.read(65536)
-                if not chunk:
-                    d.error = d.error or "connection closed by the broker"
-                    return
-                buf += chunk
-                i, n = 0, len(buf)
-                while n - i >= 2:
-                    kind, size = buf[i], buf[i + 1]  # PUBACK / PINGRESP: remaining length < 128
-                    if n - i < 2 + size:
-                        break
-                    if kind == 0x40:
-                        d.acked += 1
-                    i += 2 + size
-                buf = buf[i:]
-        except (OSError, asyncio.IncompleteReadError) as exc:
-            d.error = f"{type(exc).__name__}: {exc}"
+        i, n = 0, len(buf)
+        while n - i >= 2:
+            kind, size = buf[i], buf[i + 1]  # PUBACK / PINGRESP: remaining length < 128
+            if n - i < 2 + size:
+                break
+            if kind == 0x40:
+                d.acked += 1
+            i += 2 + size
+        return i
 
     # -- load ----------------------------------------------------------------------------------
 

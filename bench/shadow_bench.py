@@ -5,8 +5,7 @@
 
 Simulated devices are real mTLS MQTT clients (registered through devtools enrollment, ids
 ``shb-NNNNN``, kept under var/bench/shadow-devices/ so a rerun reuses them), all in one asyncio
-process (the framing of bench/mqtt_driver.py plus SUBSCRIBE and incoming PUBLISHes), each
-subscribed at QoS 0 to ``devices/{id}/shadow/#``.
+process (bench/mqtt_devices.py), each subscribed at QoS 0 to ``devices/{id}/shadow/#``.
 
 1. **desired -> delta**: ``--delta-samples`` PATCHes of ``/v1/devices/{id}/shadow`` (operator API
    key, no If-Match) at ``--delta-rate``/s over 20 devices; latency = from sending the PATCH
@@ -38,8 +37,6 @@ import asyncio
 import datetime as dt
 import json
 import os
-import ssl
-import struct
 import sys
 import threading
 import time
@@ -52,9 +49,12 @@ sys.path.insert(0, str(PROJECT_ROOT / "bench"))
 
 import baseline  # noqa: E402 - after the sys.path set-up above
 import httpx  # noqa: E402 - after the sys.path set-up above
+import results  # noqa: E402 - after the sys.path set-up above
 from baseline import percentile  # noqa: E402 - after the sys.path set-up above
 from e2e_bench import component_pids, cpu_snapshot, ensure_job, ensure_telemetry_job  # noqa: E402 - after the sys.path set-up above
-from mqtt_driver import AsyncDriver, _utf8, _varint, connect_packet, publish_packet  # noqa: E402 - after the sys.path set-up above
+from mqtt_devices import Device, DeviceFleet  # noqa: E402 - after the sys.path set-up above
+from mqtt_driver import AsyncDriver, _utf8  # noqa: E402 - after the sys.path set-up above
+from results import fmt  # noqa: E402 - after the sys.path set-up above
 
 from devtools.enrollment import RegistryEnrollment  # noqa: E402 - after the sys.path set-up above
 from fleet.config import Settings  # noqa: E402 - after the sys.path set-up above
@@ -70,26 +70,20 @@ def now_ns() -> int:
     return time.perf_counter_ns()
 
 
-class Dev:
+class Dev(Device):
+    """A device of the bench (bench/mqtt_devices.py): the shadow updates it publishes, the verdicts
+    and deltas it reads."""
+
     def __init__(self, identity):
-        self.identity = identity
-        self.id = identity.device_id
+        super().__init__(identity)
         self.topic = _utf8(f"devices/{self.id}/shadow/update")
         self.prefix = f"devices/{self.id}/shadow/"
-        self.writer: asyncio.StreamWriter | None = None
-        self.next_id = 1
         self.seq = 0
-        self.sent = self.acked = self.accepted = self.rejected = 0
+        self.accepted = self.rejected = 0
         self.deltas: dict[int, int] = {}  # version -> arrival (perf_counter ns)
-        self.subscribed = asyncio.Event()
-        self.error: str | None = None
-        self.tasks: list[asyncio.Task] = []
 
-    def packet(self, payload: bytes) -> bytes:
-        p = publish_packet(self.topic, self.next_id, payload)
-        self.next_id = self.next_id % 65535 + 1
-        self.sent += 1
-        return p
+    def update_packet(self, seq: int) -> bytes:
+        return self.packet(self.topic, update_payload(seq))
 
 
 def update_payload(seq: int) -> bytes:
@@ -99,112 +93,29 @@ def update_payload(seq: int) -> bytes:
             % (seq, 20 + (seq % 50) / 10, 40 + seq % 20, seq * 30, seq))
 
 
-class ShadowDriver:
-    """Devices that publish shadow updates and read what the platform sends them."""
+def on_shadow_message(d: Dev, topic: str, payload: bytes, at: int) -> None:
+    suffix = topic[len(d.prefix):]
+    if suffix == "accepted":
+        d.accepted += 1
+    elif suffix == "rejected":
+        d.rejected += 1
+    elif suffix == "delta":
+        d.deltas.setdefault(json.loads(payload).get("version"), at)
+
+
+class ShadowDriver(DeviceFleet):
+    """Devices that publish shadow updates and read what the platform sends them (``devices/{id}/shadow/#``
+    at QoS 0); no online status (the shadow job does not read it)."""
 
     def __init__(self, settings: Settings, identities):
-        self.settings = settings
-        self.devs = [Dev(i) for i in identities]
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, name="shadow-driver", daemon=True)
-
-    def call(self, coro, timeout: float | None = None):
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
-
-    def start(self) -> None:
-        self.thread.start()
-        self.call(self._connect_all(), timeout=120)
-
-    async def _connect_all(self) -> None:
-        sem = asyncio.Semaphore(20)
-
-        async def one(d: Dev) -> None:
-            async with sem:
-                await self._connect(d)
-
-        await asyncio.gather(*(one(d) for d in self.devs))
-        bad = [d for d in self.devs if d.error]
-        if bad:
-            raise SystemExit(f"{len(bad)} devices could not connect/subscribe, e.g. {bad[0].id}: {bad[0].error}")
-
-    async def _connect(self, d: Dev) -> None:
-        s, ident = self.settings, d.identity
-        ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(ident.ca_path))
-        ctx.load_cert_chain(str(ident.cert_path), str(ident.key_path))
-        try:
-            reader, writer = await asyncio.open_connection(s.mqtt_host, s.mqtt_device_port, ssl=ctx,
-                                                           server_hostname=s.mqtt_host)
-            writer.write(connect_packet(d.id))
-            connack = await asyncio.wait_for(reader.readexactly(4), 10)
-            if connack[0] != 0x20 or connack[3] != 0:
-                raise ConnectionError(f"CONNACK refused: {connack.hex()}")
-            d.writer = writer
-            d.tasks.append(asyncio.ensure_future(self._read(d, reader)))
-            body = struct.pack("!H", 1) + _utf8(f"devices/{d.id}/shadow/#") + b"\x00"
-            writer.write(b"\x82" + _varint(len(body)) + body)
-            await asyncio.wait_for(d.subscribed.wait(), 10)
-            d.tasks.append(asyncio.ensure_future(self._keep_alive(d)))
-        except (TimeoutError, OSError, ConnectionError, asyncio.IncompleteReadError) as exc:
-            d.error = f"{type(exc).__name__}: {exc}"
-
-    @staticmethod
-    async def _keep_alive(d: Dev) -> None:
-        while not d.error:
-            await asyncio.sleep(30)
-            d.writer.write(b"\xc0\x00")
-
-    @staticmethod
-    async def _read(d: Dev, reader: asyncio.StreamReader) -> None:
-        buf = b""
-        try:
-            while True:
-                chunk = await reader.read(65536)
-                if not chunk:
-                    d.error = d.error or "connection closed by the broker"
-                    return
-                at = now_ns()
-                buf += chunk
-                i, n = 0, len(buf)
-                while n - i >= 2:
-                    kind = buf[i]
-                    length, mult, j = 0, 1, i + 1
-                    while j < n:
-                        b = buf[j]
-                        length += (b & 0x7F) * mult
-                        mult <<= 7
-                        j += 1
-                        if not b & 0x80:
-                            break
-                    else:
-                        break
-                    if n - j < length:
-                        break
-                    body = buf[j:j + length]
-                    i = j + length
-                    t = kind & 0xF0
-                    if t == 0x40:
-                        d.acked += 1
-                    elif t == 0x90:
-                        d.subscribed.set()
-                    elif t == 0x30:  # QoS 0 (we subscribed at 0)
-                        tl = struct.unpack("!H", body[:2])[0]
-                        suffix = body[2:2 + tl].decode()[len(d.prefix):]
-                        if suffix == "accepted":
-                            d.accepted += 1
-                        elif suffix == "rejected":
-                            d.rejected += 1
-                        elif suffix == "delta":
-                            v = json.loads(body[2 + tl:]).get("version")
-                            d.deltas.setdefault(v, at)
-                buf = buf[i:]
-        except (OSError, asyncio.IncompleteReadError) as exc:
-            d.error = f"{type(exc).__name__}: {exc}"
+        super().__init__(settings, identities, ["devices/{id}/shadow/#"], on_shadow_message, online_status=False,
+                         connect_concurrency=20, device_class=Dev)
 
     def publish_one(self, d: Dev) -> int:
         """One update from ``d`` now (from any thread); returns its seq."""
         d.seq += 1
         seq = d.seq
-        self.loop.call_soon_threadsafe(lambda: d.writer.write(d.packet(update_payload(seq))))
+        self.call_soon(lambda: d.writer.write(d.update_packet(seq)))
         return seq
 
     def load(self, devs: list[Dev], rate: float, seconds: float) -> int:
@@ -221,29 +132,13 @@ class ShadowDriver:
                 rr += 1
                 d = devs[k]
                 d.seq += 1
-                pending.setdefault(k, []).append(d.packet(update_payload(d.seq)))
+                pending.setdefault(k, []).append(d.update_packet(d.seq))
             sent += max(due, 0)
             for k, packets in pending.items():
                 devs[k].writer.write(b"".join(packets))
             pending.clear()
             await asyncio.sleep(TICK_S)
         return sent
-
-    def stop(self) -> None:
-        async def close() -> None:
-            for d in self.devs:
-                if d.writer is not None:
-                    d.writer.write(b"\xe0\x00")
-                    d.writer.close()
-                for t in d.tasks:
-                    t.cancel()
-            await asyncio.sleep(0.1)
-
-        try:
-            self.call(close(), timeout=10)
-        finally:
-            self.loop.call_soon_threadsafe(self.loop.stop)
-            self.thread.join(10)
 
 
 # -- 1. desired -> delta -------------------------------------------------------------------------
@@ -343,7 +238,7 @@ class Probes:
 
 
 def counts(devs: list[Dev]) -> tuple[int, int, int, int]:
-    return (sum(d.sent for d in devs), sum(d.acked for d in devs), sum(d.accepted for d in devs),
+    return (sum(d.published for d in devs), sum(d.acked for d in devs), sum(d.accepted for d in devs),
             sum(d.rejected for d in devs))
 
 
@@ -448,12 +343,12 @@ def main(argv: list[str] | None = None) -> int:
                     "baseline": base, "stages": []}
     try:
         progress(f"connecting {len(identities)} devices ...")
-        driver.start()
+        driver.start(timeout=120)
         if tele:
             tele.start()
-        load = driver.devs[:a.devices]
-        delta_devs = driver.devs[a.devices:a.devices + DELTA_DEVICES]
-        probe_devs = driver.devs[a.devices + DELTA_DEVICES:]
+        load = driver.devices[:a.devices]
+        delta_devs = driver.devices[a.devices:a.devices + DELTA_DEVICES]
+        probe_devs = driver.devices[a.devices + DELTA_DEVICES:]
         probes = Probes(driver, probe_devs, api)
 
         if a.warmup_max_s > 0:
@@ -500,17 +395,8 @@ def main(argv: list[str] | None = None) -> int:
         api.close()
     result["seconds"] = round(time.monotonic() - started, 1)
     print_report(result)
-    stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S")
-    out = bench_dir / f"shadow-{stamp}.json"
-    out.write_text(json.dumps(result, indent=2, default=str))
-    with open(bench_dir / "shadow.jsonl", "a") as fh:
-        fh.write(json.dumps(result, default=str) + "\n")
-    print(f"results in {out} (and appended to {bench_dir / 'shadow.jsonl'})")
+    results.save(result, bench_dir, "shadow")
     return 0
-
-
-def fmt(v, spec: str = ",.0f") -> str:
-    return "-" if v is None else format(v, spec)
 
 
 def print_report(res: dict, out=sys.stdout) -> None:
@@ -541,10 +427,8 @@ def print_report(res: dict, out=sys.stdout) -> None:
     held = [s["offered"] for s in res["stages"] if s["holds"]]
     out.write(f"highest rate that held (every verdict, drain <= 2 s, API p99 < target): "
               f"{fmt(max(held)) if held else 'none'} updates/s\n")
-    w = res.get("warmup")
-    if w:
-        out.write(f"Warm-up: {'stable' if w['stable'] else 'NOT stable'} after {w['seconds']:.0f} s "
-                  f"({len(w['windows'])} windows); {w['since_process_start_s']:.0f} s after this process started\n")
+    if res.get("warmup"):
+        out.write(results.warmup_line(res["warmup"]))
 
 
 if __name__ == "__main__":
