@@ -181,11 +181,18 @@ def round_trip_stage(api_url: str, key: str, fleet: DeviceFleet, devs: list[Devi
 # -- 2. bulk -------------------------------------------------------------------------------------
 
 
-def bulk_stage(api: httpx.Client, responder: Responder, devs: list[Device], pids: dict, timeout: float) -> dict:
+def bulk_target(ids: list[str], enrolled_in_group: int) -> dict:
+    """The group (a registry filter, as an operator would) when every device in it takes part;
+    else the ids, so devices of an earlier, larger run that are not connected now are not targeted."""
+    return {"group": BULK_GROUP} if len(ids) >= enrolled_in_group else {"device_ids": ids}
+
+
+def bulk_stage(api: httpx.Client, responder: Responder, devs: list[Device], pids: dict, timeout: float,
+               target: dict) -> dict:
     ids = {d.id for d in devs}
     cpu0, load0 = cpu_snapshot(pids), os.getloadavg()[0]
     arrived_before = set(responder.arrived)
-    body = {"name": COMMAND, "params": {"bulk": True}, "timeout_s": 60, "ttl_s": 600, "target": {"group": BULK_GROUP}}
+    body = {"name": COMMAND, "params": {"bulk": True}, "timeout_s": 60, "ttl_s": 600, "target": target}
     t0 = time.monotonic()
     t0_ns = time.perf_counter_ns()
     r = api.post("/v1/command-batches", json=body)
@@ -308,7 +315,9 @@ def main(argv: list[str] | None = None) -> int:
         bulk_devs = fleet.devices[len(rt_ids):]
         if bulk_devs:
             progress(f"2. bulk command to {len(bulk_devs):,} devices (group {BULK_GROUP}) ...")
-            result["bulk"] = bulk_stage(api, responder, bulk_devs, pids, a.bulk_timeout)
+            enrolled = sum(1 for p in (dev_dir / "bulk").iterdir() if p.is_dir())
+            target = bulk_target([d.id for d in bulk_devs], enrolled)
+            result["bulk"] = bulk_stage(api, responder, bulk_devs, pids, a.bulk_timeout, target)
             progress(f"   {json.dumps(result['bulk'])}")
         result["redeliveries"] = responder.duplicates
         result["malformed"] = responder.bad
