@@ -121,7 +121,7 @@ def get_shadow(principal: Viewer, device: VisibleDevice, shadows: Shadows, setti
         doc = shadows.document(device.device_id, name)
     if doc is None:
         raise _not_found(device.device_id, name)
-    return _document(response, ShadowOut.of(doc))
+    return _document(response, ShadowOut.of(doc, shadows.connectivity([device.device_id]).get(device.device_id)))
 
 
 def _not_found(device_id: str, name: str) -> HTTPException:

@@ -42,10 +42,16 @@ class ShadowOut(ResponseModel):
     metadata: dict[str, Any] = Field(description="per section, the tree of the state with each leaf's last "
                                                  "change time (epoch ms)")
     updated_at: int | None = Field(None, description="epoch ms of the last accepted change")
+    connectivity: ConnectivityOut | None = Field(
+        None, description="GET only: the device's connection as its status and last-will messages tell it "
+                          "(also on GET /v1/devices/{id}); null when never seen")
 
     @classmethod
-    def of(cls, doc: ShadowDocument) -> ShadowOut:
-        return cls.of_json(doc.to_json())
+    def of(cls, doc: ShadowDocument, connectivity: Connectivity | None = None) -> ShadowOut:
+        out = cls.of_json(doc.to_json())
+        if connectivity is not None:
+            out.connectivity = ConnectivityOut.of(connectivity)
+        return out
 
     @classmethod
     def of_json(cls, doc: dict[str, Any]) -> ShadowOut:
@@ -132,3 +138,6 @@ class ConnectivityOut(ResponseModel):
 
 def _time(ms: int | None) -> dt.datetime | None:
     return None if ms is None else dt.datetime.fromtimestamp(ms / 1000, dt.UTC)
+
+
+ShadowOut.model_rebuild()  # ConnectivityOut is defined after it

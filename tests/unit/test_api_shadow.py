@@ -327,6 +327,16 @@ def test_get_the_document_with_its_etag_and_404_before_the_first_write(world):
     assert (r.status_code, r.headers["ETag"], r.json()["state"]["desired"]) == (200, '"1"', {"a": 1})
     r = world.client.get("/v1/devices/d1-a/shadow", params={"name": "cfg"})
     assert (r.json()["name"], r.json()["state"]["delta"]) == ("cfg", {"b": 2})
+    assert r.json()["connectivity"] is None  # never heard from
+
+
+def test_the_shadow_carries_the_devices_connectivity(world):
+    world.principal = ADMIN
+    patch(world, {"a": 1})
+    world.shadows.connected["d1-a"] = Connectivity("d1-a", False, None, T0, "connection_lost", "1.4.1")
+    doc = world.client.get("/v1/devices/d1-a/shadow").json()
+    assert doc["connectivity"] == {"connected": False, "connected_since": None, "last_seen": "2024-05-31T12:00:00Z",
+                                   "disconnect_reason": "connection_lost", "firmware_version": "1.4.1"}
 
 
 def test_get_waits_for_min_version(world):
@@ -533,13 +543,13 @@ def _requests(producer, consumer, timeout=1.0):
 
 def test_the_verdict_resolves_the_waiting_request():
     producer, consumer = FakeProducer(), FakeConsumer()
-    requests = _requests(producer, consumer)
+    requests = _requests(producer, consumer, timeout=10.0)  # a bound for a loaded machine, not a wait
 
     async def run():
         record = _record()
         # The job answers as soon as the record is produced (from its own thread).
         threading.Timer(0.05, lambda: consumer.inbox.put(_verdict(record, version=1, document={"version": 1}))).start()
-        return record, await requests.submit(record, 1.0)
+        return record, await requests.submit(record, 10.0)
 
     try:
         record, outcome = asyncio.run(run())
