@@ -29,10 +29,17 @@ States (the issue's lifecycle; ThingsBoard's DELIVERED is our IN_PROGRESS)::
   after SUCCEEDED/FAILED/REJECTED is ``conflicting_result``. A result without an ack is accepted.
 * A command record delivered twice (same id, same body) is ``duplicate``; same id, other body is
   rejected (``command_id_conflict``).
+* A final command is kept whole for ``keep_final_ms`` (late and repeated results), then only as an
+  ``Ended`` (a fingerprint of its request, its final state and time) for ``REMEMBER_ENDED_MS``, at most
+  ``MAX_ENDED`` per device: enough to answer a repeated submission or a late cancel, and small, since
+  the job reads and writes a device's whole state on every record (measured: a device's state of 24 h
+  of whole final commands made each record cost in proportion to its history). A result for an
+  ``Ended`` command is a ``duplicate`` (nothing changes; the command's row keeps its end).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import re
@@ -156,6 +163,30 @@ class Command:
                 self.batch_id) == (req.device_id, req.name, req.params, req.timeout_ms, req.created_at + req.ttl_ms,
                                    req.created_by, req.batch_id)
 
+    def fingerprint(self) -> str:
+        return _fingerprint(self.device_id, self.name, self.params, self.timeout_ms, self.expires_at, self.created_by,
+                            self.batch_id)
+
+
+def request_fingerprint(req: CommandRequest) -> str:
+    """What ``same_request`` compares, as a short hash (an ``Ended`` command keeps only this)."""
+    return _fingerprint(req.device_id, req.name, req.params, req.timeout_ms, req.created_at + req.ttl_ms,
+                        req.created_by, req.batch_id)
+
+
+def _fingerprint(*fields: Any) -> str:
+    canonical = json.dumps(fields, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(canonical.encode()).hexdigest()[:32]
+
+
+@dataclass(frozen=True, slots=True)
+class Ended:
+    """What stays of a final command once its whole record is pruned (see the module docstring)."""
+
+    fingerprint: str
+    state: State
+    updated_at: int
+
 
 @dataclass(frozen=True, slots=True)
 class DeviceCommands:
@@ -165,6 +196,7 @@ class DeviceCommands:
     online: bool = False
     commands: dict[str, Command] = field(default_factory=dict)
     next_seq: int = 0
+    ended: dict[str, Ended] = field(default_factory=dict)  # final commands past keep_final_ms, by id
 
     def pending(self) -> list[Command]:
         return sorted((c for c in self.commands.values() if not c.state.final), key=lambda c: c.seq)
@@ -272,6 +304,10 @@ def submit(state: DeviceCommands, req: CommandRequest, rules: CommandRules = Com
         if existing.same_request(req):
             return Step(state, outcome=Outcome.DUPLICATE)
         return CommandRejected(COMMAND_ID_CONFLICT, f"command {req.command_id} exists with another body")
+    if (ended := state.ended.get(req.command_id)) is not None:
+        if ended.fingerprint == request_fingerprint(req):
+            return Step(state, outcome=Outcome.DUPLICATE)
+        return CommandRejected(COMMAND_ID_CONFLICT, f"command {req.command_id} exists with another body")
     if (bad := validate(req, rules)) is not None:
         return bad
     if len(state.pending()) >= rules.max_pending_per_device:
@@ -326,7 +362,7 @@ def on_ack(state: DeviceCommands, command_id: str, now: int) -> Step:
     """The device confirmed receipt (``{"status": "IN_PROGRESS"}``)."""
     cmd = state.commands.get(command_id)
     if cmd is None:
-        return Step(state, outcome=Outcome.UNKNOWN_COMMAND)
+        return Step(state, outcome=Outcome.IGNORED if command_id in state.ended else Outcome.UNKNOWN_COMMAND)
     if cmd.state is State.QUEUED:
         # Re-queued after a disconnect, but the device had it: it is running, don't send it again.
         cmd, t0 = transition(cmd, State.SENT, now, "device acknowledged a re-queued command")
@@ -349,7 +385,7 @@ def on_result(state: DeviceCommands, command_id: str, status: State, now: int,
         raise ValueError(f"{status} is not a device result")
     cmd = state.commands.get(command_id)
     if cmd is None:
-        return Step(state, outcome=Outcome.UNKNOWN_COMMAND)
+        return Step(state, outcome=Outcome.DUPLICATE if command_id in state.ended else Outcome.UNKNOWN_COMMAND)
     if cmd.state.final:
         if cmd.state in _ENDED_BY_PLATFORM:
             late = {"status": status.value, "result": result, "error": error, "ts": now}
@@ -370,7 +406,7 @@ def on_result(state: DeviceCommands, command_id: str, status: State, now: int,
 def cancel(state: DeviceCommands, command_id: str, by: str, now: int) -> Step:
     cmd = state.commands.get(command_id)
     if cmd is None:
-        return Step(state, outcome=Outcome.UNKNOWN_COMMAND)
+        return Step(state, outcome=Outcome.NOT_CANCELABLE if command_id in state.ended else Outcome.UNKNOWN_COMMAND)
     if cmd.state.final:
         return Step(state, outcome=Outcome.NOT_CANCELABLE)
     cmd, t = transition(cmd, State.CANCELED, now, f"canceled by {by}")
@@ -399,10 +435,31 @@ def next_timer(state: DeviceCommands) -> int | None:
     return min((t for t in times if t is not None), default=None)
 
 
+# How long, and how many, ended commands a device remembers (a repeated submission, a late cancel).
+REMEMBER_ENDED_MS = 24 * 3_600_000
+MAX_ENDED = 1_000
+
+
 def prune(state: DeviceCommands, now: int, keep_final_ms: int) -> DeviceCommands:
-    """Forget final commands that ended more than ``keep_final_ms`` ago (results after that are unknown)."""
-    kept = {k: c for k, c in state.commands.items() if not c.state.final or c.updated_at + keep_final_ms > now}
-    return replace(state, commands=kept) if len(kept) != len(state.commands) else state
+    """Final commands that ended ``keep_final_ms`` ago become ``Ended``; ``Ended`` ones older than
+    ``REMEMBER_ENDED_MS`` (or past the newest ``MAX_ENDED``) are forgotten: then unknown."""
+    old = [c for c in state.commands.values() if c.state.final and c.updated_at + keep_final_ms <= now]
+    stale = [k for k, e in state.ended.items() if e.updated_at + REMEMBER_ENDED_MS <= now]
+    if not old and not stale and len(state.ended) <= MAX_ENDED:
+        return state
+    ended = {k: e for k, e in state.ended.items() if e.updated_at + REMEMBER_ENDED_MS > now}
+    ended.update((c.command_id, Ended(c.fingerprint(), c.state, c.updated_at)) for c in old)
+    if len(ended) > MAX_ENDED:
+        ended = dict(sorted(ended.items(), key=lambda kv: kv[1].updated_at)[-MAX_ENDED:])
+    gone = {c.command_id for c in old}
+    return replace(state, commands={k: c for k, c in state.commands.items() if k not in gone}, ended=ended)
+
+
+def next_prune(state: DeviceCommands, keep_final_ms: int) -> int | None:
+    """When ``prune`` would next change the state (a timer, so an idle device's state shrinks too)."""
+    times = [c.updated_at + keep_final_ms for c in state.commands.values() if c.state.final]
+    times += [e.updated_at + REMEMBER_ENDED_MS for e in state.ended.values()]
+    return min(times, default=None)
 
 
 # --- encoding (what the job stores) ------------------------------------------------------------
@@ -432,12 +489,15 @@ def _command(raw: dict[str, Any]) -> Command:
 
 
 def encode(state: DeviceCommands) -> str:
-    return json.dumps({"device_id": state.device_id, "online": state.online, "next_seq": state.next_seq,
-                       "commands": [command_json(c) for c in sorted(state.commands.values(), key=lambda c: c.seq)]},
-                      separators=(",", ":"), ensure_ascii=False)
+    doc: dict[str, Any] = {"device_id": state.device_id, "online": state.online, "next_seq": state.next_seq,
+                           "commands": [command_json(c) for c in sorted(state.commands.values(), key=lambda c: c.seq)]}
+    if state.ended:  # absent when empty: the encoding of a state without any stays as it was
+        doc["ended"] = {k: [e.fingerprint, e.state.value, e.updated_at] for k, e in state.ended.items()}
+    return json.dumps(doc, separators=(",", ":"), ensure_ascii=False)
 
 
 def decode(text: str | bytes) -> DeviceCommands:
     raw = json.loads(text)
     commands = {c["command_id"]: _command(c) for c in raw["commands"]}
-    return DeviceCommands(raw["device_id"], raw["online"], commands, raw["next_seq"])
+    ended = {k: Ended(fp, State(st), ts) for k, (fp, st, ts) in raw.get("ended", {}).items()}
+    return DeviceCommands(raw["device_id"], raw["online"], commands, raw["next_seq"], ended)

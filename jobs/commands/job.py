@@ -31,7 +31,8 @@ def parse_args(argv: list[str]) -> JobOptions:
     p.add_argument("--parallelism", type=int, default=d.parallelism)
     p.add_argument("--group-id", default=d.group_id)
     p.add_argument("--keep-final-ms", type=int, default=d.keep_final_ms,
-                   help="how long final commands stay in the job's state (repeated and late results)")
+                   help="how long final commands stay whole in the job's state (late results); "
+                        "then only their fingerprint, for 24 h")
     p.add_argument("--cassandra-max-in-flight", type=int, default=d.cassandra_max_in_flight)
     p.add_argument("--cassandra-dc", default=d.cassandra_dc)
     p.add_argument("--no-cassandra", dest="cassandra", action="store_false")

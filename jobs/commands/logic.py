@@ -52,7 +52,7 @@ REFUSED = "REFUSED"
 SUBMIT = "submit"
 CANCEL = "cancel"
 DEFAULT_RULES = dom.CommandRules()  # frozen
-DEFAULT_KEEP_FINAL_MS = 24 * 3_600_000
+DEFAULT_KEEP_FINAL_MS = 5 * 60_000  # whole final commands; then fleet.commands.domain.Ended
 _RESULT_STATUSES = {"IN_PROGRESS", *(s.value for s in dom.RESULT_STATES)}
 
 
@@ -115,9 +115,8 @@ def command_write_ts(cmd: dom.Command) -> int:
 
 
 def wake_at(state: dom.DeviceCommands, keep_final_ms: int) -> int | None:
-    """The earliest of the domain's next timer and the time the oldest final command is pruned."""
-    times = [t for t in (dom.next_timer(state),) if t is not None]
-    times += [c.updated_at + keep_final_ms for c in state.commands.values() if c.state.final]
+    """The earliest of the domain's next timer and the next time ``prune`` changes the state."""
+    times = [t for t in (dom.next_timer(state), dom.next_prune(state, keep_final_ms)) if t is not None]
     return min(times, default=None)
 
 

@@ -8,7 +8,7 @@ device (one Kafka partition each):
 d-1  a command (timeout 1 s) submitted while offline is QUEUED, sent when the device connects, never
      answered: TIMED_OUT by the timer during the pause; the result after it is kept as late_result.
 d-2  online: sent at once, acknowledged (IN_PROGRESS), SUCCEEDED with its result.
-d-3  offline: one with a 1 s TTL EXPIRES during the pause and is never sent; one is canceled; one
+d-3  offline: one with a 2 s TTL EXPIRES during the pause and is never sent; one is canceled; one
      waits and is sent when the device connects after the pause.
 d-4  two commands queued while offline go out in submission order on connect.
 d-5  online, one device's part of a bulk command (batch_id b-1): its batch member row follows its state.
@@ -65,7 +65,7 @@ RECORDS = [
     status("d-5", True),
     submit("d-5", "c8", batch_id="b-1"),
     result("d-5", "c8", "SUCCEEDED", result={"v": 8}),
-    submit("d-3", "c3", ttl_ms=1_000),
+    submit("d-3", "c3", ttl_ms=2_000),
     submit("d-3", "c4"),
     submit("d-3", "c5"),
     cancel("d-3", "c4"),
@@ -74,7 +74,7 @@ RECORDS = [
     status("d-4", True),
     "{oops",
     result("d-2", "ghost", "SUCCEEDED"),
-    PAUSE,  # 2.5 s without a record: c1 times out, c3 expires
+    PAUSE,  # 3.5 s without a record: c1 times out, c3 expires (margins for a loaded machine)
     result("d-1", "c1", "SUCCEEDED", result={"late": True}),
     status("d-3", True),
 ]
@@ -102,7 +102,7 @@ def out(tmp_path_factory):
             import time as t
 
             if value == PAUSE:
-                t.sleep(2.5)
+                t.sleep(3.5)
                 return
             if value.startswith("{\"op\":\"submit\""):
                 record = j.loads(value)

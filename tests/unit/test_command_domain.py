@@ -245,13 +245,36 @@ def test_one_hanging_command_never_blocks_the_next():
     assert states(state) == {"slow": S.SENT, "fast": S.SUCCEEDED}
 
 
-def test_prune_forgets_old_final_commands():
-    state = submit(fresh(online=True), req("a"), req("b"))
-    state = dom.on_result(state, "a", S.SUCCEEDED, T0 + 10).state
+def test_prune_compacts_old_final_commands_then_forgets_them():
+    state = submit(fresh(online=True), req("a", params={"big": "x" * 1000}), req("b"))
+    state = dom.on_result(state, "a", S.SUCCEEDED, T0 + 10, {"out": "y" * 1000}).state
     assert dom.prune(state, T0 + 100, 1_000) is state
+    assert dom.next_prune(state, 1_000) == T0 + 1_010
     pruned = dom.prune(state, T0 + 1_010, 1_000)
-    assert set(pruned.commands) == {"b"}
-    assert dom.on_result(pruned, "a", S.SUCCEEDED, T0 + 2_000).outcome is dom.Outcome.UNKNOWN_COMMAND
+    assert set(pruned.commands) == {"b"} and set(pruned.ended) == {"a"}
+    assert len(dom.encode(pruned)) < len(dom.encode(state)) - 1_500  # params, result, history are gone
+    assert dom.decode(dom.encode(pruned)) == pruned
+    # What an Ended command still answers: a repeated submission, another body, a late result, a cancel.
+    assert dom.submit(pruned, req("a", params={"big": "x" * 1000})).outcome is dom.Outcome.DUPLICATE
+    assert dom.submit(pruned, req("a", params={"other": 1})).code == dom.COMMAND_ID_CONFLICT
+    assert dom.on_result(pruned, "a", S.FAILED, T0 + 2_000).outcome is dom.Outcome.DUPLICATE
+    assert dom.on_ack(pruned, "a", T0 + 2_000).outcome is dom.Outcome.IGNORED
+    assert dom.cancel(pruned, "a", "ops", T0 + 2_000).outcome is dom.Outcome.NOT_CANCELABLE
+    assert dom.next_prune(pruned, 1_000) == T0 + 10 + dom.REMEMBER_ENDED_MS
+    forgotten = dom.prune(pruned, T0 + 10 + dom.REMEMBER_ENDED_MS, 1_000)
+    assert forgotten.ended == {} and set(forgotten.commands) == {"b"}
+    assert dom.on_result(forgotten, "a", S.SUCCEEDED, T0 + 2_000).outcome is dom.Outcome.UNKNOWN_COMMAND
+
+
+def test_a_device_remembers_at_most_max_ended_commands_the_newest():
+    state = fresh(online=True)
+    n = dom.MAX_ENDED + 5
+    for i in range(n):
+        state = dom.submit(state, req(f"c{i}", at=T0 + i)).state
+        state = dom.on_result(state, f"c{i}", S.SUCCEEDED, T0 + i).state
+    pruned = dom.prune(state, T0 + n + 1_000, 1_000)
+    assert len(pruned.ended) == dom.MAX_ENDED and "c0" not in pruned.ended and f"c{n - 1}" in pruned.ended
+    assert pruned.commands == {}
 
 
 def test_encoding_round_trips():

@@ -96,7 +96,13 @@ def test_the_deadline_fires_timed_out_and_a_late_result_is_kept():
     assert row["state"] == "TIMED_OUT" and json.loads(row["command"])["late_result"]["result"] == {"v": 1}
     assert row["write_ts"] > of(timed, logic.COMMAND)[0]["write_ts"]
     pruned = fire("d-1", T0 + 2_000 + logic.DEFAULT_KEEP_FINAL_MS, cell)
-    assert pruned.wake_at is None and dom.decode(cell.value).commands == {}
+    state = dom.decode(cell.value)
+    assert state.commands == {} and state.ended["c-1"].state is dom.State.TIMED_OUT
+    assert pruned.wake_at == T0 + 2_000 + dom.REMEMBER_ENDED_MS  # then it is forgotten too
+    again = handle("d-1", result(status="SUCCEEDED", result={"v": 1}), T0 + 2_000 + logic.DEFAULT_KEEP_FINAL_MS + 1, cell)
+    assert again.outputs == []  # a repeat of a compacted command: nothing, not a dead letter
+    forgotten = fire("d-1", T0 + 2_000 + dom.REMEMBER_ENDED_MS, cell)
+    assert forgotten.wake_at is None and dom.decode(cell.value).ended == {}
 
 
 def test_queued_past_its_ttl_expires_by_timer_and_is_never_sent():
