@@ -78,7 +78,8 @@ def _now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
 
-def _write_private(path: Path, data: bytes) -> None:
+def write_private(path: Path, data: bytes) -> None:
+    """Write a secret (a private key): the file 0600, a directory made for it 0700."""
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "wb") as fh:
@@ -251,7 +252,7 @@ class LocalPKI:
                 sans = [x509.DNSName(h) for h in hostnames] + [x509.IPAddress(ipaddress.ip_address(i)) for i in ips]
                 cert = self._issue(key.public_key(), "fleet-broker", server=True, sans=sans,
                                    days=self.validity_days)
-                _write_private(self.broker_key_path, _key_pem(key))
+                write_private(self.broker_key_path, _key_pem(key))
                 self.broker_cert_path.write_bytes(_cert_pem(cert))
             for name in CA_NAMES:
                 if not self.ca(name).crl_path.exists() or not self.canary_paths(name)[0].exists():
@@ -267,8 +268,8 @@ class LocalPKI:
                                   x509.NameAttribute(NameOID.COMMON_NAME, "Fleet Issuing CA")])
         issuing = self._ca_cert(issuing_name, root_name, issuing_key.public_key(), root_key, days=1825,
                                 path_len=0, issuer_key_id=root_key.public_key())
-        _write_private(self.dir / "root-ca.key", _key_pem(root_key))
-        _write_private(self.dir / "issuing-ca.key", _key_pem(issuing_key))
+        write_private(self.dir / "root-ca.key", _key_pem(root_key))
+        write_private(self.dir / "issuing-ca.key", _key_pem(issuing_key))
         self.root_cert_path.write_bytes(_cert_pem(root))
         self.issuing_cert_path.write_bytes(_cert_pem(issuing))
         self.ca_chain_path.write_bytes(_cert_pem(issuing) + _cert_pem(root))
@@ -279,7 +280,7 @@ class LocalPKI:
                              x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
         cert = self._ca_cert(subject, subject, key.public_key(), key, days=3650, path_len=0)
         files = self.ca(name)
-        _write_private(files.key_path, _key_pem(key))
+        write_private(files.key_path, _key_pem(key))
         files.cert_path.write_bytes(_cert_pem(cert))
 
     @staticmethod
@@ -383,7 +384,7 @@ class LocalPKI:
             if not (cert_path.exists() and key_path.exists() and self._issued_by(cert_path, "services")):
                 key = ec.generate_private_key(ec.SECP256R1())
                 cert = self._issue(key.public_key(), name, ca="services")
-                _write_private(key_path, _key_pem(key))
+                write_private(key_path, _key_pem(key))
                 cert_path.write_bytes(_cert_pem(cert))
         return cert_path, key_path
 
@@ -402,7 +403,7 @@ class LocalPKI:
                 key = ec.generate_private_key(ec.SECP256R1())
                 sans = [x509.DNSName(h) for h in hostnames] + [x509.IPAddress(ipaddress.ip_address(i)) for i in ips]
                 cert = self._issue(key.public_key(), name, server=True, sans=sans)
-                _write_private(key_path, _key_pem(key))
+                write_private(key_path, _key_pem(key))
                 cert_path.write_bytes(_cert_pem(cert) + self.ca_chain_path.read_bytes())
         return cert_path, key_path
 
@@ -471,7 +472,7 @@ class LocalPKI:
         data["canaries"] = canaries
         self._save_state(ca, data)
         cert_path, key_path = self.canary_paths(ca)
-        _write_private(key_path, _key_pem(canary_key))
+        write_private(key_path, _key_pem(canary_key))
         _write_public(cert_path, _cert_pem(canary))
 
         builder = (x509.CertificateRevocationListBuilder().issuer_name(ca_cert.subject)
