@@ -32,6 +32,7 @@ from fleet.config import Settings
 from fleet.identity.ca import CertificateAuthority
 from fleet.identity.devices import Device, RegistryError, check_device_id
 from fleet.identity.onboarding import Onboarding
+from fleet.ota.firmware import FirmwareStore
 from fleet.shadow.query import ShadowReader
 from fleet.telemetry.store import TelemetryStore
 
@@ -39,7 +40,7 @@ __all__ = [
     "SettingsDep", "StoresDep", "Principal", "Role", "CurrentPrincipal", "Viewer", "Operator", "Admin",
     "UnscopedAdmin", "VisibleDevice", "ensure_device_visible", "ensure_groups_allowed", "require_role",
     "OnboardingDep", "ApiKeys", "Audit", "Telemetry", "Pki", "Shadows", "ShadowRequestsDep",
-    "Commands", "CommandRequestsDep", "Batches", "BatchRunnerDep",
+    "Commands", "CommandRequestsDep", "Batches", "BatchRunnerDep", "Firmware",
 ]
 
 # auto_error=False: we answer missing credentials ourselves with one clear 401.
@@ -113,6 +114,10 @@ def get_batch_runner(request: Request) -> BatchRunner:
     return request.app.state.batch_runner
 
 
+def get_firmware(stores: StoresDep) -> FirmwareStore:
+    return stores.firmware
+
+
 ApiKeys = Annotated[ApiKeyStore, Depends(get_api_keys)]
 Audit = Annotated[AuditLog, Depends(get_audit)]
 OnboardingDep = Annotated[Onboarding, Depends(get_onboarding)]
@@ -124,6 +129,7 @@ Commands = Annotated[CommandReader, Depends(get_commands)]
 CommandRequestsDep = Annotated[CommandRequests, Depends(get_command_requests)]
 Batches = Annotated[BatchStore, Depends(get_batches)]
 BatchRunnerDep = Annotated[BatchRunner, Depends(get_batch_runner)]
+Firmware = Annotated[FirmwareStore, Depends(get_firmware)]
 
 
 def get_credential(

@@ -1,6 +1,6 @@
 """Error responses: domain errors as 4xx, answers that cannot themselves fail, a cap on body size.
 
-Routes raise the domain's errors (``RegistryError``, ``QueryError``) and the handlers here turn
+Routes raise the domain's errors (``RegistryError``, ``QueryError``, ``FirmwareError``) and the handlers here turn
 them into ``{"detail": "<message>"}`` with the status the error means; a query parameter's
 validator may raise them too (or :class:`BadRequest`), and the answer is the same 400 as if the
 route had. ``responses()`` documents those answers in OpenAPI.
@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Mapping
 
 from fastapi import FastAPI, Request, Response, status
 from fastapi.exceptions import RequestValidationError
@@ -23,6 +24,7 @@ from prometheus_client import Counter
 from api.schemas.base import ErrorOut
 from fleet.identity.devices import RegistryError
 from fleet.infra.cassandra import StoreUnavailable
+from fleet.ota.errors import FirmwareError
 from fleet.telemetry.query import QueryError
 
 log = logging.getLogger("api.errors")
@@ -30,7 +32,8 @@ log = logging.getLogger("api.errors")
 EXCERPT_CHARS = 200
 
 BODY_TOO_LARGE = Counter("fleet_api_request_body_too_large_total",
-                         "Requests refused with 413 because their body exceeded api_max_body_bytes")
+                         "Requests refused with 413 because their body exceeded api_max_body_bytes "
+                         "(or a route's own limit, see body_limit)")
 
 
 class BadRequest(ValueError):
@@ -39,8 +42,10 @@ class BadRequest(ValueError):
 
 _REGISTRY_STATUS = {"bad_request": status.HTTP_400_BAD_REQUEST, "not_found": status.HTTP_404_NOT_FOUND,
                     "conflict": status.HTTP_409_CONFLICT, "forbidden": status.HTTP_403_FORBIDDEN}
+_FIRMWARE_STATUS = {"bad_request": status.HTTP_400_BAD_REQUEST, "not_found": status.HTTP_404_NOT_FOUND,
+                    "conflict": status.HTTP_409_CONFLICT, "too_large": status.HTTP_413_CONTENT_TOO_LARGE}
 # The errors that carry a message for the client (and so may answer a request that raised them).
-CLIENT_ERRORS = (RegistryError, QueryError, BadRequest)
+CLIENT_ERRORS = (RegistryError, QueryError, BadRequest, FirmwareError)
 
 # For OpenAPI (``responses=`` on routes and routers): what each error answer means.
 DESCRIPTIONS = {
@@ -64,6 +69,8 @@ def responses(*codes: int) -> dict[int | str, dict]:
 def status_of(exc: Exception) -> int:
     if isinstance(exc, RegistryError):
         return _REGISTRY_STATUS.get(exc.code, status.HTTP_400_BAD_REQUEST)
+    if isinstance(exc, FirmwareError):
+        return _FIRMWARE_STATUS.get(exc.code, status.HTTP_400_BAD_REQUEST)
     if isinstance(exc, StoreUnavailable):
         return status.HTTP_503_SERVICE_UNAVAILABLE
     return status.HTTP_400_BAD_REQUEST
@@ -139,19 +146,26 @@ class _TooLarge(Exception):
     pass
 
 
-def body_limit(app, max_bytes: int):
-    """ASGI middleware: 413 for a body over ``max_bytes`` (declared or streamed)."""
-    def too_large_response():
+def body_limit(app, max_bytes: int, route_limits: Mapping[tuple[str, str], int] | None = None):
+    """ASGI middleware: 413 for a body over ``max_bytes`` (declared or streamed).
+
+    ``route_limits``: ``(method, path) -> bytes`` for the few routes that take a large body (a
+    firmware upload streams up to firmware_max_image_bytes); theirs is enforced here the same way.
+    """
+    route_limits = dict(route_limits or {})
+
+    def too_large_response(limit: int):
         BODY_TOO_LARGE.inc()
-        return Response(json.dumps({"detail": f"request body larger than {max_bytes} bytes"}),
+        return Response(json.dumps({"detail": f"request body larger than {limit} bytes"}),
                         status_code=status.HTTP_413_CONTENT_TOO_LARGE, media_type="application/json")
 
     async def middleware(scope, receive, send):
         if scope["type"] != "http":
             return await app(scope, receive, send)
+        limit = route_limits.get((scope.get("method"), scope.get("path")), max_bytes)
         declared = dict(scope.get("headers") or ()).get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > max_bytes:
-            return await too_large_response()(scope, receive, send)
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            return await too_large_response(limit)(scope, receive, send)
         seen = 0
         started = False
 
@@ -160,7 +174,7 @@ def body_limit(app, max_bytes: int):
             message = await receive()
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
-                if seen > max_bytes:
+                if seen > limit:
                     raise _TooLarge
             return message
 
@@ -175,13 +189,13 @@ def body_limit(app, max_bytes: int):
         except _TooLarge:
             if started:
                 raise
-            await too_large_response()(scope, receive, send)
+            await too_large_response(limit)(scope, receive, send)
 
     return middleware
 
 
-def install(app: FastAPI, max_body_bytes: int) -> None:
+def install(app: FastAPI, max_body_bytes: int, route_limits: Mapping[tuple[str, str], int] | None = None) -> None:
     app.add_exception_handler(RequestValidationError, request_validation_error)
     for error in (*CLIENT_ERRORS, StoreUnavailable):
         app.add_exception_handler(error, client_error)
-    app.add_middleware(lambda inner: body_limit(inner, max_body_bytes))
+    app.add_middleware(lambda inner: body_limit(inner, max_body_bytes, route_limits))

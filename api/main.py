@@ -19,6 +19,7 @@ from api.routes import (
     command_batches,
     commands,
     devices,
+    firmware,
     health,
     keys,
     shadow,
@@ -76,9 +77,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.lifespans = 0
     audit.install(app)
-    errors.install(app, settings.api_max_body_bytes)
+    # A firmware image is the one large body: its route has its own limit (still enforced here).
+    errors.install(app, settings.api_max_body_bytes,
+                   {("POST", firmware.UPLOAD_PATH): settings.firmware_max_image_bytes})
     app.include_router(health.router)
     for module in (devices, shadow, commands, command_batches, telemetry, certificates, keys, auth, audit_routes,
-                   templates, claims, ca):
+                   templates, claims, ca, firmware):
         app.include_router(module.router, responses=V1_RESPONSES)
     return app

@@ -19,6 +19,10 @@ from fleet.config import Settings
 from fleet.identity.ca import CertificateAuthority, pki_from_settings
 from fleet.identity.onboarding import Onboarding
 from fleet.infra.cassandra import CassandraSessions
+from fleet.ota.catalog import CassandraCatalog
+from fleet.ota.firmware import FirmwareStore
+from fleet.ota.signing import FirmwareKeys
+from fleet.ota.store import FilesystemBlobStore
 from fleet.shadow.query import ShadowReader
 from fleet.telemetry.store import TelemetryStore
 
@@ -83,6 +87,14 @@ class Stores:
     @property
     def batches(self) -> BatchStore:
         return self._once("batches", lambda: BatchStore(self.session()))
+
+    @property
+    def firmware(self) -> FirmwareStore:
+        s = self.settings
+        return self._once("firmware", lambda: FirmwareStore(
+            FilesystemBlobStore(s.firmware_path), CassandraCatalog(self.session()),
+            FirmwareKeys.from_files(s.firmware_key_path, s.firmware_vendor_key_paths),
+            max_bytes=s.firmware_max_image_bytes))
 
     def close(self) -> None:
         with self._lock:
