@@ -32,9 +32,10 @@ States (the issue's lifecycle; ThingsBoard's DELIVERED is our IN_PROGRESS)::
 * A final command is kept whole for ``keep_final_ms`` (late and repeated results), then only as an
   ``Ended`` (a fingerprint of its request, its final state and time) for ``REMEMBER_ENDED_MS``, at most
   ``MAX_ENDED`` per device: enough to answer a repeated submission or a late cancel, and small, since
-  the job reads and writes a device's whole state on every record (measured: a device's state of 24 h
-  of whole final commands made each record cost in proportion to its history). A result for an
-  ``Ended`` command is a ``duplicate`` (nothing changes; the command's row keeps its end).
+  the job decodes and encodes a device's whole state on every record. Measured (decode + encode of a
+  state of N echo commands, Python 3.11 here): whole, ~30 µs per command (N = 100: 71 KB, 2.9 ms;
+  N = 1,000: 29 ms); as ``Ended``, ~3 µs (N = 100: 7 KB, 0.37 ms). A result for an ``Ended`` command is
+  a ``duplicate`` (nothing changes; the command's row keeps its end).
 """
 
 from __future__ import annotations
