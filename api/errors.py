@@ -25,6 +25,7 @@ from api.schemas.base import ErrorOut
 from fleet.identity.devices import RegistryError
 from fleet.infra.cassandra import StoreUnavailable
 from fleet.ota.errors import FirmwareError
+from fleet.ota.signing import KeyFileError
 from fleet.telemetry.query import QueryError
 
 log = logging.getLogger("api.errors")
@@ -56,7 +57,7 @@ DESCRIPTIONS = {
     409: "Conflicts with the current state (exists already, already revoked, ...)",
     413: "Request body larger than the configured maximum (api_max_body_bytes)",
     422: "Invalid request (body not JSON, not UTF-8, or not matching the schema)",
-    503: "The registry store (Cassandra) is unavailable; retry later",
+    503: "A store is unavailable (Cassandra, Kafka) or misconfigured (a firmware key file); the message says which",
 }
 
 
@@ -71,7 +72,7 @@ def status_of(exc: Exception) -> int:
         return _REGISTRY_STATUS.get(exc.code, status.HTTP_400_BAD_REQUEST)
     if isinstance(exc, FirmwareError):
         return _FIRMWARE_STATUS.get(exc.code, status.HTTP_400_BAD_REQUEST)
-    if isinstance(exc, StoreUnavailable):
+    if isinstance(exc, (StoreUnavailable, KeyFileError)):  # KeyFileError: a firmware key file the operator must fix
         return status.HTTP_503_SERVICE_UNAVAILABLE
     return status.HTTP_400_BAD_REQUEST
 
@@ -196,6 +197,6 @@ def body_limit(app, max_bytes: int, route_limits: Mapping[tuple[str, str], int] 
 
 def install(app: FastAPI, max_body_bytes: int, route_limits: Mapping[tuple[str, str], int] | None = None) -> None:
     app.add_exception_handler(RequestValidationError, request_validation_error)
-    for error in (*CLIENT_ERRORS, StoreUnavailable):
+    for error in (*CLIENT_ERRORS, StoreUnavailable, KeyFileError):
         app.add_exception_handler(error, client_error)
     app.add_middleware(lambda inner: body_limit(inner, max_body_bytes, route_limits))

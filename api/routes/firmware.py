@@ -51,7 +51,7 @@ def _chunks(request: Request) -> Iterator[bytes]:
 
 
 UPLOAD_RESPONSES: dict[int | str, dict[str, Any]] = {
-    **responses(403),
+    **responses(403, 503),
     200: {"model": FirmwareOut, "description": "The same image was uploaded for this device_type and version "
                                                "before: the existing record (idempotent)"},
     400: {"model": ErrorOut, "description": "Bad parameters (version, device_type, release_notes) or signature: "
@@ -97,7 +97,7 @@ async def upload_firmware(
                         headers={"Location": f"{UPLOAD_PATH}/{record.firmware_id}"})
 
 
-@router.get(UPLOAD_PATH, response_model=FirmwarePage, responses=responses(400),
+@router.get(UPLOAD_PATH, response_model=FirmwarePage, responses=responses(400, 503),
             summary="List firmware images, of one device type or all")
 def list_firmware(principal: Viewer, store: Firmware,
                   device_type: Annotated[str | None, Query(description="only this device type, in version order"),
@@ -109,7 +109,7 @@ def list_firmware(principal: Viewer, store: Firmware,
     return FirmwarePage(items=[_out(r) for r in records], next_page_token=encode_cursor(after) if after else None)
 
 
-@router.get(UPLOAD_PATH + "/{firmware_id}", response_model=FirmwareOut, responses=responses(404),
+@router.get(UPLOAD_PATH + "/{firmware_id}", response_model=FirmwareOut, responses=responses(404, 503),
             summary="A firmware image's record: version, device type, sha256, size, signature, signer")
 async def get_firmware(firmware_id: str, principal: Viewer, store: Firmware) -> FirmwareOut:
     record = await asyncio.to_thread(store.get, firmware_id)

@@ -169,3 +169,16 @@ def test_openapi_documents_the_raw_body_and_the_errors(w):
     op = w.client.get("/openapi.json").json()["paths"]["/v1/firmware"]["post"]
     assert "application/octet-stream" in op["requestBody"]["content"]
     assert {"200", "201", "400", "403", "409", "413"} <= set(op["responses"])
+
+
+def test_a_broken_firmware_key_file_is_a_503_that_says_what_to_fix(tmp_path):
+    bad = tmp_path / "vendor.pem"
+    bad.write_text("not a key")
+
+    def broken_store():  # what api/stores.py builds on first use, with the operator's key files
+        return FirmwareKeys.from_files(tmp_path / "fw.key", [bad])
+
+    with api_client({get_principal: lambda: OPERATOR_KEY, get_audit: FakeAudit, get_firmware: broken_store},
+                    api_max_body_bytes=1024, firmware_max_image_bytes=LIMIT) as client:
+        r = client.get("/v1/firmware")
+    assert r.status_code == 503 and "vendor key" in r.json()["detail"] and str(bad) in r.json()["detail"], r.text
