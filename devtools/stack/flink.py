@@ -455,15 +455,21 @@ def stop_with_savepoint(settings: Settings, job_id: str, target_dir: Path | None
         return deploy.stop_with_savepoint(local_cluster(settings), job_id, target.as_uri(), drain, timeout)
 
 
+def _latest_checkpoint(settings: Settings, job_id: str, kind: str) -> dict[str, Any] | None:
+    """The job's latest ``kind`` ("restored", "completed") checkpoint record from REST, or None."""
+    try:
+        latest: dict[str, Any] | None = rest(settings, "GET", f"/jobs/{job_id}/checkpoints").get("latest", {}).get(kind)
+        return latest
+    except StackError:
+        return None
+
+
 def wait_for_restore(settings: Settings, job_id: str, after_ms: int, timeout: float = 180) -> dict[str, Any]:
     """Wait until the job has restored from a checkpoint/savepoint after ``after_ms`` (epoch ms)
     and runs every task again; returns the REST 'restored' record (id, external_path, ...)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        try:
-            restored = rest(settings, "GET", f"/jobs/{job_id}/checkpoints").get("latest", {}).get("restored")
-        except StackError:
-            restored = None
+        restored = _latest_checkpoint(settings, job_id, "restored")
         if restored and restored.get("restore_timestamp", 0) >= after_ms:
             wait_for_job_state(settings, job_id, ["RUNNING"], all_tasks_running=True,
                                timeout=max(1.0, deadline - time.monotonic()))
@@ -477,10 +483,7 @@ def wait_for_checkpoint_after(settings: Settings, job_id: str, after_ms: int, ti
     """Wait until the job has completed a checkpoint after ``after_ms`` (epoch ms); its REST record."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        try:
-            completed = rest(settings, "GET", f"/jobs/{job_id}/checkpoints").get("latest", {}).get("completed")
-        except StackError:
-            completed = None
+        completed = _latest_checkpoint(settings, job_id, "completed")
         if completed and completed.get("latest_ack_timestamp", 0) >= after_ms:
             return completed
         time.sleep(0.5)

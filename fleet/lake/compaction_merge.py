@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from fleet.infra.durable import fsync_path
 from fleet.lake.compaction_plan import DATA_SUFFIX, HOURLY, Layout, MergeGroup, PartitionPlan, is_data_file, partition_dirs
 from fleet.logs import log_fields
 
@@ -32,15 +33,6 @@ MANIFEST_TEMP_SUFFIX = ".json.tmp"
 
 class CompactionError(RuntimeError):
     pass
-
-
-def _fsync(path: Path) -> None:
-    """fsync a file or a directory (Linux: a read-only descriptor will do)."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _unlink(path: Path) -> bool:
@@ -90,7 +82,7 @@ class Manifest:
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, directory / self.name)
-        _fsync(directory)
+        fsync_path(directory)
 
 
 # -- recovery ----------------------------------------------------------------------------------
@@ -161,9 +153,9 @@ def recover(table_dir: Path, *, layout: Layout = HOURLY, dry_run: bool = False) 
                     for s in present:
                         _unlink(part_dir / s)
                     _unlink(part_dir / m.temp)
-                    _fsync(part_dir)
+                    fsync_path(part_dir)
                     _unlink(path)
-                    _fsync(part_dir)
+                    fsync_path(part_dir)
                 done.append(Recovery(rel, "finished", detail))
             else:
                 missing = [s for s in m.sources if s not in names]
@@ -173,7 +165,7 @@ def recover(table_dir: Path, *, layout: Layout = HOURLY, dry_run: bool = False) 
                 if not dry_run:
                     _unlink(part_dir / m.temp)
                     _unlink(path)
-                    _fsync(part_dir)
+                    fsync_path(part_dir)
                 done.append(Recovery(rel, "rolled back", detail))
             log.warning("leftover compaction " + done[-1].action,
                         extra=log_fields(table=table, partition=rel, manifest=name, detail=done[-1].detail, dry_run=dry_run))
@@ -259,7 +251,7 @@ def compact_group(part_dir: Path, group: MergeGroup, *, sort_keys: Sequence[str]
             for start in range(0, len(order), ROW_GROUP_ROWS):
                 writer.write_table(table.take(order[start:start + ROW_GROUP_ROWS]), row_group_size=ROW_GROUP_ROWS)
         del table, order
-        _fsync(temp)
+        fsync_path(temp)
         written = pq.read_metadata(temp)
         if written.num_rows != rows or not pq.read_schema(temp).equals(schema, check_metadata=True):
             raise CompactionError(f"{m.temp}: {written.num_rows} rows or its schema do not match the sources "
@@ -269,19 +261,19 @@ def compact_group(part_dir: Path, group: MergeGroup, *, sort_keys: Sequence[str]
                 raise _Skip(f"{f.name} disappeared during the merge")
         os.replace(temp, output)
         renamed = True
-        _fsync(part_dir)
+        fsync_path(part_dir)
     except BaseException:
         if not renamed:  # roll back: the sources were not touched
             _unlink(temp)
             _unlink(part_dir / m.name)
-            _fsync(part_dir)
+            fsync_path(part_dir)
         raise
     # From here the output holds every source row; a crash is finished by recover().
     for f in group.files:
         _unlink(part_dir / f.name)
-    _fsync(part_dir)
+    fsync_path(part_dir)
     _unlink(part_dir / m.name)
-    _fsync(part_dir)
+    fsync_path(part_dir)
     return GroupResult(len(group.files), group.size, rows, m.output, output.stat().st_size)
 
 

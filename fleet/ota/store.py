@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Protocol
 
+from fleet.infra.durable import fsync_path
 from fleet.ota.errors import FirmwareError
 
 READ_CHUNK = 1 << 20
@@ -81,7 +82,7 @@ class FilesystemBlobStore:
             final.parent.mkdir(parents=True, exist_ok=True)
             # Same name, same bytes: an identical upload that got here first is as good as ours.
             os.replace(tmp, final)
-            _fsync_dir(final.parent)
+            fsync_path(final.parent)
             return blob
         finally:
             tmp.unlink(missing_ok=True)
@@ -131,10 +132,3 @@ def _read(path: Path, start: int, end: int) -> Iterator[bytes]:
             yield chunk
 
 
-def _fsync_dir(directory: Path) -> None:
-    # The rename is durable only once the directory entry is.
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
