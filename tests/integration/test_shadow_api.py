@@ -116,8 +116,9 @@ def test_history_holds_every_version_newest_first_in_pages(api, keys, device):
 
     def read():
         r = api.get(f"/v1/devices/{device.device_id}/shadow/history", params={"limit": 2}, headers=keys["viewer"])
-        return len(r.json()["items"]) == 2, r.json()
-    first = wait_for("the history", read)
+        items = r.json()["items"]  # the job writes history rows as it goes: wait for the newest one
+        return len(items) == 2 and items[0]["version"] == 3, r.json()
+    first = wait_for("the history up to version 3", read)
     second = api.get(f"/v1/devices/{device.device_id}/shadow/history", headers=keys["viewer"],
                      params={"limit": 2, "page_token": first["next_page_token"]}).json()
     items = first["items"] + second["items"]
