@@ -161,18 +161,22 @@ class Settings(BaseSettings):
     # var_dir/firmware), at most firmware_max_image_bytes each (an upload's own body limit, above
     # api_max_body_bytes); the platform's Ed25519 signing key (unset = pki_dir/firmware-signing.key,
     # made on first use, 0600); vendors' Ed25519 public keys (PEM files, comma-separated) whose
-    # signatures an upload may carry instead (a list, so keys can rotate).
+    # signatures an upload may carry instead (a list, so keys can rotate). Devices download with a
+    # signed URL (fleet/ota/download_urls.py): its HMAC key file (unset = pki_dir/ota-url.key, made
+    # on first use, 0600; the API and the OTA job must read the same one) and lifetime.
     firmware_dir: Path | None = None
     firmware_max_image_bytes: PositiveInt = 1 << 30
     firmware_key_file: Path | None = None
     firmware_vendor_keys: str = ""
+    ota_url_key_file: Path | None = None
+    ota_url_ttl_s: PositiveInt = 3600
 
     # [telemetry] Retention in Cassandra (the lake keeps everything): the telemetry job writes its
     # rows with these TTLs and the API reads older days from the lake.
     telemetry_raw_ttl_days: PositiveInt = 30
     telemetry_rollup_ttl_days: PositiveInt = 400
 
-    @field_validator("var_dir", "lake_dir", "firmware_dir", "firmware_key_file", mode="before")
+    @field_validator("var_dir", "lake_dir", "firmware_dir", "firmware_key_file", "ota_url_key_file", mode="before")
     @classmethod
     def _resolve_given_path(cls, value: Any, info: ValidationInfo) -> Any:
         # Text (environment, file) is resolved against the working directory; an empty one is unset.
@@ -226,6 +230,10 @@ class Settings(BaseSettings):
     @property
     def firmware_key_path(self) -> Path:
         return self.firmware_key_file if self.firmware_key_file is not None else self.pki_dir / "firmware-signing.key"
+
+    @property
+    def ota_url_key_path(self) -> Path:
+        return self.ota_url_key_file if self.ota_url_key_file is not None else self.pki_dir / "ota-url.key"
 
     @property
     def firmware_vendor_key_paths(self) -> list[Path]:
@@ -287,7 +295,8 @@ SECTIONS: dict[str, tuple[str, ...]] = {
     "api": ("api_host", "api_port", "api_tls", "api_token_ttl_s", "api_token_max_ttl_s", "api_max_body_bytes",
             "shadow_verdict_timeout_s"),
     "lake": ("lake_dir",),
-    "firmware": ("firmware_dir", "firmware_max_image_bytes", "firmware_key_file", "firmware_vendor_keys"),
+    "firmware": ("firmware_dir", "firmware_max_image_bytes", "firmware_key_file", "firmware_vendor_keys",
+                 "ota_url_key_file", "ota_url_ttl_s"),
     "telemetry": ("telemetry_raw_ttl_days", "telemetry_rollup_ttl_days"),
 }
 

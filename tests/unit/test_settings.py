@@ -203,7 +203,8 @@ def test_example_file_shows_every_setting():
     from fleet.config import SECTIONS, read_config_file, section_key
 
     given = set(read_config_file(EXAMPLE))
-    commented = {"var_dir", "lake_dir", "firmware_dir", "firmware_key_file"}  # their defaults depend on the checkout
+    # Their defaults depend on the checkout.
+    commented = {"var_dir", "lake_dir", "firmware_dir", "firmware_key_file", "ota_url_key_file"}
     assert given | commented == set(Settings.model_fields)
     text = EXAMPLE.read_text()
     assert "# var_dir = " in text and "# " + section_key("lake", "lake_dir") + " = " in text
