@@ -42,9 +42,16 @@ class Kafka:
     COMMAND_REQUESTS = "command-requests"
     # Every command transition and every refused request (commands job -> API; schemas/kafka/command-event).
     COMMAND_EVENTS = "command-events"
+    # Deployment creations (with their target chunks) and pause/resume/cancel (API -> OTA job), key deployment_id.
+    OTA_REQUESTS = "ota-requests"
+    # Devices the OTA job's controller releases, and their cancels (controller -> execution operator), key device_id.
+    OTA_ASSIGNMENTS = "ota-assignments"
+    # Every device execution transition (execution operator -> controller), key deployment_id.
+    OTA_EVENTS = "ota-events"
 
     ALL = (TELEMETRY, SHADOW_REPORTED, COMMAND_RESULTS, OTA_STATUS, DEVICE_EVENTS, DEAD_LETTER,
-           SHADOW_DESIRED, SHADOW_VERDICTS, DOWNLINK, COMMAND_REQUESTS, COMMAND_EVENTS)
+           SHADOW_DESIRED, SHADOW_VERDICTS, DOWNLINK, COMMAND_REQUESTS, COMMAND_EVENTS,
+           OTA_REQUESTS, OTA_ASSIGNMENTS, OTA_EVENTS)
     # Topics holding the latest value per key rather than a history (none yet).
     COMPACTED: tuple[str, ...] = ()
 
@@ -153,6 +160,8 @@ class Downlink(str, Enum):
     SHADOW_DELTA = "shadow/delta"
     SHADOW_DOCUMENT = "shadow/document"
     COMMANDS = "commands"
+    # An OTA install or cancel for the device (OTA job -> bridge; not retained).
+    OTA_NOTIFY = "ota/notify"
 
 
 SHADOW_NAME_PATTERN = re.compile(r"^[A-Za-z0-9:_-]{1,64}$")
@@ -165,7 +174,7 @@ def shadow_topic_suffix(kind: str, shadow: str = "") -> str:
 
 def is_downlink_suffix(suffix: str) -> bool:
     """Whether a job may ask the bridge to publish to devices/{id}/{suffix}."""
-    if suffix == Downlink.COMMANDS.value:
+    if suffix in (Downlink.COMMANDS.value, Downlink.OTA_NOTIFY.value):
         return True
     parts = suffix.split("/")
     kinds = {"accepted", "rejected", "delta", "document"}

@@ -45,6 +45,8 @@ PUBLISHED = [
     (raw(record(suffix="shadow/delta", id="@7", payload={"version": 7, "state": {"led": "on"}})),
      "devices/d-1/shadow/delta", None),
     (raw(record(suffix="shadow/name/fw:cfg/accepted")), "devices/d-1/shadow/name/fw:cfg/accepted", None),
+    (raw(record(suffix="ota/notify", id="dep-1:1", payload={"op": "cancel", "deployment_id": "dep-1"})),
+     "devices/d-1/ota/notify", None),
     (raw(record(expires_at=NOW + 1)), "devices/d-1/commands", NOW + 1),
     (raw(record(expires_at=None)), "devices/d-1/commands", None),
     (raw(record(id=...)), "devices/d-1/commands", None),  # id is optional

@@ -6,6 +6,7 @@ from fleet.contract.topics import (
     TopicError,
     Uplink,
     device_topic,
+    is_downlink_suffix,
     is_valid_device_id,
     parse_uplink_topic,
 )
@@ -78,3 +79,16 @@ def test_every_uplink_kind_has_a_kafka_topic():
 
 def test_device_topic():
     assert device_topic("d1", "commands") == "devices/d1/commands"
+
+
+@pytest.mark.parametrize("suffix, ok", [
+    ("commands", True), ("ota/notify", True), ("shadow/delta", True), ("shadow/name/net/accepted", True),
+    ("ota/status", False), ("ota", False), ("ota/notify/x", False), ("telemetry", False),
+])
+def test_downlink_suffixes(suffix, ok):
+    assert is_downlink_suffix(suffix) is ok
+
+
+def test_ota_topics_are_created_with_the_others():
+    assert {Kafka.OTA_REQUESTS, Kafka.OTA_ASSIGNMENTS, Kafka.OTA_EVENTS} <= set(Kafka.ALL)
+    assert len(set(Kafka.ALL)) == len(Kafka.ALL)
