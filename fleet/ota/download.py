@@ -25,13 +25,13 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar
 from fleet.infra.cassandra import StoreUnavailable
 from fleet.ota import download_urls
 from fleet.ota.catalog import CassandraCatalog, FirmwareRecord
+from fleet.ota.execution import FINAL
 
 if TYPE_CHECKING:  # the driver ships no type hints
     from cassandra.cluster import Session
 
-# The contract's final execution states (fleet/ota/execution.py FINAL): a download is over for these.
-FINAL_EXECUTION_STATES = frozenset({"SUCCEEDED", "FAILED", "ROLLED_BACK", "TIMED_OUT", "REJECTED", "CANCELED",
-                                    "ALREADY_INSTALLED"})
+# The execution states (as the ota_executions.state column holds them) a download is over for.
+FINAL_EXECUTION_STATES = frozenset(s.value for s in FINAL)
 
 Code = Literal["not_found", "expired", "bad_signature", "not_assigned"]
 
