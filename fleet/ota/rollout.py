@@ -195,6 +195,7 @@ class Rollout:
     reason: str = ""
     history: tuple[tuple[str | None, str, int, str], ...] = ()  # (from, to, ts, reason)
     rollback_of: str | None = None
+    writes: int = 0  # rows written (the job orders writes within a millisecond by it)
 
     @property
     def plan(self) -> Plan:
@@ -431,7 +432,7 @@ def encode(r: Rollout) -> str:
         "waves": [[w.start, w.end, w.released, [list(c) for c in w.counts]] for w in r.waves], "wave": r.wave,
         "next_index": r.next_index, "rate": r.rate, "allowance": r.allowance, "last_tick": r.last_tick,
         "successes": r.successes, "reason": r.reason, "history": [list(h) for h in r.history],
-        "rollback_of": r.rollback_of}, separators=(",", ":"))
+        "rollback_of": r.rollback_of, "writes": r.writes}, separators=(",", ":"))
 
 
 def decode(text: str | bytes) -> Rollout:
@@ -441,4 +442,4 @@ def decode(text: str | bytes) -> Rollout:
         x["created_by"], x["updated_at"], DeployState(x["state"]), tuple(x["chunks_seen"]),
         tuple(Wave(s, e, rel, tuple((k, n) for k, n in counts)) for s, e, rel, counts in x["waves"]), x["wave"],
         x["next_index"], x["rate"], x["allowance"], x["last_tick"], x["successes"], x["reason"],
-        tuple((f, t, ts, why) for f, t, ts, why in x["history"]), x["rollback_of"])
+        tuple((f, t, ts, why) for f, t, ts, why in x["history"]), x["rollback_of"], x["writes"])

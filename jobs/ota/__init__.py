@@ -1,0 +1,1 @@
+"""The OTA job: staged firmware rollouts (fleet.ota.rollout) and device executions (fleet.ota.execution)."""

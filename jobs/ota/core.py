@@ -1,0 +1,182 @@
+"""The OTA job's two keyed functions, thin shells around jobs.ota.logic.
+
+``RolloutCore`` (keyed by deployment id). State: ``rollout`` (ValueState, fleet.ota.rollout.encode),
+``targets`` (MapState index -> device id), ``members`` (MapState device id -> "state|seq|wave"),
+``timer``. ``DeviceCore`` (keyed by device id). State: ``ota`` (ValueState,
+fleet.ota.execution.encode), ``timer``. Strings, so savepoints survive refactoring.
+
+Timers are processing time, one per key at a time, registered at the logic's ``wake_at`` after
+every record and every timer: a release at the rate limit, a health window, a timeout happen on
+their own, never waiting for another record. RocksDB checkpoints the state and the timers.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from pyflink.common import Row, Types
+from pyflink.datastream import KeyedProcessFunction, RuntimeContext
+from pyflink.datastream.state import MapStateDescriptor, ValueStateDescriptor
+
+from fleet.ota import download_urls
+from jobs.ota import logic
+from jobs.ota.logic import DEPLOYMENT_FIELDS, EXECUTION_FIELDS
+from jobs.ota.records import DEPLOYMENTS, DEVICE_DEAD_LETTERS, EVENTS, EXECUTIONS, ROLLOUT_DEAD_LETTERS
+
+
+class _Cell:
+    def __init__(self, state: Any):
+        self._state = state
+
+    def get(self) -> str | None:
+        value: str | None = self._state.value()
+        return value
+
+    def put(self, encoded: str) -> None:
+        self._state.update(encoded)
+
+
+class _Members:
+    """fleet.ota.rollout.Members over the function's two MapStates (the current key's)."""
+
+    def __init__(self, targets: Any, members: Any):
+        self._targets = targets
+        self._members = members
+
+    def target(self, index: int) -> str | None:
+        value: str | None = self._targets.get(index)
+        return value
+
+    def put_target(self, index: int, device_id: str) -> None:
+        self._targets.put(index, device_id)
+
+    def member(self, device_id: str) -> tuple[str, int, int] | None:
+        value = self._members.get(device_id)
+        if value is None:
+            return None
+        state, seq, wave = value.split("|")
+        return state, int(seq), int(wave)
+
+    def put_member(self, device_id: str, state: str, seq: int, wave: int) -> None:
+        self._members.put(device_id, f"{state}|{seq}|{wave}")
+
+
+def _json_row(out: logic.Output) -> Row:
+    return Row(out.key, json.dumps(out.value, separators=(",", ":"), ensure_ascii=False))
+
+
+class _TimedCore(KeyedProcessFunction):
+    """One processing-time timer per key, moved to each step's wake_at."""
+
+    def _open_timer(self, ctx: RuntimeContext) -> None:
+        self.timer = ctx.get_state(ValueStateDescriptor("timer", Types.LONG()))
+
+    def _schedule(self, wake_at: int | None, ctx: Any) -> None:
+        current = self.timer.value()
+        if wake_at == current:
+            return
+        timers = ctx.timer_service()
+        if current is not None:
+            timers.delete_processing_time_timer(current)
+        if wake_at is None:
+            self.timer.clear()
+        else:
+            timers.register_processing_time_timer(wake_at)
+            self.timer.update(wake_at)
+
+
+class RolloutCore(_TimedCore):
+    """Main output: ota-assignments Row(device_id, JSON); side outputs: DEPLOYMENTS, ROLLOUT_DEAD_LETTERS."""
+
+    def open(self, ctx: RuntimeContext) -> None:
+        self.cell = _Cell(ctx.get_state(ValueStateDescriptor("rollout", Types.STRING())))
+        self.members = _Members(ctx.get_map_state(MapStateDescriptor("targets", Types.INT(), Types.STRING())),
+                                ctx.get_map_state(MapStateDescriptor("members", Types.STRING(), Types.STRING())))
+        self._open_timer(ctx)
+        group = ctx.get_metrics_group().add_group("ota_rollout")
+        self.counters = {k: group.counter(k) for k in ("records", "timers", "deadLetters", "assignments")}
+
+    def process_element(self, row: Row, ctx: KeyedProcessFunction.Context) -> Iterable:
+        now = ctx.timer_service().current_processing_time()
+        key, raw = row[0], row[1]
+        try:
+            handled = logic.rollout_handle(key, raw, now, self.cell, self.members)
+        except Exception as e:  # a bug must dead-letter the record, not stop every rollout
+            handled = logic.Handled([logic.dead_letter("invalid_envelope", f"ota job error: {type(e).__name__}: {e}",
+                                                       raw if isinstance(raw, str) else "", None, "", now)])
+        self.counters["records"].inc()
+        yield from self._emit(handled, ctx)
+
+    def on_timer(self, timestamp: int, ctx: KeyedProcessFunction.OnTimerContext) -> Iterable:
+        self.timer.clear()
+        self.counters["timers"].inc()
+        now = max(timestamp, ctx.timer_service().current_processing_time())
+        yield from self._emit(logic.rollout_fire(now, self.cell, self.members), ctx)
+
+    def _emit(self, handled: logic.Handled, ctx: Any) -> Iterable:
+        self._schedule(handled.wake_at, ctx)
+        for out in handled.outputs:
+            if out.kind == logic.ASSIGNMENT:
+                self.counters["assignments"].inc()
+                yield _json_row(out)
+            elif out.kind == logic.DEAD_LETTER:
+                self.counters["deadLetters"].inc()
+                yield ROLLOUT_DEAD_LETTERS, _json_row(out)
+            else:
+                yield DEPLOYMENTS, Row(*(out.value[f] for f in DEPLOYMENT_FIELDS))
+
+
+class DeviceCore(_TimedCore):
+    """Main output: downlink Row(device_id, JSON); side outputs: EVENTS, EXECUTIONS, DEVICE_DEAD_LETTERS."""
+
+    def __init__(self, url_key_path: str, url_ttl_s: int):
+        self.url_key_path = url_key_path
+        self.url_ttl_s = url_ttl_s
+
+    def open(self, ctx: RuntimeContext) -> None:
+        key = download_urls.load_or_create_key(Path(self.url_key_path))
+        ttl = self.url_ttl_s
+
+        def url_for(deployment_id: str, device_id: str, firmware_id: str, now_ms: int) -> str:
+            return download_urls.download_path(key, deployment_id, device_id, firmware_id, now_ms / 1000, ttl)
+
+        self.url_for = url_for
+        self.cell = _Cell(ctx.get_state(ValueStateDescriptor("ota", Types.STRING())))
+        self._open_timer(ctx)
+        group = ctx.get_metrics_group().add_group("ota_device")
+        self.counters = {k: group.counter(k) for k in ("records", "timers", "deadLetters", "notices", "transitions")}
+
+    def process_element(self, row: Row, ctx: KeyedProcessFunction.Context) -> Iterable:
+        now = ctx.timer_service().current_processing_time()
+        key, raw = row[0], row[1]
+        try:
+            handled = logic.device_handle(key, raw, now, self.cell, self.url_for)
+        except Exception as e:  # a bug must dead-letter the record, not stop every device's updates
+            handled = logic.Handled([logic.dead_letter("invalid_envelope", f"ota job error: {type(e).__name__}: {e}",
+                                                       raw if isinstance(raw, str) else "", key, "", now)])
+        self.counters["records"].inc()
+        yield from self._emit(handled, ctx)
+
+    def on_timer(self, timestamp: int, ctx: KeyedProcessFunction.OnTimerContext) -> Iterable:
+        self.timer.clear()
+        self.counters["timers"].inc()
+        now = max(timestamp, ctx.timer_service().current_processing_time())
+        yield from self._emit(logic.device_fire(now, self.cell, self.url_for), ctx)
+
+    def _emit(self, handled: logic.Handled, ctx: Any) -> Iterable:
+        self._schedule(handled.wake_at, ctx)
+        for out in handled.outputs:
+            if out.kind == logic.DOWNLINK:
+                self.counters["notices"].inc()
+                yield _json_row(out)
+            elif out.kind == logic.EVENT:
+                self.counters["transitions"].inc()
+                yield EVENTS, _json_row(out)
+            elif out.kind == logic.DEAD_LETTER:
+                self.counters["deadLetters"].inc()
+                yield DEVICE_DEAD_LETTERS, _json_row(out)
+            else:
+                yield EXECUTIONS, Row(*(out.value[f] for f in EXECUTION_FIELDS))

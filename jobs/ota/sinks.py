@@ -1,0 +1,89 @@
+"""The OTA job's production sinks: Kafka (ota-assignments, downlink, ota-events, dead letters) and Cassandra.
+
+Kafka: at least once, not transactional, so a release reaches the device operator, a notice the
+bridge and a transition the rollout without a checkpoint wait; each side drops repeats
+(jobs/ota/logic.py), and devices drop a notice for a deployment they finished. Through the Table
+API's Kafka connector keyed by the row's first field, as the commands job's (jobs/commands/sinks.py).
+
+Cassandra (schemas/cql/009_ota.cql), through java/flink-fleet's CassandraUpsertSink, every row
+sent as it arrives, ordered by ``USING TIMESTAMP`` (logic.deployment_row, logic.execution_row).
+"""
+
+from __future__ import annotations
+
+from functools import cached_property
+
+from pyflink.datastream import DataStream, StreamExecutionEnvironment
+from pyflink.table import StreamTableEnvironment
+
+from fleet.config import Settings
+from fleet.contract.topics import Kafka
+from jobs.ota import pyflink_internals as internals
+from jobs.ota.options import JobOptions
+
+
+class ProductionSinks:
+    def __init__(self, env: StreamExecutionEnvironment, settings: Settings, options: JobOptions):
+        self.env = env
+        self.settings = settings
+        self.options = options
+
+    @cached_property
+    def tables(self) -> StreamTableEnvironment:
+        return StreamTableEnvironment.create(self.env)
+
+    def _kafka(self, stream: DataStream, topic: str) -> None:
+        s = self.settings
+        table = f"sink_{topic.replace('-', '_')}"
+        self.tables.execute_sql(f"""
+            CREATE TEMPORARY TABLE {table} (device_id STRING, `value` STRING) WITH (
+              'connector' = 'kafka',
+              'topic' = '{s.topic(topic)}',
+              'properties.bootstrap.servers' = '{s.kafka_bootstrap}',
+              'key.format' = 'raw',
+              'key.fields' = 'device_id',
+              'value.format' = 'raw',
+              'value.fields-include' = 'EXCEPT_KEY',
+              'sink.delivery-guarantee' = 'at-least-once',
+              'properties.linger.ms' = '0'
+            )""")
+        statements = self.tables.create_statement_set()
+        statements.add_insert(table, self.tables.from_data_stream(stream))
+        statements.attach_as_datastream()
+
+    def _cassandra(self, stream: DataStream, name: str, cql: str, fields: str) -> None:
+        s, o = self.settings, self.options
+        if not o.cassandra:
+            internals.discard(stream, f"discard-{name}")
+            return
+        points = ",".join(f"{host}:{s.cassandra_port}" for host in s.cassandra_contact_points)
+        sink = internals.cassandra_sink(points, o.cassandra_dc, s.cassandra_keyspace, cql, fields,
+                                        o.cassandra_max_in_flight)
+        stream.sink_to(sink).name(name).uid(name)
+
+    def assignments(self, stream: DataStream) -> None:
+        self._kafka(stream, Kafka.OTA_ASSIGNMENTS)
+
+    def downlink(self, stream: DataStream) -> None:
+        self._kafka(stream, Kafka.DOWNLINK)
+
+    def events(self, stream: DataStream) -> None:
+        self._kafka(stream, Kafka.OTA_EVENTS)
+
+    def dead_letters(self, stream: DataStream) -> None:
+        self._kafka(stream, Kafka.DEAD_LETTER)
+
+    def deployments(self, stream: DataStream) -> None:
+        # Fields: deployment_id, state, summary, updated_at, write_ts.
+        self._cassandra(stream, "cassandra-ota-deployments",
+                        "UPDATE ota_deployments USING TIMESTAMP ? SET state = ?, summary = ?, updated_at = ? "
+                        "WHERE deployment_id = ?", "4,1,2,3,0")
+
+    def executions(self, stream: DataStream) -> None:
+        # Fields: deployment_id, device_id, state, wave, attempt, updated_at, execution, write_ts.
+        self._cassandra(stream, "cassandra-ota-executions",
+                        "INSERT INTO ota_executions (deployment_id, device_id, state, wave, attempt, updated_at, "
+                        "execution) VALUES (?, ?, ?, ?, ?, ?, ?) USING TIMESTAMP ?", "0,1,2,3,4,5,6,7")
+        self._cassandra(stream, "cassandra-ota-executions-by-device",
+                        "INSERT INTO ota_executions_by_device (device_id, deployment_id, state, wave, attempt, "
+                        "updated_at, execution) VALUES (?, ?, ?, ?, ?, ?, ?) USING TIMESTAMP ?", "1,0,2,3,4,5,6,7")

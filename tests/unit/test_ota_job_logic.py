@@ -1,0 +1,199 @@
+"""jobs.ota.logic: the OTA job's two operators wired through an in-memory 'Kafka', no Flink.
+
+Simulated devices answer each notice as told (succeed, fail the install, crash-loop, never
+answer), so the rollout's waves, thresholds and the executions' timers run as in the job.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from typing import Any
+
+from fleet.ota import rollout as ro
+from jobs.ota import logic
+
+T0 = 1_700_000_000_000
+FW = {"firmware_id": "f1", "device_type": "sensor", "version": "2.0.0", "sha256": "ab" * 32, "size": 10,
+      "signature": "c2ln", "signer": "platform"}
+
+
+def url_for(dep: str, device: str, fw: str, now: int) -> str:
+    return f"/v1/ota/download/{dep}?device={device}&exp={now // 1000 + 60}&sig=x"
+
+
+class Loop:
+    def __init__(self, behaviour: dict[str, str]):
+        self.behaviour = behaviour  # device -> ok | install_fail | crash | silent
+        self.now = T0
+        self.rollout_cells: dict[str, logic.MemoryCell] = defaultdict(logic.MemoryCell)
+        self.members: dict[str, ro.MemoryMembers] = defaultdict(ro.MemoryMembers)
+        self.device_cells: dict[str, logic.MemoryCell] = defaultdict(logic.MemoryCell)
+        self.rollout_wake: dict[str, int | None] = {}
+        self.device_wake: dict[str, int | None] = {}
+        self.queue: list[tuple[str, str, str]] = []  # (operator, key, raw)
+        self.rows: dict[str, dict[str, Any]] = {}
+        self.deployment: dict[str, Any] = {}
+        self.notices: list[dict[str, Any]] = []
+        self.dead: list[dict[str, Any]] = []
+
+    def route(self, handled: logic.Handled, operator: str, key: str) -> None:
+        (self.rollout_wake if operator == "rollout" else self.device_wake)[key] = handled.wake_at
+        for out in handled.outputs:
+            if out.kind == logic.ASSIGNMENT:
+                self.queue.append(("device", str(out.key), json.dumps(out.value)))
+            elif out.kind == logic.EVENT:
+                self.queue.append(("rollout", str(out.key), json.dumps(out.value)))
+            elif out.kind == logic.DOWNLINK:
+                self.notices.append(out.value)
+                self.device_answers(out.value)
+            elif out.kind == logic.EXECUTION:
+                self.rows[out.value["device_id"]] = out.value
+            elif out.kind == logic.DEPLOYMENT:
+                self.deployment = out.value
+            else:
+                self.dead.append(out.value)
+
+    def status(self, device: str, **payload: Any) -> None:
+        self.queue.append(("device", device, json.dumps({"device_id": device, "type": "ota_status",
+                                                          "mqtt_topic": f"devices/{device}/ota/status",
+                                                          "payload": payload})))
+
+    def online(self, device: str, up: bool, version: str = "1.0.0") -> None:
+        self.queue.append(("device", device, json.dumps({"device_id": device, "type": "status",
+                                                          "payload": {"online": up, "firmware_version": version}})))
+
+    def device_answers(self, msg: dict[str, Any]) -> None:
+        device, p = msg["device_id"], msg["payload"]
+        if p["op"] != "install":
+            return
+        assert p["firmware"]["url"].startswith(f"/v1/ota/download/{p['deployment_id']}?device={device}")
+        how = self.behaviour.get(device, "ok")
+        dep = p["deployment_id"]
+        if how == "silent":
+            return
+        for s in ("RECEIVED", "DOWNLOADING", "DOWNLOADED", "INSTALLING"):
+            self.status(device, deployment_id=dep, state=s)
+        if how == "install_fail":
+            self.status(device, deployment_id=dep, state="FAILED", failure="install", error="flash write")
+            return
+        self.status(device, deployment_id=dep, state="REBOOTING")
+        self.online(device, False)
+        self.online(device, True, "2.0.0")
+        if how == "crash":
+            for _ in range(3):
+                self.online(device, False)
+                self.online(device, True, "2.0.0")
+
+    def drain(self) -> None:
+        while self.queue:
+            operator, key, raw = self.queue.pop(0)
+            self.now += 1
+            if operator == "rollout":
+                h = logic.rollout_handle(key, raw, self.now, self.rollout_cells[key], self.members[key])
+            else:
+                h = logic.device_handle(key, raw, self.now, self.device_cells[key], url_for)
+            self.route(h, operator, key)
+
+    def run_until(self, end: int) -> None:
+        """Advance time, firing due timers (rollout and devices) and draining after each."""
+        self.drain()
+        while self.now < end:
+            due = [(t, "rollout", k) for k, t in self.rollout_wake.items() if t is not None]
+            due += [(t, "device", k) for k, t in self.device_wake.items() if t is not None]
+            if not due or min(due)[0] > end:
+                self.now = end
+                return
+            t, operator, key = min(due)
+            self.now = max(self.now, t)
+            if operator == "rollout":
+                h = logic.rollout_fire(self.now, self.rollout_cells[key], self.members[key])
+            else:
+                h = logic.device_fire(self.now, self.device_cells[key], url_for)
+            self.route(h, operator, key)
+            self.drain()
+
+    def create(self, devices: list[str], plan: dict[str, Any]) -> None:
+        chunks = [devices[i:i + ro.TARGET_CHUNK] for i in range(0, len(devices), ro.TARGET_CHUNK)]
+        self.queue.append(("rollout", "dep1", json.dumps({
+            "op": "create", "deployment_id": "dep1", "created_at": T0, "created_by": "op", "name": "r1",
+            "firmware": FW, "plan": plan, "target_count": len(devices), "chunks": len(chunks), "rollback_of": None})))
+        for i, c in enumerate(chunks):
+            self.queue.append(("rollout", "dep1", json.dumps({"op": "targets", "deployment_id": "dep1", "chunk": i,
+                                                               "devices": c})))
+
+
+DEVICE = {"health_window_ms": 2_000, "progress_timeout_ms": 5_000, "timeout_ms": 60_000, "max_boots": 2,
+          "retries": {"download": 1, "install": 0, "verify": 0}}
+
+
+def test_three_waves_succeed_with_healthy_devices_only() -> None:
+    devices = [f"d{i:02}" for i in range(20)]
+    loop = Loop({"d05": "install_fail"})
+    for d in devices:
+        loop.online(d, True)
+    loop.create(devices, {"rate_per_minute": 6000, "device": DEVICE, "waves": [
+        {"size": 2, "success_threshold_pct": 100},
+        {"size": "40%", "success_threshold_pct": 80, "failure_threshold": {"count": 3}},
+        {"size": "100%", "success_threshold_pct": 90, "failure_threshold": {"pct": 50, "min_sample": 5}}]})
+    loop.run_until(T0 + 1_000)
+    summary = json.loads(loop.deployment["summary"])
+    # Wave 1 is released but nobody has passed the health window yet: no wave 2.
+    assert summary["released"] == 2 and summary["counts"] == {"VERIFYING": 2}
+    loop.run_until(T0 + 120_000)
+    summary = json.loads(loop.deployment["summary"])
+    assert loop.deployment["state"] == "SUCCEEDED", summary
+    assert summary["counts"] == {"SUCCEEDED": 19, "FAILED": 1}
+    assert [w["size"] for w in summary["waves"]] == [2, 8, 10]
+    assert loop.rows["d05"]["state"] == "FAILED" and loop.rows["d00"]["state"] == "SUCCEEDED"
+    assert not loop.dead
+
+
+def test_failure_threshold_aborts_and_stops_the_rest() -> None:
+    devices = [f"d{i:02}" for i in range(10)]
+    loop = Loop({"d00": "crash", "d01": "install_fail", "d02": "silent"})
+    for d in devices:
+        loop.online(d, True)
+    loop.create(devices, {"rate_per_minute": 60, "device": DEVICE,
+                          "waves": [{"size": "100%", "failure_threshold": {"count": 3}}]})
+    loop.run_until(T0 + 60_000)
+    summary = json.loads(loop.deployment["summary"])
+    assert loop.deployment["state"] == "ABORTED", summary
+    assert loop.rows["d00"]["state"] == "FAILED"  # the crash loop never counted as success
+    assert loop.rows["d02"]["state"] == "TIMED_OUT"
+    assert summary["released"] < 10  # it stopped releasing
+    assert "3 failed" in summary["reason"]
+
+
+def test_operator_cancel_and_an_offline_device() -> None:
+    loop = Loop({})
+    loop.online("a", True)
+    loop.create(["a", "b"], {"rate_per_minute": 6000, "device": DEVICE})
+    loop.run_until(T0 + 100)
+    assert loop.rows["b"]["state"] == "QUEUED"  # b never connected
+    loop.queue.append(("rollout", "dep1", json.dumps({"op": "cancel", "deployment_id": "dep1", "by": "alice",
+                                                       "ts": T0, "request_id": "r"})))
+    loop.run_until(T0 + 10_000)
+    assert loop.deployment["state"] == "CANCELED"
+    assert loop.rows["b"]["state"] == "CANCELED"
+    assert loop.rows["a"]["state"] == "SUCCEEDED"  # it was already past the point of no return
+    loop.online("b", True)
+    loop.drain()
+    assert not [n for n in loop.notices if n["device_id"] == "b"]
+
+
+def test_hostile_records_are_dead_letters() -> None:
+    cell = logic.MemoryCell()
+    for raw in ("{oops", "[]", json.dumps({"device_id": "other", "type": "status", "payload": {"online": True}}),
+                json.dumps({"device_id": "d1", "type": "ota_status", "payload": {"deployment_id": "x", "state": "?"}}),
+                json.dumps({"device_id": "d1", "type": "ota_status",
+                            "payload": {"deployment_id": "nope", "state": "DOWNLOADING"}})):
+        h = logic.device_handle("d1", raw, T0, cell, url_for)
+        assert [o.kind for o in h.outputs] == [logic.DEAD_LETTER], raw
+    members = ro.MemoryMembers()
+    rcell = logic.MemoryCell()
+    for raw in (json.dumps({"op": "targets", "deployment_id": "dep1", "chunk": 0, "devices": ["a"]}),
+                json.dumps({"op": "create", "deployment_id": "dep2"}),
+                json.dumps({"op": "create", "deployment_id": "dep1", "firmware": FW, "target_count": 0, "chunks": 0})):
+        h = logic.rollout_handle("dep1", raw, T0, rcell, members)
+        assert [o.kind for o in h.outputs] == [logic.DEAD_LETTER], raw
