@@ -99,9 +99,10 @@ class RolloutCore(_TimedCore):
         group = ctx.get_metrics_group().add_group("ota_rollout")
         self.counters = {k: group.counter(k) for k in ("records", "timers", "deadLetters", "assignments")}
 
-    def process_element(self, row: Row, ctx: KeyedProcessFunction.Context) -> Iterable:
+    def process_element(self, raw: str, ctx: KeyedProcessFunction.Context) -> Iterable:
+        # The keyed stream (internals.key_by_device) hands over the value; the key is the current key.
         now = ctx.timer_service().current_processing_time()
-        key, raw = row[0], row[1]
+        key = ctx.get_current_key()
         try:
             handled = logic.rollout_handle(key, raw, now, self.cell, self.members)
         except Exception as e:  # a bug must dead-letter the record, not stop every rollout
@@ -149,9 +150,10 @@ class DeviceCore(_TimedCore):
         group = ctx.get_metrics_group().add_group("ota_device")
         self.counters = {k: group.counter(k) for k in ("records", "timers", "deadLetters", "notices", "transitions")}
 
-    def process_element(self, row: Row, ctx: KeyedProcessFunction.Context) -> Iterable:
+    def process_element(self, raw: str, ctx: KeyedProcessFunction.Context) -> Iterable:
+        # The keyed stream (internals.key_by_device) hands over the value; the key is the current key.
         now = ctx.timer_service().current_processing_time()
-        key, raw = row[0], row[1]
+        key = ctx.get_current_key()
         try:
             handled = logic.device_handle(key, raw, now, self.cell, self.url_for)
         except Exception as e:  # a bug must dead-letter the record, not stop every device's updates

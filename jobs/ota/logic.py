@@ -142,24 +142,27 @@ def _rollout_outputs(before: ro.Rollout | None, step: ro.Step, now: int) -> tupl
 
 
 def rollout_handle(key: str | None, raw: str, now: int, cell: Cell, members: ro.Members) -> Handled:
+    text = cell.get()
+    r = ro.decode(text) if text is not None else None
+    # A dead letter keeps the key's timer where it was (a bad record must not stop a rollout).
+    keep = ro.next_timer(r) if r is not None else None
     record = _parse(key, raw, now)
     if isinstance(record, Output):
-        return Handled([record])
+        return Handled([record], keep)
     dep = record.get("deployment_id")
     if not _id_ok(dep):
         return Handled([dead_letter("schema_violation", "deployment_id must be a string of 1-64 characters", raw, None,
-                                    "", now)])
+                                    "", now)], keep)
     if dep != key:
         return Handled([dead_letter("key_mismatch", f"record key {key!r} is not its deployment_id {dep!r}", raw, None,
-                                    "", now)])
-    text = cell.get()
-    r = ro.decode(text) if text is not None else None
+                                    "", now)], keep)
     try:
         result = _rollout_step(r, record, now, members)
     except (KeyError, TypeError, ValueError) as e:
-        return Handled([dead_letter("schema_violation", f"ota record: {type(e).__name__}: {e}", raw, None, "", now)])
+        return Handled([dead_letter("schema_violation", f"ota record: {type(e).__name__}: {e}", raw, None, "", now)],
+                       keep)
     if isinstance(result, Output):
-        return Handled([result], ro.next_timer(r) if r else None)
+        return Handled([result], keep)
     after, out = _rollout_outputs(r, result, now)
     if after is not r:
         cell.put(ro.encode(after))
@@ -180,8 +183,8 @@ def _rollout_step(r: ro.Rollout | None, record: dict[str, Any], now: int, member
     if r is None:
         # Targets or an operator's op before the create (not in the topic's order): nothing to
         # apply it to. The API produces the create first on the same partition, so this is a bad record.
-        return dead_letter("unknown_deployment", f"no deployment {record.get('deployment_id')!r} in the job", raw,
-                           None, "", now)
+        return dead_letter("schema_violation", f"unknown_deployment: no deployment {record.get('deployment_id')!r} "
+                                               "in the job", raw, None, "", now)
     if op == "targets":
         devices = record["devices"]
         if not isinstance(devices, list) or not all(isinstance(d, str) and is_valid_device_id(d) for d in devices):
@@ -261,20 +264,23 @@ def _finish(cell: Cell, before: ex.DeviceOta, step: ex.Step, now: int, url_for: 
 
 
 def device_handle(key: str | None, raw: str, now: int, cell: Cell, url_for: UrlFor) -> Handled:
+    text = cell.get()
+    loaded = ex.decode(text) if text is not None else None
+    # A dead letter keeps the key's timer where it was (a bad record must not stop an execution).
+    keep = ex.next_timer(loaded) if loaded is not None else None
     record = _parse(key, raw, now)
     if isinstance(record, Output):
-        return Handled([record])
+        return Handled([record], keep)
     topic = record.get("mqtt_topic")
     mqtt_topic = topic if isinstance(topic, str) else ""
     device_id = record.get("device_id")
     if not isinstance(device_id, str) or not is_valid_device_id(device_id):
         return Handled([dead_letter("invalid_device_id", f"device_id {device_id!r} is not well-formed", raw, key,
-                                    mqtt_topic, now)])
+                                    mqtt_topic, now)], keep)
     if device_id != key:
         return Handled([dead_letter("key_mismatch", f"record key {key!r} is not its device_id {device_id!r}", raw,
-                                    device_id, mqtt_topic, now)])
-    text = cell.get()
-    state = ex.decode(text) if text is not None else ex.DeviceOta(device_id)
+                                    device_id, mqtt_topic, now)], keep)
+    state = loaded if loaded is not None else ex.DeviceOta(device_id)
     op, kind = record.get("op"), record.get("type")
 
     def bad(detail: str, reason: str = "schema_violation") -> Handled:
@@ -305,7 +311,7 @@ def device_handle(key: str | None, raw: str, now: int, cell: Cell, url_for: UrlF
             return bad(f"ota status needs a deployment_id and a state of {sorted(_DEVICE_STATES)}")
         step = ex.on_status(state, payload, now)
         if step.outcome is ex.Outcome.UNKNOWN_DEPLOYMENT:
-            return bad(step.detail, "unknown_deployment")
+            return bad(f"unknown_deployment: {step.detail}")
         return _finish(cell, state, step, now, url_for)
     return bad(f"unknown record (op {op!r}, type {kind!r})", "invalid_envelope")
 

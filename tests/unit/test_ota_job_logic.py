@@ -197,3 +197,21 @@ def test_hostile_records_are_dead_letters() -> None:
                 json.dumps({"op": "create", "deployment_id": "dep1", "firmware": FW, "target_count": 0, "chunks": 0})):
         h = logic.rollout_handle("dep1", raw, T0, rcell, members)
         assert [o.kind for o in h.outputs] == [logic.DEAD_LETTER], raw
+
+
+def test_a_dead_letter_keeps_the_keys_timer() -> None:
+    cell = logic.MemoryCell()
+    logic.device_handle("d1", json.dumps({"device_id": "d1", "type": "status", "payload": {"online": True}}), T0,
+                        cell, url_for)
+    h = logic.device_handle("d1", json.dumps({"op": "assign", "deployment_id": "dep1", "device_id": "d1", "wave": 0,
+                                              "firmware": FW, "device": DEVICE}), T0, cell, url_for)
+    assert h.wake_at == T0 + DEVICE["progress_timeout_ms"]
+    assert logic.device_handle("d1", "{oops", T0 + 1, cell, url_for).wake_at == h.wake_at
+    rcell, members = logic.MemoryCell(), ro.MemoryMembers()
+    logic.rollout_handle("dep1", json.dumps({"op": "create", "deployment_id": "dep1", "firmware": FW, "plan":
+                                             {"rate_per_minute": 1}, "target_count": 3, "chunks": 1}), T0, rcell,
+                         members)
+    started = logic.rollout_handle("dep1", json.dumps({"op": "targets", "deployment_id": "dep1", "chunk": 0,
+                                                       "devices": ["a", "b", "c"]}), T0, rcell, members)
+    assert started.wake_at is not None and started.wake_at > T0
+    assert logic.rollout_handle("dep1", "{oops", T0 + 1, rcell, members).wake_at == started.wake_at
