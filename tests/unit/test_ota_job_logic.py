@@ -205,7 +205,7 @@ def test_a_dead_letter_keeps_the_keys_timer() -> None:
                         cell, url_for)
     h = logic.device_handle("d1", json.dumps({"op": "assign", "deployment_id": "dep1", "device_id": "d1", "wave": 0,
                                               "firmware": FW, "device": DEVICE}), T0, cell, url_for)
-    assert h.wake_at == T0 + DEVICE["progress_timeout_ms"]
+    assert h.wake_at == T0 + 5_000  # the progress timeout
     assert logic.device_handle("d1", "{oops", T0 + 1, cell, url_for).wake_at == h.wake_at
     rcell, members = logic.MemoryCell(), ro.MemoryMembers()
     logic.rollout_handle("dep1", json.dumps({"op": "create", "deployment_id": "dep1", "firmware": FW, "plan":
