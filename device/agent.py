@@ -15,13 +15,16 @@ What a firmware author should copy (see docs for the topic contract):
   and ``devices/{id}/commands`` before announcing online; shadow sync (device/shadow_sync.py:
   apply deltas through ``apply_desired``, report what was applied, get when there is no local
   state) and commands (device/commands.py: dedup by command id across restarts, receipt, result;
-  ``agent.commands.register(name, fn)``, ``reboot`` and ``set_config`` built in).
+  ``agent.commands.register(name, fn)``, ``reboot`` and ``set_config`` built in);
+- OTA (device/ota.py): ``devices/{id}/ota/notify`` -> resumable ranged download from the API, sha256 +
+  Ed25519 check against the keys it ships with, install into the inactive A/B slot, reboot, report
+  the new ``firmware_version`` in its status, self-test, commit or fall back to the old slot.
 
 Threading: paho calls run on one MqttLoop thread (shared by many agents in the simulator).
 ``publish_telemetry`` must be called on that thread; ``send_telemetry`` is the thread-safe form.
-Downlink is handled off that thread, on two serial lanes per agent (shadow, commands) over a small
+Downlink is handled off that thread, on serial lanes per agent (shadow, commands, ota) over a small
 shared worker pool, so a slow handler or ``apply_desired`` never delays telemetry; what they
-publish goes through the loop (``call_soon``).
+publish goes through the loop (``call_soon``). A firmware download runs on a thread of its own.
 """
 
 from __future__ import annotations
@@ -39,11 +42,14 @@ from typing import Any
 import paho.mqtt.client as mqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from device.commands import CommandProcessor, CommandRefused, CommandRegistry, Reply, SerialLane
 from device.dedup_store import DedupStore
 from device.identity import DeviceIdentity
+from device.ota import NOTIFY_SUFFIX, OtaUpdater, options_from
+from device.ota_faults import OtaFaults
 from device.seqstore import SeqStore
 from device.shadow_sync import ApplyDesired, Message, ShadowSync, accept_all, parse_shadow_suffix
 from fleet.contract.topics import Downlink, device_topic
@@ -84,12 +90,28 @@ class AgentConfig:
     session_expiry: int = 3600
     # Shadows fetched with shadow/get on connect while the agent holds no state for them ("" = classic).
     shadows: tuple[str, ...] = ("",)
-    # The simulated reboot's downtime, unless the command's params say delay_s.
+    # The simulated reboot's downtime, unless the command's params say delay_s (also OTA reboots).
     reboot_delay: float = 1.0
+    # OTA (device/ota.py): the API the notify's download path is relative to; the Ed25519 public
+    # keys (PEM files) the device trusts for firmware, as firmware ships them; injected failures;
+    # boots of a new image without a commit before the bootloader falls back to the old slot; the
+    # device type an image must be for (None: not checked).
+    api_base_url: str = "http://127.0.0.1:8000"
+    firmware_keys: tuple[str, ...] = ()
+    ota_faults: OtaFaults = OtaFaults()
+    ota_max_boots: int = 2
+    device_type: str | None = None
 
     @classmethod
     def from_settings(cls, settings: Any, **overrides: Any) -> AgentConfig:
-        return cls(host=settings.mqtt_host, port=settings.mqtt_device_port, **overrides)
+        """The platform's MQTT endpoint, its API and its firmware keys (the platform key's public
+        half and the vendor keys), unless overridden."""
+        host = "127.0.0.1" if settings.api_host in ("0.0.0.0", "::", "") else settings.api_host
+        defaults: dict[str, Any] = {
+            "api_base_url": f"{'https' if settings.api_tls else 'http'}://{host}:{settings.api_port}",
+            "firmware_keys": (f"{settings.firmware_key_path}.pub", *map(str, settings.firmware_vendor_key_paths)),
+        }
+        return cls(host=settings.mqtt_host, port=settings.mqtt_device_port, **{**defaults, **overrides})
 
 
 @dataclass
@@ -155,6 +177,13 @@ class DeviceAgent:
         self._downlink_prefix = device_topic(self.device_id, "")
         self._after_ack: dict[int, Callable[[], None]] = {}  # mid -> run once the broker acknowledged it
         self._reboot_delay: float | None = None  # set while a simulated reboot takes the agent down
+        self._boot_pending = False  # the next connect attempt boots first (after a reboot or crash)
+        self._ota_lane = SerialLane(executor, f"{self.device_id}/ota")
+        self.ota = OtaUpdater(state_dir / "ota" if state_dir else None, config.firmware_version, self._send_soon,
+                              self._ota_restart, options_from(config), ssl_context=self._https_context,
+                              submit=self._ota_lane.submit, name=f"ota-{self.device_id}")
+        # What runs now: the bootloader's choice (an updated slot, a trial, a fall back), else the config's.
+        self.firmware_version = self.ota.boot()
         self.commands.register("reboot", self._cmd_reboot)
         self.commands.register("set_config", self._cmd_set_config)
         self.client = self._make_client()
@@ -186,6 +215,10 @@ class DeviceAgent:
     def _connect(self) -> None:
         self._reconnect_timer = None
         if self._stopping:
+            return
+        if self._boot_pending:  # the bootloader first (off the loop: it writes its state file)
+            self._boot_pending = False
+            self._ota_lane.submit(self._boot)
             return
         props = Properties(PacketTypes.CONNECT)
         props.SessionExpiryInterval = self.config.session_expiry
@@ -219,16 +252,19 @@ class DeviceAgent:
         self._connected.set()
         # Subscribed before announcing online: the platform pushes the pending delta on that event.
         client.subscribe([(self._downlink_prefix + "shadow/#", SubscribeOptions(qos=1, noLocal=True)),
-                          (self._downlink_prefix + Downlink.COMMANDS.value, SubscribeOptions(qos=1))])
+                          (self._downlink_prefix + Downlink.COMMANDS.value, SubscribeOptions(qos=1)),
+                          (self._downlink_prefix + NOTIFY_SUFFIX, SubscribeOptions(qos=1))])
         self._publish_status(True)
         for msg in self.shadow.on_connect():
             self._send(msg)
+        self._ota_lane.submit(self.ota.on_connect)  # BOOTED / ROLLED_BACK after an update's reboot
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
         self._connected.clear()
         self.stats.disconnects += 1
         if not self._stopping and self._reboot_delay is not None:
             delay, self._reboot_delay = self._reboot_delay, None
+            self._boot_pending = True
             self._reconnect_timer = self.loop.call_later(delay, self._connect)
         elif not self._stopping:
             log.debug("%s: disconnected (%s), reconnecting", self.device_id, reason_code)
@@ -277,7 +313,7 @@ class DeviceAgent:
         return True
 
     def _publish_status(self, online: bool, reason: str | None = None) -> None:
-        status: dict[str, Any] = {"online": online, "ts": now_ms(), "firmware_version": self.config.firmware_version}
+        status: dict[str, Any] = {"online": online, "ts": now_ms(), "firmware_version": self.firmware_version}
         if reason:
             status["reason"] = reason
         self._publish(self._status_topic, _dumps(status), -1, retain=True)
@@ -320,6 +356,8 @@ class DeviceAgent:
         suffix, payload = msg.topic[len(self._downlink_prefix):], bytes(msg.payload)
         if suffix == Downlink.COMMANDS.value:
             self._command_lane.submit(self._command_processor.process, payload, self._send_soon)
+        elif suffix == NOTIFY_SUFFIX:
+            self._ota_lane.submit(self.ota.handle, payload)
         elif (parsed := parse_shadow_suffix(suffix)) is not None:
             self._shadow_lane.submit(self._handle_shadow, parsed[0], parsed[1], payload)
 
@@ -349,7 +387,8 @@ class DeviceAgent:
         """Block until every shadow message and command received so far has been handled."""
         deadline = time.monotonic() + timeout
         return (self._shadow_lane.wait_idle(timeout)
-                and self._command_lane.wait_idle(max(0.0, deadline - time.monotonic())))
+                and self._command_lane.wait_idle(max(0.0, deadline - time.monotonic()))
+                and self._ota_lane.wait_idle(max(0.0, deadline - time.monotonic())))
 
     def _cmd_reboot(self, params: dict[str, Any]) -> Reply:
         """Built-in ``reboot`` (simulated): answer SUCCEEDED, then once that result is acknowledged
@@ -363,12 +402,42 @@ class DeviceAgent:
         if self._stopping or not self.client.is_connected():
             return
         self._reboot_delay = delay
-        status = {"online": False, "ts": now_ms(), "firmware_version": self.config.firmware_version, "reason": "reboot"}
+        status = {"online": False, "ts": now_ms(), "firmware_version": self.firmware_version, "reason": "reboot"}
         # Down only once the broker has it: resent after the reconnect, it would follow (and hide) "online".
         self._publish(self._status_topic, _dumps(status), -1, retain=True, then=self._disconnect_now)
 
     def _disconnect_now(self) -> None:
         self.client.disconnect()
+
+    # -- OTA: reboots and the download's TLS ------------------------------------------------
+    def _ota_restart(self, crash: bool) -> None:
+        """Thread-safe: the OTA side takes the device down and boots it again (``crash``: abruptly)."""
+        self.loop.call_soon(self._restart, crash)
+
+    def _restart(self, crash: bool) -> None:
+        if self._stopping:
+            return
+        if not self.client.is_connected():
+            self._boot_pending = True  # down already: the next connect attempt boots first
+            return
+        if not crash:
+            self._reboot(self.config.reboot_delay)
+            return
+        # A crash says no goodbye: DISCONNECT with reason 0x04 makes the broker publish the last
+        # will ("connection_lost"), as it would for a device that just died.
+        self._reboot_delay = self.config.reboot_delay
+        self.client.disconnect(reasoncode=ReasonCode(PacketTypes.DISCONNECT, identifier=4))
+
+    def _boot(self) -> None:
+        """A worker: the bootloader picks the slot, then the device connects (reporting that version)."""
+        self.firmware_version = self.ota.boot()
+        self.loop.call_soon(self._connect)
+
+    def _https_context(self) -> ssl.SSLContext:
+        """The download's TLS: the platform CA for the API's certificate, the device's own as the client's."""
+        ctx = ssl.create_default_context(cafile=str(self.identity.ca_path))
+        ctx.load_cert_chain(str(self.identity.cert_path), str(self.identity.key_path))
+        return ctx
 
     def _cmd_set_config(self, params: dict[str, Any]) -> dict[str, Any]:
         """Built-in ``set_config``: merge params into ``config`` of the classic shadow's reported
@@ -413,12 +482,15 @@ class DeviceAgent:
 
     def finish_stop(self) -> None:
         """Loop thread: clean DISCONNECT (the broker then discards the will)."""
+        self.ota.close()
         self.client.disconnect()
         self.seq.close()
 
     def stop(self, timeout: float = 10.0) -> None:
         """Publish offline, wait (bounded) for outstanding acks, disconnect cleanly."""
-        # Let handlers running now publish their results first (bounded).
+        # Let handlers running now publish their results first (bounded); a download stops and
+        # resumes on the next start.
+        self.ota.close(min(timeout, 5.0))
         self.wait_downlink_idle(min(timeout, 5.0))
         done = threading.Event()
 

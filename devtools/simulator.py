@@ -5,12 +5,19 @@
 Each worker process drives its share of the devices from ONE MqttLoop thread (hundreds of
 paho clients per thread); ``--processes`` spreads the fleet over CPU cores. Devices are
 enrolled with the local CA on first use (keys under ``<state-dir>/devices/<id>/``) and keep
-their seq there, so reruns continue each device's sequence.
+their seq there, so reruns continue each device's sequence (and their firmware slots: a device
+updated over the air runs its new version on the next run too).
+
+Every device takes OTA deployments (device/ota.py), downloading from ``--api-base-url``;
+``--ota-fault 3,7-9:crash_loop`` gives devices 3, 7, 8 and 9 (indices) an injected failure
+(device/ota_faults.py: corrupt_download, bad_signature, install_failure, crash_loop, stall,
+download_failure_once, slow_download=<bytes/s>).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import multiprocessing as mp
@@ -24,6 +31,7 @@ from pathlib import Path
 
 from device.agent import AgentConfig, DeviceAgent
 from device.identity import DeviceIdentity
+from device.ota_faults import OtaFaults
 from fleet.config import Settings
 from fleet.mqtt.loop import MqttLoop
 
@@ -95,13 +103,34 @@ def enroll_fleet(settings: Settings, ids: list[str], state_dir: Path) -> list[De
     return [enrollment.enroll(device_id, state_dir / "devices" / device_id) for device_id in ids]
 
 
+def parse_ota_faults(specs: list[str], ids: list[str]) -> dict[str, OtaFaults]:
+    """``["3,7-9:crash_loop", "0:slow_download=2000"]`` -> device id -> its faults (indices into ids)."""
+    out: dict[str, OtaFaults] = {}
+    for spec in specs:
+        which, sep, faults = spec.partition(":")
+        if not sep:
+            raise ValueError(f"--ota-fault {spec!r}: expected DEVICES:FAULTS, e.g. 3,7-9:crash_loop")
+        parsed = OtaFaults.parse(faults)
+        for part in which.split(","):
+            lo, _, hi = part.strip().partition("-")
+            for i in range(int(lo), int(hi or lo) + 1):
+                if not 0 <= i < len(ids):
+                    raise ValueError(f"--ota-fault {spec!r}: device index {i} is not in 0..{len(ids) - 1}")
+                out[ids[i]] = parsed
+    return out
+
+
 def run_worker(worker: int, settings: Settings, identities: list[DeviceIdentity], rate: float, duration: float,
                metric_names: list[str], progress: float, drain: float, *,
-               report: Callable[[WorkerReport], None], max_inflight: int = 100, seed: int | None = None) -> WorkerReport:
+               report: Callable[[WorkerReport], None], max_inflight: int = 100, seed: int | None = None,
+               ota_faults: dict[str, OtaFaults] | None = None, api_base_url: str | None = None) -> WorkerReport:
     rng = random.Random(seed if seed is not None else worker)
     loop = MqttLoop(name=f"sim-{worker}")
-    config = AgentConfig.from_settings(settings, firmware_version="sim-1.0.0", max_inflight=max_inflight)
-    agents = [DeviceAgent(ident, config, loop) for ident in identities]
+    extra = {"api_base_url": api_base_url} if api_base_url else {}
+    config = AgentConfig.from_settings(settings, firmware_version="sim-1.0.0", max_inflight=max_inflight, **extra)
+    faults = ota_faults or {}
+    agents = [DeviceAgent(ident, dataclasses.replace(config, ota_faults=faults.get(ident.device_id, OtaFaults())), loop)
+              for ident in identities]
     first_seq = {a.device_id: a.seq.next_value for a in agents}
     sources = {a.device_id: MetricSource(metric_names, rng) for a in agents}
     interval = 1.0 / rate if rate > 0 else math.inf
@@ -175,9 +204,11 @@ def _worker_main(queue: mp.Queue, args: tuple, kwargs: dict) -> None:
 
 def simulate(settings: Settings, *, devices: int, rate: float, duration: float, processes: int = 1,
              prefix: str = "sim", metrics: int = 4, state_dir: Path | None = None, progress: float = 5.0,
-             drain: float = 30.0, out=sys.stderr, max_inflight: int = 100) -> dict:
+             drain: float = 30.0, out=sys.stderr, max_inflight: int = 100, ota_faults: list[str] | None = None,
+             api_base_url: str | None = None) -> dict:
     state_dir = state_dir or settings.var_dir / "sim"
     ids = device_ids(devices, prefix)
+    faults = parse_ota_faults(ota_faults or [], ids)
     t0 = time.monotonic()
     identities = enroll_fleet(settings, ids, state_dir)
     out.write(f"simulator: {devices} devices enrolled in {time.monotonic() - t0:.1f}s, "
@@ -190,7 +221,8 @@ def simulate(settings: Settings, *, devices: int, rate: float, duration: float, 
     for w in range(processes):
         share = identities[w::processes]
         p = ctx.Process(target=_worker_main, name=f"sim-{w}", daemon=True, args=(
-            queue, (w, settings, share, rate, duration, names, progress, drain), {"max_inflight": max_inflight}))
+            queue, (w, settings, share, rate, duration, names, progress, drain),
+            {"max_inflight": max_inflight, "ota_faults": faults, "api_base_url": api_base_url}))
         p.start()
         procs.append(p)
     latest: dict[int, WorkerReport] = {}
@@ -254,11 +286,21 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--drain", type=float, default=30.0, help="seconds to wait for outstanding acks at the end")
     ap.add_argument("--max-inflight", type=int, default=100, help="unacknowledged QoS 1 messages per device")
     ap.add_argument("--json", type=Path, default=None, help="write the summary (with per-device seq ranges) here")
+    ap.add_argument("--api-base-url", default=None,
+                    help="where devices download firmware (default: the configured API, http(s)://api_host:api_port)")
+    ap.add_argument("--ota-fault", action="append", default=[], metavar="DEVICES:FAULTS",
+                    help="inject OTA failures into devices by index, e.g. 3,7-9:crash_loop or 0:slow_download=2000 "
+                         "(repeatable)")
     args = ap.parse_args(argv)
+    try:
+        parse_ota_faults(args.ota_fault, device_ids(args.devices, args.prefix))
+    except ValueError as exc:
+        ap.error(str(exc))
     settings = Settings.from_env()
     summary = simulate(settings, devices=args.devices, rate=args.rate, duration=args.duration,
                        processes=args.processes, prefix=args.prefix, metrics=args.metrics, state_dir=args.state_dir,
-                       progress=args.progress, drain=args.drain, max_inflight=args.max_inflight)
+                       progress=args.progress, drain=args.drain, max_inflight=args.max_inflight,
+                       ota_faults=args.ota_fault, api_base_url=args.api_base_url)
     if args.json:
         args.json.write_text(json.dumps(summary))
     ok = not summary["errors"] and summary["unacked"] == 0 and summary["dropped"] == 0

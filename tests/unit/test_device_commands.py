@@ -357,7 +357,8 @@ def test_agent_connect_subscribes_before_announcing_online_then_gets_the_shadow(
     agent._on_connect(agent.client, None, None, SimpleNamespace(is_failure=False), None)
     (kind, subs), = calls
     assert [(t, o.QoS, o.noLocal) for t, o in subs] == [("devices/dev-1/shadow/#", 1, True),
-                                                        ("devices/dev-1/commands", 1, False)]
+                                                        ("devices/dev-1/commands", 1, False),
+                                                        ("devices/dev-1/ota/notify", 1, False)]
     assert [p[0] for p in agent.published] == ["devices/dev-1/status", "devices/dev-1/shadow/get"]
 
 
