@@ -49,11 +49,11 @@ from device.ota_slots import BootOutcome, SlotStore
 from device.ota_verify import TAMPERED, NoTrustedKeys, check_image, load_trusted_keys
 from device.shadow_sync import Message
 from device.statefile import read_json, write_json
-from fleet.contract.topics import Uplink
+from fleet.contract.topics import Downlink, Uplink
 
 log = logging.getLogger(__name__)
 
-NOTIFY_SUFFIX = "ota/notify"  # Downlink.OTA_NOTIFY of the shared contract
+NOTIFY_SUFFIX = Downlink.OTA_NOTIFY.value
 STATUS_SUFFIX = Uplink.OTA_STATUS.value
 
 # Reported states (schemas/mqtt/ota-status.schema.json).
