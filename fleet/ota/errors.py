@@ -1,4 +1,4 @@
-"""The one error of the firmware store; ``code`` maps to an HTTP status (api/errors.py)."""
+"""The errors of the firmware store and of OTA deployments; ``code`` maps to an HTTP status (api/errors.py)."""
 
 from __future__ import annotations
 
@@ -13,3 +13,7 @@ class FirmwareError(ValueError):
     def __init__(self, code: Code, message: str):
         super().__init__(message)
         self.code: Code = code
+
+
+class DeploymentError(FirmwareError):
+    """A deployment rule was broken (fleet/ota/deployments.py): the same codes, answered the same way."""
