@@ -21,6 +21,7 @@ from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBea
 
 from api.command_batches import BatchRunner
 from api.command_requests import CommandRequests
+from api.ota_requests import OtaRequests
 from api.shadow_requests import ShadowRequests
 from api.stores import Stores
 from fleet.access.apikeys import ApiKeyStore, AuthFailure
@@ -32,6 +33,8 @@ from fleet.config import Settings
 from fleet.identity.ca import CertificateAuthority
 from fleet.identity.devices import Device, RegistryError, check_device_id
 from fleet.identity.onboarding import Onboarding
+from fleet.ota.catalog import Catalog
+from fleet.ota.deployment_store import DeploymentStore
 from fleet.ota.firmware import FirmwareStore
 from fleet.shadow.query import ShadowReader
 from fleet.telemetry.store import TelemetryStore
@@ -40,7 +43,8 @@ __all__ = [
     "SettingsDep", "StoresDep", "Principal", "Role", "CurrentPrincipal", "Viewer", "Operator", "Admin",
     "UnscopedAdmin", "VisibleDevice", "ensure_device_visible", "ensure_groups_allowed", "require_role",
     "OnboardingDep", "ApiKeys", "Audit", "Telemetry", "Pki", "Shadows", "ShadowRequestsDep",
-    "Commands", "CommandRequestsDep", "Batches", "BatchRunnerDep", "Firmware",
+    "Commands", "CommandRequestsDep", "Batches", "BatchRunnerDep", "Firmware", "FirmwareCatalog", "OtaDeployments",
+    "OtaRequestsDep", "UnscopedViewer", "UnscopedOperator",
 ]
 
 # auto_error=False: we answer missing credentials ourselves with one clear 401.
@@ -118,6 +122,19 @@ def get_firmware(stores: StoresDep) -> FirmwareStore:
     return stores.firmware
 
 
+def get_firmware_catalog(stores: StoresDep) -> Catalog:
+    return stores.firmware_catalog
+
+
+def get_ota_deployments(stores: StoresDep) -> DeploymentStore:
+    return stores.ota_deployments
+
+
+def get_ota_requests(request: Request) -> OtaRequests:
+    """The Kafka side of OTA deployments the app's lifespan made (api/ota_requests.py)."""
+    return request.app.state.ota_requests
+
+
 ApiKeys = Annotated[ApiKeyStore, Depends(get_api_keys)]
 Audit = Annotated[AuditLog, Depends(get_audit)]
 OnboardingDep = Annotated[Onboarding, Depends(get_onboarding)]
@@ -130,6 +147,9 @@ CommandRequestsDep = Annotated[CommandRequests, Depends(get_command_requests)]
 Batches = Annotated[BatchStore, Depends(get_batches)]
 BatchRunnerDep = Annotated[BatchRunner, Depends(get_batch_runner)]
 Firmware = Annotated[FirmwareStore, Depends(get_firmware)]
+FirmwareCatalog = Annotated[Catalog, Depends(get_firmware_catalog)]
+OtaDeployments = Annotated[DeploymentStore, Depends(get_ota_deployments)]
+OtaRequestsDep = Annotated[OtaRequests, Depends(get_ota_requests)]
 
 
 def get_credential(
@@ -185,6 +205,25 @@ def require_unscoped_admin(principal: Admin) -> Principal:
 
 
 UnscopedAdmin = Annotated[Principal, Depends(require_unscoped_admin)]
+
+
+def require_unscoped(role: Role) -> Callable[[Principal], Principal]:
+    """The role, from a key not scoped to groups: for what spans groups (OTA deployments)."""
+    has_role = require_role(role)
+
+    def guard(principal: CurrentPrincipal) -> Principal:
+        has_role(principal)
+        if principal.groups is not None:
+            raise HTTPException(status.HTTP_403_FORBIDDEN,
+                                "deployments span device groups: this needs a key that is not scoped to groups")
+        return principal
+
+    guard.__name__ = f"require_unscoped_{role.value}"
+    return guard
+
+
+UnscopedViewer = Annotated[Principal, Depends(require_unscoped(Role.viewer))]
+UnscopedOperator = Annotated[Principal, Depends(require_unscoped(Role.operator))]
 
 
 def ensure_device_visible(principal: Principal, device_groups: Iterable[str] | None,

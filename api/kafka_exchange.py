@@ -12,7 +12,9 @@ api/command_requests.py (commands -> command events):
   hands each decoded reply to the event loop with ``call_soon_threadsafe`` (``_on_reply``).
 
 Both are made on the first request that needs them (``_ensure``), so the API starts (and serves
-everything else) while Kafka is down; a request meanwhile is KafkaUnavailable (503).
+everything else) while Kafka is down; a request meanwhile is KafkaUnavailable (503). Without a
+reply topic (api/ota_requests.py: nothing answers) there is only the producer, ready once the
+request topic's metadata came back.
 """
 
 from __future__ import annotations
@@ -82,7 +84,7 @@ class KafkaExchange:
 
     name = "kafka"  # for thread names and logs
 
-    def __init__(self, settings: Settings, request_topic: str, reply_topic: str, client_id: str,
+    def __init__(self, settings: Settings, request_topic: str, reply_topic: str | None, client_id: str,
                  delivery_timeout_ms: int, *, producer_factory: Callable[[], Any] | None = None,
                  consumer_factory: Callable[[], Any] | None = None):
         self.settings = settings
@@ -162,6 +164,9 @@ class KafkaExchange:
         """Producer and consumer; the consumer assigned every partition at its current end."""
         from confluent_kafka import TopicPartition
 
+        if self.reply_topic is None:
+            self._connect_producer()
+            return
         consumer = self._make_consumer()
         try:
             metadata = consumer.list_topics(self.reply_topic, timeout=CONNECT_TIMEOUT_S)
@@ -182,6 +187,16 @@ class KafkaExchange:
         self._consumer = consumer
         self._ready.set()
         log.info("reply consumer positioned", extra=log_fields(topic=self.reply_topic, partitions=len(assignment)))
+
+    def _connect_producer(self) -> None:
+        """The producer alone, once it sees the request topic."""
+        producer = self._make_producer()
+        topic = producer.list_topics(self.request_topic, timeout=CONNECT_TIMEOUT_S).topics.get(self.request_topic)
+        if topic is None or topic.error is not None or not topic.partitions:
+            raise RuntimeError(f"topic {self.request_topic} is missing"
+                               f"{f' ({topic.error})' if topic is not None and topic.error else ''}")
+        self._producer = producer
+        self._ready.set()
 
     def _dispatch(self, value: dict[str, Any]) -> None:  # event loop
         try:
@@ -211,7 +226,7 @@ class KafkaExchange:
         self._attempted.set()
         loop = self._loop
         assert loop is not None
-        while not self._stop.is_set():
+        while self._consumer is not None and not self._stop.is_set():
             try:
                 messages = self._next_batch()
             except Exception as exc:

@@ -10,6 +10,7 @@ from api import audit, errors
 from api.background import SecurityWorkers
 from api.command_batches import BatchRunner
 from api.command_requests import CommandRequests
+from api.ota_requests import OtaRequests
 from api.routes import audit as audit_routes
 from api.routes import (
     auth,
@@ -22,6 +23,7 @@ from api.routes import (
     firmware,
     health,
     keys,
+    ota,
     shadow,
     telemetry,
     templates,
@@ -52,6 +54,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             # Connects to Kafka on the first shadow change, not here (the API starts while Kafka is down).
             app.state.shadow_requests = ShadowRequests(settings)
             app.state.command_requests = CommandRequests(settings)
+            app.state.ota_requests = OtaRequests(settings)
             app.state.batch_runner = BatchRunner()
         try:
             yield
@@ -62,6 +65,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 app.state.workers.stop()
                 app.state.shadow_requests.close()
                 app.state.command_requests.close()
+                app.state.ota_requests.close()
                 app.state.stores.close()
 
     app = FastAPI(
@@ -82,6 +86,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                    {("POST", firmware.UPLOAD_PATH): settings.firmware_max_image_bytes})
     app.include_router(health.router)
     for module in (devices, shadow, commands, command_batches, telemetry, certificates, keys, auth, audit_routes,
-                   templates, claims, ca, firmware):
+                   templates, claims, ca, firmware, ota):
         app.include_router(module.router, responses=V1_RESPONSES)
     return app

@@ -20,6 +20,7 @@ from fleet.identity.ca import CertificateAuthority, pki_from_settings
 from fleet.identity.onboarding import Onboarding
 from fleet.infra.cassandra import CassandraSessions
 from fleet.ota.catalog import CassandraCatalog
+from fleet.ota.deployment_store import DeploymentStore
 from fleet.ota.firmware import FirmwareStore
 from fleet.ota.signing import FirmwareKeys
 from fleet.ota.store import FilesystemBlobStore
@@ -95,6 +96,15 @@ class Stores:
             FilesystemBlobStore(s.firmware_path), CassandraCatalog(self.session()),
             FirmwareKeys.from_files(s.firmware_key_path, s.firmware_vendor_key_paths),
             max_bytes=s.firmware_max_image_bytes))
+
+    @property
+    def firmware_catalog(self) -> CassandraCatalog:
+        """The catalog alone (deployments read it; no firmware keys needed)."""
+        return self._once("firmware_catalog", lambda: CassandraCatalog(self.session()))
+
+    @property
+    def ota_deployments(self) -> DeploymentStore:
+        return self._once("ota_deployments", lambda: DeploymentStore(self.session()))
 
     def close(self) -> None:
         with self._lock:
