@@ -24,6 +24,7 @@ from api.routes import (
     health,
     keys,
     ota,
+    ota_download,
     shadow,
     telemetry,
     templates,
@@ -88,4 +89,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     for module in (devices, shadow, commands, command_batches, telemetry, certificates, keys, auth, audit_routes,
                    templates, claims, ca, firmware, ota):
         app.include_router(module.router, responses=V1_RESPONSES)
+    # Devices download with the signed URL as their only credential: no API key, so no 401.
+    app.include_router(ota_download.router)
     return app
