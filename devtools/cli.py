@@ -86,7 +86,8 @@ def register(sub, hooks: dict[str, Callable[..., Any]]) -> None:
     p = sub.add_parser("demo", help="run a simulated fleet through the whole pipeline")
     p.add_argument("--devices", type=int, default=200)
     p.add_argument("--rate", type=float, default=2.0, help="messages per second per device")
-    p.add_argument("--duration", type=float, default=60.0, help="seconds")
+    p.add_argument("--duration", type=float, default=60.0,
+                   help="seconds of publishing (raised when too short for the OTA round, to 95 s from 45 s up)")
     p.add_argument("--bridges", type=int, default=1, help="bridge processes sharing the subscription")
     p.add_argument("--stop", action="store_true", help="stop the stack afterwards")
     p.set_defaults(func=_demo)

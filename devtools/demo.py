@@ -6,8 +6,10 @@
 4. a simulated fleet publishing over mutual TLS for ``duration`` seconds,
 5. meanwhile, a shadow round (devtools/demo_shadow.py): an operator changes the desired state of
    some devices through the API and waits for each device to apply and report it,
-6. a report of what flowed: records per Kafka topic, this run's messages checked exactly once
-   in the lake, and the shadow round.
+6. and an OTA round (devtools/demo_ota.py): a firmware image rolled out to a dozen devices in three
+   waves, one device with an injected install failure, followed until the deployment is final,
+7. a report of what flowed: records per Kafka topic, this run's messages checked exactly once
+   in the lake, the shadow round and the OTA round.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from devtools import demo_ota
 from devtools.demo_shadow import start_round
 from devtools.stack import launcher
 from devtools.stack.apps import PROJECT_ROOT, BridgeComponent, settings_env
@@ -66,9 +69,12 @@ def topic_offsets(settings: Settings) -> dict[str, int]:
         consumer.close()
 
 
-def run_fleet(settings: Settings, devices: int, rate: float, duration: float, summary: Path) -> int:
+def run_fleet(settings: Settings, devices: int, rate: float, duration: float, summary: Path,
+              ota_faults: Iterable[str] = ()) -> int:
     argv = [sys.executable, "-m", "devtools.simulator", "--devices", str(devices), "--rate", str(rate),
             "--duration", str(duration), "--json", str(summary)]
+    for spec in ota_faults:
+        argv += ["--ota-fault", spec]
     return subprocess.run(argv, env=settings_env(settings), cwd=PROJECT_ROOT).returncode
 
 
@@ -172,19 +178,33 @@ def run(settings: Settings, *, devices: int, rate: float, duration: float, bridg
     print("\nThe stack is up:")
     launcher.print_endpoints(components + extra_bridges)
     before = topic_offsets(settings)
-    print(f"\nSimulating {devices} devices at {rate}/s each for {duration:.0f}s ...", flush=True)
+    delay = min(15.0, duration / 3)  # the rounds start once the fleet is connected
+    ota_setup = demo_ota.choose(devices)
+    asked = duration
+    if ota_setup:
+        duration = demo_ota.fleet_duration(duration, delay)
+    raised = f" (raised from {asked:.0f}s so the OTA round ends while it runs)" if duration > asked else ""
+    print(f"\nSimulating {devices} devices at {rate}/s each for {duration:.0f}s{raised} ...", flush=True)
     summary_file = settings.run_dir / "demo-simulator.json"
     summary_file.parent.mkdir(parents=True, exist_ok=True)
+    operator_key = demo_key(settings, "operator")
     shadow_devices = [f"sim-{i:05d}" for i in range(min(devices, 20))]
-    shadow_thread, shadow_result = start_round(settings, demo_key(settings, "operator"), shadow_devices,
-                                               delay=min(15.0, duration / 3))
-    rc = run_fleet(settings, devices, rate, duration, summary_file)
+    shadow_thread, shadow_result = start_round(settings, operator_key, shadow_devices, delay=delay)
+    ota_round = demo_ota.start_round(settings, operator_key, ota_setup, delay=delay) if ota_setup else None
+    rc = run_fleet(settings, devices, rate, duration, summary_file,
+                   ota_faults=[ota_setup.fault_spec] if ota_setup else ())
     shadow_thread.join(60)
+    if ota_round:
+        ota_round[0].join(30)  # it ends within the fleet's run; this covers a slow last request
     seq_ranges = json.loads(summary_file.read_text())["seq_ranges"] if summary_file.exists() else {}
     print("Waiting for the lake to commit this run (checkpoints) ...", flush=True)
     lake = wait_for_lake(settings, seq_ranges) if seq_ranges else None
     report(settings, before, topic_offsets(settings), lake)
     print(shadow_result[0].summary() if shadow_result else "Shadow: the round did not finish")
+    if ota_round is None:
+        print(f"OTA: skipped (the staged rollout needs a fleet of at least {demo_ota.TARGETS} devices)")
+    else:
+        print(ota_round[1][0].summary() if ota_round[1] else "OTA: the round did not finish")
     print_try_it(settings)
     if keep_running:
         print("\nThe stack keeps running: 'fleet stack status', 'fleet stack logs NAME', "
