@@ -116,8 +116,13 @@ async def create_deployment(body: DeploymentIn, principal: UnscopedOperator, sto
                    principal.name, now, plan, len(devices))
     chunks = dep.chunked(devices)
     await asyncio.to_thread(store.create, d, chunks)
+    images: list[dict[str, Any]] = []
+    if plan["rollback_on_abort"]:
+        listed, _ = await asyncio.to_thread(catalog.list, device_type=firmware.device_type,
+                                            limit=dep.MAX_ROLLBACK_IMAGES + 1)
+        images = dep.rollback_images(firmware, listed)
     records = dep.create_records(deployment_id=deployment_id, name=name, firmware=firmware, plan=plan, chunks=chunks,
-                                 created_at=now, created_by=principal.name)
+                                 created_at=now, created_by=principal.name, rollback_firmware=images)
     try:
         await requests.send(records[:1])  # the create first: the job drops targets of a deployment it lacks
         await requests.send(records[1:])

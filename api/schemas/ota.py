@@ -87,9 +87,10 @@ class PlanIn(RequestModel):
                                                                    "none)")
     device: DevicePolicyIn | None = Field(None, description="per device: timeouts, health window, retries")
     rollback_on_abort: bool | None = Field(None, description="when the deployment aborts, roll the devices it "
-                                                             "updated back to their previous firmware (default "
-                                                             "false). Kept with the plan; the OTA job does not act "
-                                                             "on it yet (docs/ota.md)")
+                                                             "updated back to the version each ran before, once "
+                                                             "every released device is final: a rollback deployment "
+                                                             "per version the catalog holds an image of (default "
+                                                             "false; docs/ota.md)")
 
 
 class DeploymentIn(RequestModel):
@@ -138,6 +139,11 @@ class DeploymentOut(ResponseModel):
     waves: list[WaveOut]
     history: list[TransitionOut] = Field(description="the deployment's state changes, oldest first")
     paused_by: str | None = None
+    rollback: dict[str, Any] | None = Field(
+        None, description="for an aborted deployment with rollback_on_abort: state (WAITING until every released "
+                          "device is final, then STARTED), deployments (the rollback deployments, one per previous "
+                          "version; each names this one in rollback_of), unavailable (updated devices whose previous "
+                          "version has no image in the catalog)")
 
 
 class DeploymentPage(ResponseModel):

@@ -409,13 +409,26 @@ def firmware_json(f: FirmwareRecord) -> dict[str, Any]:
             "size": f.size, "signature": base64.b64encode(f.signature).decode(), "signer": f.signer}
 
 
+MAX_ROLLBACK_IMAGES = 100
+
+
+def rollback_images(firmware: FirmwareRecord, catalog: Iterable[FirmwareRecord]) -> list[dict[str, Any]]:
+    """What a deployment with ``rollback_on_abort`` may roll devices back to: the device type's other
+    images (newest first, at most MAX_ROLLBACK_IMAGES); the job picks each device's previous version."""
+    others = [f for f in catalog if f.device_type == firmware.device_type and f.version != firmware.version]
+    others.sort(key=lambda f: f.created_at, reverse=True)
+    return [firmware_json(f) for f in others[:MAX_ROLLBACK_IMAGES]]
+
+
 def create_records(*, deployment_id: str, name: str, firmware: FirmwareRecord, plan: Mapping[str, Any],
                    chunks: Sequence[Sequence[str]], created_at: int, created_by: str,
-                   rollback_of: str | None = None) -> list[dict[str, Any]]:
+                   rollback_of: str | None = None,
+                   rollback_firmware: Sequence[Mapping[str, Any]] = ()) -> list[dict[str, Any]]:
     """The ``create`` record, then one ``targets`` record per chunk (chunk 0..n-1, rollout order)."""
     create = {"op": "create", "deployment_id": deployment_id, "created_at": created_at, "created_by": created_by,
               "name": name, "firmware": firmware_json(firmware), "plan": dict(plan),
-              "target_count": sum(len(c) for c in chunks), "chunks": len(chunks), "rollback_of": rollback_of}
+              "target_count": sum(len(c) for c in chunks), "chunks": len(chunks), "rollback_of": rollback_of,
+              "rollback_firmware": [dict(f) for f in rollback_firmware]}
     return [create, *({"op": "targets", "deployment_id": deployment_id, "chunk": i, "devices": list(c)}
                       for i, c in enumerate(chunks))]
 
@@ -475,7 +488,8 @@ def progress(*, state: str, summary: Mapping[str, Any] | None, plan: Mapping[str
             else float(plan.get("rate_per_minute", 60)),
             "counts": _counts(s.get("counts")), "waves": waves,
             "history": [dict(h) for h in s.get("history") or [] if isinstance(h, Mapping)],
-            "paused_by": paused_by if isinstance(paused_by, str) else None}
+            "paused_by": paused_by if isinstance(paused_by, str) else None,
+            "rollback": dict(rb) if isinstance(rb := s.get("rollback"), Mapping) else None}
 
 
 def encode_cursor(after: str) -> str:

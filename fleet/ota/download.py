@@ -2,9 +2,11 @@
 
 The signed query (fleet/ota/download_urls.py) is the device's credential; it binds deployment,
 device and firmware. The gate checks it against the deployment's firmware as stored
-(``ota_deployments.firmware_id``), then that the deployment still has the device's execution
-running (``ota_executions``: a row not in a final state), so a device cannot fetch what it was
-never assigned, nor go on fetching after it was canceled or finished.
+(``ota_deployments.firmware_id``): only the OTA job signs, and only in the notice it sends an
+assigned device, so a valid URL is the assignment. Then that the device's execution is not over
+(``ota_executions``: a final state is refused), so it cannot go on fetching after it was canceled
+or finished. A missing row is allowed: the job writes it as it sends the notice, and a fast device
+asks before the write lands (seen on the local stack: a 403 on the first request).
 
 Ranges (RFC 9110 section 14): one range, ``bytes=a-b``, ``bytes=a-`` or ``bytes=-n``, is a 206; one
 that starts past the end (or ``-0``, or any range of an empty image) is a 416. A header we do not
@@ -77,10 +79,9 @@ class DownloadGate:
         except download_urls.DownloadUrlError as exc:
             raise DownloadRefused(exc.code, str(exc)) from None
         state = self.assignments.execution_state(deployment_id, device_id)
-        if state is None or state in FINAL_EXECUTION_STATES:
-            why = "has no execution" if state is None else f"execution is {state}"
-            raise DownloadRefused("not_assigned", f"not assigned: device {device_id!r} {why} in deployment "
-                                                  f"{deployment_id!r}")
+        if state in FINAL_EXECUTION_STATES:
+            raise DownloadRefused("not_assigned", f"not assigned: device {device_id!r} execution is {state} in "
+                                                  f"deployment {deployment_id!r}")
         record = self.firmware(firmware_id)
         if record is None:  # the catalog lost a record a deployment names: not the device's fault
             raise DownloadRefused("not_found", f"firmware {firmware_id!r} of deployment {deployment_id!r} not found")

@@ -24,6 +24,11 @@ Model (for operators; docs/ota.md says it in full):
 * Abort and cancel stop releasing and cancel every released device that can still stop (the
   executions' cancel rule: not once it is installing). The deployment is SUCCEEDED when the last
   wave is met and every target is final.
+* **Rollback on abort** (``rollback_on_abort``): once every released device of an aborted
+  deployment is final, the devices it updated (SUCCEEDED) go back to the version each ran before,
+  in a rollback deployment per version (``rollback_of`` names this one; one wave, the same rate
+  and device policy), when the catalog holds an image of it (the API sends the device type's
+  other images with the create record); the others are counted as unavailable.
 * Pause stops releasing; devices already released go on. Resume continues (and approves a wave
   waiting for approval). Final deployments ignore all three.
 """
@@ -34,7 +39,7 @@ import json
 import math
 from dataclasses import dataclass, field, replace
 from enum import Enum
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from fleet.ota.execution import FAILURES, SUCCESSES, DevicePolicy, ExecState
 
@@ -117,6 +122,24 @@ def wave_bounds(plan: Plan, n: int) -> list[tuple[int, int]]:
     return bounds
 
 
+class Member(NamedTuple):
+    """A released device as the rollout knows it: its execution's latest state and seq, its wave,
+    and the version it ran before (a rollback installs it again)."""
+
+    state: str
+    seq: int
+    wave: int
+    previous: str = ""
+
+    def encode(self) -> str:
+        return f"{self.state}|{self.seq}|{self.wave}|{self.previous}"
+
+    @classmethod
+    def decode(cls, text: str) -> Member:
+        state, seq, wave, *previous = text.split("|", 3)
+        return cls(state, int(seq), int(wave), previous[0] if previous else "")
+
+
 class Members(Protocol):
     """A deployment's per-device state (MapState in the job, dicts in tests)."""
 
@@ -124,15 +147,15 @@ class Members(Protocol):
 
     def put_target(self, index: int, device_id: str) -> None: ...
 
-    def member(self, device_id: str) -> tuple[str, int, int] | None: ...  # (state, seq, wave)
+    def member(self, device_id: str) -> Member | None: ...
 
-    def put_member(self, device_id: str, state: str, seq: int, wave: int) -> None: ...
+    def put_member(self, device_id: str, member: Member) -> None: ...
 
 
 class MemoryMembers:
     def __init__(self) -> None:
         self.targets: dict[int, str] = {}
-        self.members: dict[str, tuple[str, int, int]] = {}
+        self.members: dict[str, Member] = {}
 
     def target(self, index: int) -> str | None:
         return self.targets.get(index)
@@ -140,11 +163,11 @@ class MemoryMembers:
     def put_target(self, index: int, device_id: str) -> None:
         self.targets[index] = device_id
 
-    def member(self, device_id: str) -> tuple[str, int, int] | None:
+    def member(self, device_id: str) -> Member | None:
         return self.members.get(device_id)
 
-    def put_member(self, device_id: str, state: str, seq: int, wave: int) -> None:
-        self.members[device_id] = (state, seq, wave)
+    def put_member(self, device_id: str, member: Member) -> None:
+        self.members[device_id] = member
 
 
 @dataclass(frozen=True, slots=True)
@@ -196,10 +219,30 @@ class Rollout:
     history: tuple[tuple[str | None, str, int, str], ...] = ()  # (from, to, ts, reason)
     rollback_of: str | None = None
     writes: int = 0  # rows written (the job orders writes within a millisecond by it)
+    # Rollback on abort: the images a device may go back to (the catalog's other versions of the
+    # device type, from the API), where it stands (ROLLBACK_* below) and the deployments it made.
+    rollback_firmware: tuple[dict[str, Any], ...] = ()
+    rollback: str = ""
+    rollbacks: tuple[str, ...] = ()
+    rollback_unavailable: int = 0
 
     @property
     def plan(self) -> Plan:
         return Plan.from_json(self.plan_json)
+
+
+ROLLBACK_WAITING = "WAITING"  # aborted: waiting for every released device to be final
+ROLLBACK_STARTED = "STARTED"  # rollback deployments made (maybe none: nothing to roll back)
+
+
+@dataclass(frozen=True, slots=True)
+class RollbackPlan:
+    """A rollback deployment to create: ``devices`` go back to ``firmware``."""
+
+    deployment_id: str
+    firmware: dict[str, Any]
+    devices: list[str]
+    plan: dict[str, Any]
 
 
 @dataclass(frozen=True, slots=True)
@@ -209,6 +252,7 @@ class Step:
     cancel: list[str] = field(default_factory=list)
     changed: bool = True  # the deployment's row must be written
     outcome: str = "applied"
+    rollbacks: list[RollbackPlan] = field(default_factory=list)
 
 
 def _to(r: Rollout, state: DeployState, now: int, reason: str) -> Rollout:
@@ -223,7 +267,8 @@ def create(record: dict[str, Any], now: int) -> Rollout:
     r = Rollout(record["deployment_id"], str(record.get("name", "")), dict(record["firmware"]),
                 dict(record.get("plan") or {}), int(record["target_count"]), int(record["chunks"]),
                 int(record.get("created_at", now)), str(record.get("created_by", "")), now,
-                rollback_of=record.get("rollback_of"))
+                rollback_of=record.get("rollback_of"),
+                rollback_firmware=tuple(f for f in record.get("rollback_firmware") or () if isinstance(f, dict)))
     r = replace(r, rate=r.plan.rate_per_minute)
     return replace(r, history=((None, DeployState.PENDING.value, now, "created"),))
 
@@ -250,18 +295,20 @@ def on_event(r: Rollout, members: Members, event: dict[str, Any], now: int) -> S
     device_id, to, seq = event["device_id"], event["to"], int(event["seq"])
     wave = int(event.get("wave", 0))
     known = members.member(device_id)
-    if known is not None and known[1] >= seq:
+    if known is not None and known.seq >= seq:
         return Step(r, changed=False, outcome="duplicate")
     if not 0 <= wave < len(r.waves):
         return Step(r, changed=False, outcome="unknown_wave")
-    members.put_member(device_id, to, seq, wave)
+    previous = event.get("previous_version")
+    members.put_member(device_id, Member(to, seq, wave, previous if isinstance(previous, str) else
+                                         (known.previous if known else "")))
     waves = list(r.waves)
-    waves[wave] = waves[wave].moved(known[0] if known else None, to)
+    waves[wave] = waves[wave].moved(known.state if known else None, to)
     r = replace(r, waves=tuple(waves), updated_at=now)
-    if ExecState(to) in SUCCESSES and (known is None or ExecState(known[0]) not in SUCCESSES):
+    if ExecState(to) in SUCCESSES and (known is None or ExecState(known.state) not in SUCCESSES):
         r = _more_successes(r)
     if r.state.final:
-        return Step(r)  # counts still change as released devices finish
+        return _maybe_roll_back(r, members, now, Step(r))  # counts still change as released devices finish
     return _release_and_evaluate(r, members, now)
 
 
@@ -310,9 +357,50 @@ def _stop(r: Rollout, members: Members, assign: list[tuple[str, int]] | None = N
         if device_id is None:
             continue
         m = members.member(device_id)
-        if m is None or not ExecState(m[0]).final:
+        if m is None or not ExecState(m.state).final:
             stopping.append(device_id)
-    return Step(r, assign=assign or [], cancel=stopping)
+    if r.state is DeployState.ABORTED and r.plan.rollback_on_abort:
+        r = replace(r, rollback=ROLLBACK_WAITING)
+    step = Step(r, assign=assign or [], cancel=stopping)
+    return _maybe_roll_back(r, members, r.updated_at, step)
+
+
+def rollback_id(deployment_id: str, index: int) -> str:
+    return f"{deployment_id[:56]}-rb{index}"
+
+
+def _maybe_roll_back(r: Rollout, members: Members, now: int, step: Step) -> Step:
+    """Once an aborted deployment's released devices are all final, make the rollback deployments:
+    the devices it updated (SUCCEEDED) go back to the version they ran before, one deployment per
+    version the catalog holds an image of; the others are counted as unavailable."""
+    if r.rollback != ROLLBACK_WAITING or sum(_final_count(w) for w in r.waves) < r.next_index:
+        return step
+    by_version: dict[str, list[str]] = {}
+    unavailable = 0
+    images = {str(f.get("version")): f for f in r.rollback_firmware}
+    for i in range(r.next_index):
+        device_id = members.target(i)
+        m = members.member(device_id) if device_id is not None else None
+        if device_id is None or m is None or m.state != ExecState.SUCCEEDED.value:
+            continue
+        if m.previous in images:
+            by_version.setdefault(m.previous, []).append(device_id)
+        else:
+            unavailable += 1
+    plan = r.plan_json
+    child_plan = {"waves": [{"size": "100%", "success_threshold_pct": 0}],
+                  "rate_per_minute": plan.get("rate_per_minute", 60), "device": plan.get("device") or {},
+                  "rollback_on_abort": False}
+    made = [RollbackPlan(rollback_id(r.deployment_id, i), images[v], devices, child_plan)
+            for i, (v, devices) in enumerate(sorted(by_version.items()))]
+    n = sum(len(m.devices) for m in made)
+    note = (f"; rolling back {n} updated devices in {', '.join(m.deployment_id for m in made)}" if made
+            else "; nothing to roll back")
+    if unavailable:
+        note += f" ({unavailable} without an image of their previous version)"
+    r = replace(r, rollback=ROLLBACK_STARTED, rollbacks=tuple(m.deployment_id for m in made),
+                rollback_unavailable=unavailable, reason=(r.reason + note)[:600], updated_at=now)
+    return replace(step, rollout=r, rollbacks=step.rollbacks + made, changed=True)
 
 
 # --- the rules ----------------------------------------------------------------------------------
@@ -421,7 +509,9 @@ def summary(r: Rollout) -> dict[str, Any]:
     return {"state": r.state.value, "reason": r.reason, "wave": r.wave, "target_count": r.target_count,
             "released": r.next_index, "rate_per_minute": round(r.rate, 3), "counts": totals, "waves": waves,
             "history": [{"from": f, "to": t, "ts": ts, "reason": why} for f, t, ts, why in r.history],
-            "updated_at": r.updated_at}
+            "updated_at": r.updated_at,
+            "rollback": ({"state": r.rollback, "deployments": list(r.rollbacks), "unavailable": r.rollback_unavailable}
+                         if r.rollback else None)}
 
 
 def encode(r: Rollout) -> str:
@@ -432,7 +522,9 @@ def encode(r: Rollout) -> str:
         "waves": [[w.start, w.end, w.released, [list(c) for c in w.counts]] for w in r.waves], "wave": r.wave,
         "next_index": r.next_index, "rate": r.rate, "allowance": r.allowance, "last_tick": r.last_tick,
         "successes": r.successes, "reason": r.reason, "history": [list(h) for h in r.history],
-        "rollback_of": r.rollback_of, "writes": r.writes}, separators=(",", ":"))
+        "rollback_of": r.rollback_of, "writes": r.writes, "rollback_firmware": list(r.rollback_firmware),
+        "rollback": r.rollback, "rollbacks": list(r.rollbacks), "rollback_unavailable": r.rollback_unavailable},
+        separators=(",", ":"))
 
 
 def decode(text: str | bytes) -> Rollout:
@@ -442,4 +534,6 @@ def decode(text: str | bytes) -> Rollout:
         x["created_by"], x["updated_at"], DeployState(x["state"]), tuple(x["chunks_seen"]),
         tuple(Wave(s, e, rel, tuple((k, n) for k, n in counts)) for s, e, rel, counts in x["waves"]), x["wave"],
         x["next_index"], x["rate"], x["allowance"], x["last_tick"], x["successes"], x["reason"],
-        tuple((f, t, ts, why) for f, t, ts, why in x["history"]), x["rollback_of"], x["writes"])
+        tuple((f, t, ts, why) for f, t, ts, why in x["history"]), x["rollback_of"], x["writes"],
+        tuple(x.get("rollback_firmware", ())), x.get("rollback", ""), tuple(x.get("rollbacks", ())),
+        x.get("rollback_unavailable", 0))

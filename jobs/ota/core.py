@@ -1,7 +1,7 @@
 """The OTA job's two keyed functions, thin shells around jobs.ota.logic.
 
 ``RolloutCore`` (keyed by deployment id). State: ``rollout`` (ValueState, fleet.ota.rollout.encode),
-``targets`` (MapState index -> device id), ``members`` (MapState device id -> "state|seq|wave"),
+``targets`` (MapState index -> device id), ``members`` (MapState device id -> rollout.Member.encode),
 ``timer``. ``DeviceCore`` (keyed by device id). State: ``ota`` (ValueState,
 fleet.ota.execution.encode), ``timer``. Strings, so savepoints survive refactoring.
 
@@ -22,9 +22,18 @@ from pyflink.datastream import KeyedProcessFunction, RuntimeContext
 from pyflink.datastream.state import MapStateDescriptor, ValueStateDescriptor
 
 from fleet.ota import download_urls
+from fleet.ota.rollout import Member
 from jobs.ota import logic
-from jobs.ota.logic import DEPLOYMENT_FIELDS, EXECUTION_FIELDS
-from jobs.ota.records import DEPLOYMENTS, DEVICE_DEAD_LETTERS, EVENTS, EXECUTIONS, ROLLOUT_DEAD_LETTERS
+from jobs.ota.logic import DEPLOYMENT_FIELDS, EXECUTION_FIELDS, NEW_DEPLOYMENT_FIELDS
+from jobs.ota.records import (
+    DEPLOYMENTS,
+    DEVICE_DEAD_LETTERS,
+    EVENTS,
+    EXECUTIONS,
+    NEW_DEPLOYMENTS,
+    REQUESTS,
+    ROLLOUT_DEAD_LETTERS,
+)
 
 
 class _Cell:
@@ -53,15 +62,12 @@ class _Members:
     def put_target(self, index: int, device_id: str) -> None:
         self._targets.put(index, device_id)
 
-    def member(self, device_id: str) -> tuple[str, int, int] | None:
+    def member(self, device_id: str) -> Member | None:
         value = self._members.get(device_id)
-        if value is None:
-            return None
-        state, seq, wave = value.split("|")
-        return state, int(seq), int(wave)
+        return Member.decode(value) if value is not None else None
 
-    def put_member(self, device_id: str, state: str, seq: int, wave: int) -> None:
-        self._members.put(device_id, f"{state}|{seq}|{wave}")
+    def put_member(self, device_id: str, member: Member) -> None:
+        self._members.put(device_id, member.encode())
 
 
 def _json_row(out: logic.Output) -> Row:
@@ -89,7 +95,8 @@ class _TimedCore(KeyedProcessFunction):
 
 
 class RolloutCore(_TimedCore):
-    """Main output: ota-assignments Row(device_id, JSON); side outputs: DEPLOYMENTS, ROLLOUT_DEAD_LETTERS."""
+    """Main output: ota-assignments Row(device_id, JSON); side outputs: DEPLOYMENTS, NEW_DEPLOYMENTS,
+    REQUESTS (rollbacks) and ROLLOUT_DEAD_LETTERS."""
 
     def open(self, ctx: RuntimeContext) -> None:
         self.cell = _Cell(ctx.get_state(ValueStateDescriptor("rollout", Types.STRING())))
@@ -126,6 +133,10 @@ class RolloutCore(_TimedCore):
             elif out.kind == logic.DEAD_LETTER:
                 self.counters["deadLetters"].inc()
                 yield ROLLOUT_DEAD_LETTERS, _json_row(out)
+            elif out.kind == logic.REQUEST:
+                yield REQUESTS, _json_row(out)
+            elif out.kind == logic.NEW_DEPLOYMENT:
+                yield NEW_DEPLOYMENTS, Row(*(out.value[f] for f in NEW_DEPLOYMENT_FIELDS))
             else:
                 yield DEPLOYMENTS, Row(*(out.value[f] for f in DEPLOYMENT_FIELDS))
 

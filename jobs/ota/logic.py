@@ -5,7 +5,9 @@ Two keyed operators, each a thin shell (jobs/ota/core.py) around one entry point
 * ``rollout_handle`` / ``rollout_fire`` (keyed by deployment id): operator requests from
   ``ota-requests`` (create, targets, pause, resume, cancel) and execution transitions from
   ``ota-events``, through fleet.ota.rollout. Outputs: assignments and cancels for devices
-  (Kafka ``ota-assignments``, key device id) and the deployment's row (Cassandra ``ota_deployments``).
+  (Kafka ``ota-assignments``, key device id), the deployment's row (Cassandra ``ota_deployments``)
+  and, for an aborted deployment with rollback, the rollback deployments (their rows, and their
+  records on ``ota-requests``, which bring them back to this operator).
 * ``device_handle`` / ``device_fire`` (keyed by device id): assignments and cancels from
   ``ota-assignments``, the device's ``ota/status`` reports (Kafka ``ota-status``) and its
   connectivity (``device-events``), through fleet.ota.execution. Outputs: notices for the device
@@ -38,10 +40,14 @@ DOWNLINK = "downlink"  # Kafka downlink, key device id
 ASSIGNMENT = "assignment"  # Kafka ota-assignments, key device id
 EVENT = "event"  # Kafka ota-events, key deployment id
 DEPLOYMENT = "deployment"  # Cassandra ota_deployments (DEPLOYMENT_FIELDS)
+NEW_DEPLOYMENT = "new_deployment"  # Cassandra ota_deployments, a whole row (NEW_DEPLOYMENT_FIELDS): a rollback
+REQUEST = "request"  # Kafka ota-requests, key deployment id (a rollback deployment's records)
 EXECUTION = "execution"  # Cassandra ota_executions and ota_executions_by_device (EXECUTION_FIELDS)
 DEAD_LETTER = "dead_letter"
 
 DEPLOYMENT_FIELDS = ["deployment_id", "state", "summary", "updated_at", "write_ts"]
+NEW_DEPLOYMENT_FIELDS = ["deployment_id", "name", "firmware_id", "device_type", "version", "state", "created_at",
+                         "created_by", "updated_at", "plan", "target_count", "rollback_of", "write_ts"]
 EXECUTION_FIELDS = ["deployment_id", "device_id", "state", "wave", "attempt", "updated_at", "execution", "write_ts"]
 
 _DEVICE_STATES = ex.DEVICE_STATES
@@ -131,10 +137,31 @@ def _cancel(r: ro.Rollout, device_id: str, now: int) -> Output:
                                "ts": now}, device_id)
 
 
+def _rollback_outputs(parent: ro.Rollout, rb: ro.RollbackPlan, now: int) -> list[Output]:
+    """A rollback deployment: its whole row (the API reads it as any other), then its records on
+    ota-requests, which come back to this operator as a deployment of its own."""
+    fw = rb.firmware
+    name = f"rollback of {parent.name or parent.deployment_id}"[:100]
+    row = Output(NEW_DEPLOYMENT, {
+        "deployment_id": rb.deployment_id, "name": name, "firmware_id": str(fw.get("firmware_id")),
+        "device_type": str(fw.get("device_type")), "version": str(fw.get("version")), "state": "PENDING",
+        "created_at": now, "created_by": SOURCE, "updated_at": now, "plan": dumps(rb.plan),
+        "target_count": len(rb.devices), "rollback_of": parent.deployment_id, "write_ts": now * 1000})
+    chunks = [rb.devices[i:i + ro.TARGET_CHUNK] for i in range(0, len(rb.devices), ro.TARGET_CHUNK)]
+    create = {"op": "create", "deployment_id": rb.deployment_id, "created_at": now, "created_by": SOURCE,
+              "name": name, "firmware": fw, "plan": rb.plan, "target_count": len(rb.devices), "chunks": len(chunks),
+              "rollback_of": parent.deployment_id}
+    records = [create] + [{"op": "targets", "deployment_id": rb.deployment_id, "chunk": i, "devices": c}
+                          for i, c in enumerate(chunks)]
+    return [row] + [Output(REQUEST, rec, rb.deployment_id) for rec in records]
+
+
 def _rollout_outputs(before: ro.Rollout | None, step: ro.Step, now: int) -> tuple[ro.Rollout, list[Output]]:
     r = step.rollout
     out = [_assignment(r, d, w, now) for d, w in step.assign]
     out += [_cancel(r, d, now) for d in step.cancel]
+    for rb in step.rollbacks:
+        out += _rollback_outputs(r, rb, now)
     if step.changed or before is None:
         r = replace(r, writes=r.writes + 1)
         out.append(deployment_row(r, now))
@@ -232,7 +259,7 @@ def _event(e: ex.Execution, c: ex.Change) -> Output:
     return Output(EVENT, {"type": "transition", "deployment_id": e.deployment_id, "device_id": e.device_id,
                           "wave": e.wave, "from": c.from_state.value if c.from_state else None,
                           "to": c.to_state.value, "ts": c.ts, "reason": c.reason, "attempt": e.attempt,
-                          "seq": e.seq}, e.deployment_id)
+                          "seq": e.seq, "previous_version": e.previous_version}, e.deployment_id)
 
 
 def _notice(n: ex.Notice, now: int, url_for: UrlFor) -> Output:

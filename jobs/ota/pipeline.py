@@ -4,6 +4,7 @@
         -> key by deployment (Java) -> RolloutCore (fleet.ota.rollout; timers: the rate limit)
            main output : assignments and cancels -> Kafka `ota-assignments` (key device id)
            side outputs: deployment rows          -> Cassandra `ota_deployments`
+                         rollback deployments     -> Cassandra `ota_deployments`, Kafka `ota-requests`
                          dead letters             -> Kafka `dead-letter`
 
     Kafka ota-assignments, ota-status, device-events (key = device id)
@@ -37,6 +38,8 @@ from jobs.ota.records import (
     EVENTS,
     EXECUTIONS,
     KAFKA_TYPE,
+    NEW_DEPLOYMENTS,
+    REQUESTS,
     ROLLOUT_DEAD_LETTERS,
 )
 
@@ -58,6 +61,10 @@ class OtaSinks(Protocol):
 
     def deployments(self, stream: DataStream) -> None: ...  # rows of logic.DEPLOYMENT_FIELDS
 
+    def new_deployments(self, stream: DataStream) -> None: ...  # rows of logic.NEW_DEPLOYMENT_FIELDS (rollbacks)
+
+    def requests(self, stream: DataStream) -> None: ...  # Row(deployment_id, JSON) -> ota-requests (rollbacks)
+
     def executions(self, stream: DataStream) -> None: ...  # rows of logic.EXECUTION_FIELDS
 
 
@@ -68,6 +75,8 @@ def build(env: StreamExecutionEnvironment, settings: Settings, rollout_source: D
                    .process(RolloutCore(), output_type=KAFKA_TYPE).name("ota-rollout").uid("ota-rollout"))
     sinks.assignments(assignments)
     sinks.deployments(internals.side_output(assignments, DEPLOYMENTS))
+    sinks.new_deployments(internals.side_output(assignments, NEW_DEPLOYMENTS))
+    sinks.requests(internals.side_output(assignments, REQUESTS))
     downlink = (internals.key_by_device(device_source)
                 .process(DeviceCore(str(settings.ota_url_key_path), settings.ota_url_ttl_s), output_type=KAFKA_TYPE)
                 .name("ota-device").uid("ota-device"))

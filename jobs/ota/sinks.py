@@ -79,6 +79,19 @@ class ProductionSinks:
                         "UPDATE ota_deployments USING TIMESTAMP ? SET state = ?, summary = ?, updated_at = ? "
                         "WHERE deployment_id = ?", "4,1,2,3,0")
 
+    def new_deployments(self, stream: DataStream) -> None:
+        # Fields: deployment_id, name, firmware_id, device_type, version, state, created_at, created_by,
+        # updated_at, plan, target_count, rollback_of, write_ts. IF NOT EXISTS would be an LWT per row;
+        # the write timestamp (its creation) sits below every later state update of the job instead.
+        self._cassandra(stream, "cassandra-ota-new-deployments",
+                        "INSERT INTO ota_deployments (deployment_id, name, firmware_id, device_type, version, state, "
+                        "created_at, created_by, updated_at, plan, target_count, rollback_of) "
+                        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) USING TIMESTAMP ?",
+                        "0,1,2,3,4,5,6,7,8,9,10,11,12")
+
+    def requests(self, stream: DataStream) -> None:
+        self._kafka(stream, Kafka.OTA_REQUESTS)
+
     def executions(self, stream: DataStream) -> None:
         # Fields: deployment_id, device_id, state, wave, attempt, updated_at, execution, write_ts.
         self._cassandra(stream, "cassandra-ota-executions",

@@ -6,7 +6,8 @@ download with the signed URL (Range), verify, install into an A/B slot, reboot a
   wave 1 met its 100% threshold; a crash-looping device is never a success; a tampered image and
   a bad signature are refused by the device and never installed; a stalled device times out; a
   failed download is retried and resumes; the deployment ends SUCCEEDED with every count right;
-- the failure threshold aborts a deployment: it stops releasing and cancels the rest;
+- the failure threshold aborts a deployment: it stops releasing, cancels the rest, and rolls the
+  devices it updated back to their previous version in a rollback deployment;
 - pause, resume and cancel through the API, and the 409 of a second active deployment.
 """
 
@@ -167,28 +168,48 @@ def test_a_staged_rollout_with_injected_failures(api, keys, ota_job, enroll, fir
             a.stop()
 
 
-def test_the_failure_threshold_aborts_and_cancels_the_rest(api, keys, ota_job, enroll, firmware, stack,  # noqa: F811
-                                                           tmp_path):
+@pytest.fixture(scope="module")
+def previous_firmware(api, keys, device_type):  # noqa: F811
+    """The image of the version the agents run before the update (their factory 1.0.0)."""
+    r = api.post("/v1/firmware", content=os.urandom(100_000), params={"version": "1.0.0", "device_type": device_type},
+                 headers={**keys["operator"], "Content-Type": "application/octet-stream"})
+    assert r.status_code == 201, r.text
+    return r.json()
+
+
+def test_the_failure_threshold_aborts_cancels_the_rest_and_rolls_back(api, keys, ota_job, enroll,  # noqa: F811
+                                                                      firmware, previous_firmware, stack, tmp_path):
     identities = enroll(10, f"abort-{uuid.uuid4().hex[:6]}")
-    agents = start_agents(stack, identities, {0: "install_failure", 1: "install_failure"}, tmp_path)
+    agents = start_agents(stack, identities, {2: "install_failure", 3: "install_failure"}, tmp_path)
     ids = [i.device_id for i in identities]
     try:
-        plan = {"rate_per_minute": 30, "device": POLICY,  # one device every 2 s
+        plan = {"rate_per_minute": 30, "device": POLICY, "rollback_on_abort": True,  # one device every 2 s
                 "waves": [{"size": "100%", "success_threshold_pct": 50, "failure_threshold": {"count": 2}}]}
         r = create(api, keys, firmware, ids, plan)
         assert r.status_code == 201, r.text
-        final = wait_final(api, keys, r.json()["deployment_id"], timeout=90)
+        dep_id = r.json()["deployment_id"]
+        final = wait_final(api, keys, dep_id, timeout=90)
         assert final["state"] == "ABORTED" and "2 failed" in final["reason"], final
-        ex = executions(api, keys, final["deployment_id"])
-        assert ex[ids[0]]["state"] == "FAILED" and ex[ids[1]]["state"] == "FAILED"
+        ex = executions(api, keys, dep_id)
+        assert ex[ids[2]]["state"] == "FAILED" and ex[ids[3]]["state"] == "FAILED"
         assert len(ex) < 10  # it stopped releasing
         assert all(e["state"] in ("FAILED", "CANCELED", "SUCCEEDED", "VERIFYING", "INSTALLING", "REBOOTING")
                    for e in ex.values()), {d: e["state"] for d, e in ex.items()}
-        def all_final():
-            x = executions(api, keys, final["deployment_id"])
-            return all(e["final"] for e in x.values()), x
 
-        wait_for("every released device final", all_final, timeout=30)
+        # Once every released device is final, the updated ones go back to 1.0.0 in a rollback
+        # deployment that names this one.
+        started = wait_for("the rollback started", lambda: (
+            ((d := deployment(api, keys, dep_id)).get("rollback") or {}).get("state") == "STARTED", d), timeout=60)
+        ex = executions(api, keys, dep_id)
+        updated = sorted(d for d, e in ex.items() if e["state"] == "SUCCEEDED")
+        assert updated, ex  # the first two finished before the failures
+        [rb_id] = started["rollback"]["deployments"]
+        rollback = wait_final(api, keys, rb_id, timeout=90)
+        assert rollback["state"] == "SUCCEEDED" and rollback["rollback_of"] == dep_id, rollback
+        assert rollback["version"] == "1.0.0" and rollback["target_count"] == len(updated)
+        assert sorted(executions(api, keys, rb_id)) == updated
+        for i, agent in enumerate(agents):
+            assert agent.ota.running_version == "1.0.0", (i, ids[i] in updated)
     finally:
         for a in agents:
             a.stop()

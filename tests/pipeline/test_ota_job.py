@@ -190,6 +190,7 @@ def test_production_graph_builds(tmp_path):
     plan = json.loads(env.get_execution_plan())
     names = " ".join(node["contents"] for node in plan["nodes"])
     for part in ("kafka-ota-rollout-inputs", "kafka-ota-device-inputs", "ota-rollout", "ota-device",
-                 "cassandra-ota-deployments", "cassandra-ota-executions", "cassandra-ota-executions-by-device",
+                 "cassandra-ota-deployments", "cassandra-ota-new-deployments", "cassandra-ota-executions",
+                 "cassandra-ota-executions-by-device", "ota_requests",
                  "ota_assignments", "ota_events", "downlink", "dead_letter"):
         assert part in names, (part, names)

@@ -168,14 +168,16 @@ def test_another_devices_url_is_a_403(w):
     assert r.status_code == 403 and "signature" in r.json()["detail"]
 
 
-@pytest.mark.parametrize("state", ["SUCCEEDED", "CANCELED", "FAILED", "ALREADY_INSTALLED", None])
-def test_a_device_whose_execution_is_final_or_absent_is_not_assigned(w, state):
-    if state is None:
-        del w.assignments.executions[("dep1", "d1")]
-    else:
-        w.assignments.executions[("dep1", "d1")] = state
+@pytest.mark.parametrize("state", ["SUCCEEDED", "CANCELED", "FAILED", "ALREADY_INSTALLED"])
+def test_a_device_whose_execution_is_final_is_not_assigned(w, state):
+    w.assignments.executions[("dep1", "d1")] = state
     r = get(w)
     assert r.status_code == 403 and "not assigned" in r.json()["detail"]
+
+
+def test_a_device_notified_before_its_execution_row_landed_downloads(w):
+    del w.assignments.executions[("dep1", "d1")]
+    assert get(w).status_code == 200
 
 
 def test_an_unknown_deployment_is_a_404(w):

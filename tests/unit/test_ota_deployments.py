@@ -279,7 +279,8 @@ def test_records_are_a_create_then_chunks_of_5000() -> None:
                       "name": "spring", "firmware": {"firmware_id": "fw1", "device_type": "thermo", "version": "2.0.0",
                                                      "sha256": "a" * 64, "size": 1234,
                                                      "signature": "c3Nz" * 21 + "cw==", "signer": "platformkey00001"},
-                      "plan": dep.validate_plan(None), "target_count": 10_001, "chunks": 3, "rollback_of": None}
+                      "plan": dep.validate_plan(None), "target_count": 10_001, "chunks": 3, "rollback_of": None,
+                      "rollback_firmware": []}
     assert [(t["op"], t["chunk"], len(t["devices"])) for t in targets] == [
         ("targets", 0, 5000), ("targets", 1, 5000), ("targets", 2, 1)]
     assert targets[1]["devices"][0] == "d05000" and all(t["deployment_id"] == "dep1" for t in targets)

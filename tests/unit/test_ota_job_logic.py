@@ -33,7 +33,10 @@ class Loop:
         self.device_wake: dict[str, int | None] = {}
         self.queue: list[tuple[str, str, str]] = []  # (operator, key, raw)
         self.rows: dict[str, dict[str, Any]] = {}
+        self.all_rows: dict[tuple[str, str], dict[str, Any]] = {}
         self.deployment: dict[str, Any] = {}
+        self.deployments: dict[str, dict[str, Any]] = {}
+        self.new_rows: list[dict[str, Any]] = []
         self.notices: list[dict[str, Any]] = []
         self.dead: list[dict[str, Any]] = []
 
@@ -49,8 +52,15 @@ class Loop:
                 self.device_answers(out.value)
             elif out.kind == logic.EXECUTION:
                 self.rows[out.value["device_id"]] = out.value
+                self.all_rows[(out.value["deployment_id"], out.value["device_id"])] = out.value
             elif out.kind == logic.DEPLOYMENT:
-                self.deployment = out.value
+                self.deployments[out.value["deployment_id"]] = out.value
+                if out.value["deployment_id"] == "dep1":
+                    self.deployment = out.value
+            elif out.kind == logic.REQUEST:
+                self.queue.append(("rollout", str(out.key), json.dumps(out.value)))
+            elif out.kind == logic.NEW_DEPLOYMENT:
+                self.new_rows.append(out.value)
             else:
                 self.dead.append(out.value)
 
@@ -79,11 +89,12 @@ class Loop:
             return
         self.status(device, deployment_id=dep, state="REBOOTING")
         self.online(device, False)
-        self.online(device, True, "2.0.0")
+        version = p["firmware"]["version"]
+        self.online(device, True, version)
         if how == "crash":
             for _ in range(3):
                 self.online(device, False)
-                self.online(device, True, "2.0.0")
+                self.online(device, True, version)
 
     def drain(self) -> None:
         while self.queue:
@@ -113,11 +124,12 @@ class Loop:
             self.route(h, operator, key)
             self.drain()
 
-    def create(self, devices: list[str], plan: dict[str, Any]) -> None:
+    def create(self, devices: list[str], plan: dict[str, Any], rollback_firmware: tuple = ()) -> None:
         chunks = [devices[i:i + ro.TARGET_CHUNK] for i in range(0, len(devices), ro.TARGET_CHUNK)]
         self.queue.append(("rollout", "dep1", json.dumps({
             "op": "create", "deployment_id": "dep1", "created_at": T0, "created_by": "op", "name": "r1",
-            "firmware": FW, "plan": plan, "target_count": len(devices), "chunks": len(chunks), "rollback_of": None})))
+            "firmware": FW, "plan": plan, "target_count": len(devices), "chunks": len(chunks), "rollback_of": None,
+            "rollback_firmware": list(rollback_firmware)})))
         for i, c in enumerate(chunks):
             self.queue.append(("rollout", "dep1", json.dumps({"op": "targets", "deployment_id": "dep1", "chunk": i,
                                                                "devices": c})))
@@ -215,3 +227,27 @@ def test_a_dead_letter_keeps_the_keys_timer() -> None:
                                                        "devices": ["a", "b", "c"]}), T0, rcell, members)
     assert started.wake_at is not None and started.wake_at > T0
     assert logic.rollout_handle("dep1", "{oops", T0 + 1, rcell, members).wake_at == started.wake_at
+
+
+def test_abort_with_rollback_puts_the_updated_devices_back_on_their_previous_version() -> None:
+    devices = [f"d{i:02}" for i in range(6)]
+    loop = Loop({"d02": "install_fail", "d03": "install_fail"})
+    for d in devices:
+        loop.online(d, True, "1.0.0")
+    old = {**FW, "firmware_id": "f0", "version": "1.0.0"}
+    loop.create(devices, {"rate_per_minute": 120, "device": DEVICE, "rollback_on_abort": True,
+                          "waves": [{"size": "100%", "failure_threshold": {"count": 2}}]}, rollback_firmware=(old,))
+    loop.run_until(T0 + 60_000)
+    assert loop.deployment["state"] == "ABORTED"
+    summary = json.loads(loop.deployment["summary"])
+    assert summary["rollback"]["state"] == "STARTED" and summary["rollback"]["deployments"] == ["dep1-rb0"]
+    updated = [d for d in devices if loop.all_rows.get(("dep1", d), {}).get("state") == "SUCCEEDED"]
+    assert updated  # d00 and d01 finished before the second failure
+    [row] = loop.new_rows
+    assert (row["deployment_id"], row["rollback_of"], row["version"], row["target_count"]) == (
+        "dep1-rb0", "dep1", "1.0.0", len(updated))
+    assert loop.deployments["dep1-rb0"]["state"] == "SUCCEEDED"
+    assert all(loop.all_rows[("dep1-rb0", d)]["state"] == "SUCCEEDED" for d in updated)
+    back = [n for n in loop.notices if n["payload"].get("deployment_id") == "dep1-rb0"]
+    assert {n["device_id"] for n in back} == set(updated)
+    assert all(n["payload"]["firmware"]["version"] == "1.0.0" for n in back)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -230,3 +231,43 @@ def test_encode_round_trip() -> None:
     sim = Sim(10, {"rate_per_minute": 60, "waves": [{"size": 2}, {"size": "100%"}]})
     sim.event("d000", "SUCCEEDED")
     assert ro.decode(ro.encode(sim.r)) == sim.r
+
+
+def _previous(sim: Sim, device: str, to: str, previous: str) -> ro.Step:
+    sim.seq[device] = sim.seq.get(device, 0) + 1
+    wave = next(w for d, w in sim.assigned if d == device)
+    sim.now += 10
+    return sim.apply(ro.on_event(sim.r, sim.members, {"device_id": device, "wave": wave, "to": to,
+                                                      "seq": sim.seq[device], "previous_version": previous}, sim.now))
+
+
+def test_rollback_on_abort_waits_for_the_released_then_rolls_back_the_updated() -> None:
+    images = ({"firmware_id": "f0", "version": "1.0.0"}, {"firmware_id": "f9", "version": "0.9.0"})
+    sim = Sim(6, {**FAST, "rollback_on_abort": True,
+                  "waves": [{"size": "100%", "success_threshold_pct": 0, "failure_threshold": {"count": 2}}]})
+    sim.r = replace(sim.r, rollback_firmware=images)
+    _previous(sim, "d000", "SUCCEEDED", "1.0.0")
+    _previous(sim, "d001", "SUCCEEDED", "0.9.0")
+    _previous(sim, "d002", "SUCCEEDED", "0.5.0")  # no image of it in the catalog
+    _previous(sim, "d003", "VERIFYING", "1.0.0")
+    _previous(sim, "d004", "FAILED", "1.0.0")
+    step = _previous(sim, "d005", "FAILED", "1.0.0")
+    assert sim.r.state is DeployState.ABORTED and sim.r.rollback == ro.ROLLBACK_WAITING and not step.rollbacks
+    step = _previous(sim, "d003", "SUCCEEDED", "1.0.0")  # the last one in flight finishes: now roll back
+    assert sim.r.rollback == ro.ROLLBACK_STARTED
+    made = {rb.firmware["version"]: rb.devices for rb in step.rollbacks}
+    assert made == {"0.9.0": ["d001"], "1.0.0": ["d000", "d003"]}
+    assert all(rb.plan["rollback_on_abort"] is False for rb in step.rollbacks)
+    assert [rb.deployment_id for rb in step.rollbacks] == ["dep1-rb0", "dep1-rb1"]
+    summary = ro.summary(sim.r)
+    assert summary["rollback"] == {"state": "STARTED", "deployments": ["dep1-rb0", "dep1-rb1"], "unavailable": 1}
+    assert "rolling back 3 updated devices" in summary["reason"]
+    # Once only.
+    assert not _previous(sim, "d003", "SUCCEEDED", "1.0.0").rollbacks
+    assert ro.decode(ro.encode(sim.r)) == sim.r
+
+
+def test_no_rollback_without_the_plan_asking() -> None:
+    sim = Sim(2, {**FAST, "waves": [{"size": "100%", "failure_threshold": {"count": 1}}]})
+    step = _previous(sim, "d000", "FAILED", "1.0.0")
+    assert sim.r.state is DeployState.ABORTED and not step.rollbacks and ro.summary(sim.r)["rollback"] is None
