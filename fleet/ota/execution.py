@@ -32,7 +32,8 @@ States (issue 11)::
   deployment with a 409 first, so this only happens when two creations raced.
 * Device reports arrive at least once and may repeat: a report for an earlier state than the
   current one is stale and changes nothing; reports for a finished deployment are late and
-  change nothing.
+  change nothing. Connectivity comes through another topic than the reports, so a device may
+  be seen back on the new version before its INSTALLING/REBOOTING reports: that is its boot.
 """
 
 from __future__ import annotations
@@ -315,7 +316,13 @@ def on_connect(state: DeviceOta, firmware_version: str | None, now: int) -> Step
     ex = state.active
     if ex is None:
         return b.step(None, Outcome.IGNORED, online=True, firmware_version=version)
-    if ex.state is ExecState.QUEUED or ex.state in (ExecState.NOTIFIED, ExecState.DOWNLOADING, ExecState.DOWNLOADED):
+    if (version == ex.version and ex.state is not ExecState.QUEUED
+            and _ORDER.get(ex.state, 99) < _ORDER[ExecState.VERIFYING]):
+        # Back on the new version while its reports of the install are still on their way (they
+        # come through another topic than connectivity, in no fixed order): it booted.
+        ex = _booted(b, ex, version, now)
+    elif ex.state is ExecState.QUEUED or ex.state in (ExecState.NOTIFIED, ExecState.DOWNLOADING,
+                                                      ExecState.DOWNLOADED):
         # Offline until now, or the notice (or the download) was cut off: send it (again); the
         # device resumes a partial download.
         ex = _notify(b, ex, now, "device online")

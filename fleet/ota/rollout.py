@@ -219,6 +219,8 @@ class Rollout:
     history: tuple[tuple[str | None, str, int, str], ...] = ()  # (from, to, ts, reason)
     rollback_of: str | None = None
     writes: int = 0  # rows written (the job orders writes within a millisecond by it)
+    row_at: int = 0  # when the row was last written
+    row_dirty: bool = False  # counts changed since (the job writes them at most every ROW_INTERVAL_MS)
     # Rollback on abort: the images a device may go back to (the catalog's other versions of the
     # device type, from the API), where it stands (ROLLBACK_* below) and the deployments it made.
     rollback_firmware: tuple[dict[str, Any], ...] = ()
@@ -522,7 +524,8 @@ def encode(r: Rollout) -> str:
         "waves": [[w.start, w.end, w.released, [list(c) for c in w.counts]] for w in r.waves], "wave": r.wave,
         "next_index": r.next_index, "rate": r.rate, "allowance": r.allowance, "last_tick": r.last_tick,
         "successes": r.successes, "reason": r.reason, "history": [list(h) for h in r.history],
-        "rollback_of": r.rollback_of, "writes": r.writes, "rollback_firmware": list(r.rollback_firmware),
+        "rollback_of": r.rollback_of, "writes": r.writes, "row_at": r.row_at, "row_dirty": r.row_dirty,
+        "rollback_firmware": list(r.rollback_firmware),
         "rollback": r.rollback, "rollbacks": list(r.rollbacks), "rollback_unavailable": r.rollback_unavailable},
         separators=(",", ":"))
 
@@ -535,5 +538,6 @@ def decode(text: str | bytes) -> Rollout:
         tuple(Wave(s, e, rel, tuple((k, n) for k, n in counts)) for s, e, rel, counts in x["waves"]), x["wave"],
         x["next_index"], x["rate"], x["allowance"], x["last_tick"], x["successes"], x["reason"],
         tuple((f, t, ts, why) for f, t, ts, why in x["history"]), x["rollback_of"], x["writes"],
+        x.get("row_at", 0), x.get("row_dirty", False),
         tuple(x.get("rollback_firmware", ())), x.get("rollback", ""), tuple(x.get("rollbacks", ())),
         x.get("rollback_unavailable", 0))

@@ -156,23 +156,38 @@ def _rollback_outputs(parent: ro.Rollout, rb: ro.RollbackPlan, now: int) -> list
     return [row] + [Output(REQUEST, rec, rb.deployment_id) for rec in records]
 
 
+# The deployment's row (its summary) is written at once when its state changes, and otherwise at
+# most this often: in a rollout's busy seconds every device transition changes the counts, and
+# writing the whole summary for each was most of the rollout operator's work.
+ROW_INTERVAL_MS = 500
+
+
 def _rollout_outputs(before: ro.Rollout | None, step: ro.Step, now: int) -> tuple[ro.Rollout, list[Output]]:
     r = step.rollout
     out = [_assignment(r, d, w, now) for d, w in step.assign]
     out += [_cancel(r, d, now) for d in step.cancel]
     for rb in step.rollbacks:
         out += _rollback_outputs(r, rb, now)
-    if step.changed or before is None:
-        r = replace(r, writes=r.writes + 1)
+    urgent = before is None or before.state is not r.state or bool(step.rollbacks) or before.wave != r.wave
+    if urgent or ((step.changed or r.row_dirty) and now >= r.row_at + ROW_INTERVAL_MS):
+        r = replace(r, writes=r.writes + 1, row_at=now, row_dirty=False)
         out.append(deployment_row(r, now))
+    elif step.changed and not r.row_dirty:
+        r = replace(r, row_dirty=True)
     return r, out
+
+
+def _rollout_wake(r: ro.Rollout) -> int | None:
+    """The rollout's own next timer, or the deferred row write, whichever is first."""
+    times = [t for t in (ro.next_timer(r), r.row_at + ROW_INTERVAL_MS if r.row_dirty else None) if t is not None]
+    return min(times, default=None)
 
 
 def rollout_handle(key: str | None, raw: str, now: int, cell: Cell, members: ro.Members) -> Handled:
     text = cell.get()
     r = ro.decode(text) if text is not None else None
     # A dead letter keeps the key's timer where it was (a bad record must not stop a rollout).
-    keep = ro.next_timer(r) if r is not None else None
+    keep = _rollout_wake(r) if r is not None else None
     record = _parse(key, raw, now)
     if isinstance(record, Output):
         return Handled([record], keep)
@@ -193,7 +208,7 @@ def rollout_handle(key: str | None, raw: str, now: int, cell: Cell, members: ro.
     after, out = _rollout_outputs(r, result, now)
     if after is not r:
         cell.put(ro.encode(after))
-    return Handled(out, ro.next_timer(after))
+    return Handled(out, _rollout_wake(after))
 
 
 def _rollout_step(r: ro.Rollout | None, record: dict[str, Any], now: int, members: ro.Members) -> ro.Step | Output:
@@ -243,7 +258,7 @@ def rollout_fire(now: int, cell: Cell, members: ro.Members) -> Handled:
     after, out = _rollout_outputs(r, ro.on_timer(r, members, now), now)
     if after is not r:
         cell.put(ro.encode(after))
-    return Handled(out, ro.next_timer(after))
+    return Handled(out, _rollout_wake(after))
 
 
 # --- the executions (keyed by device) -------------------------------------------------------

@@ -231,3 +231,12 @@ def test_finished_is_bounded() -> None:
         state = ex.on_status(ex.assign(state, assignment(f"dep{i}"), T0 + i).state,
                              report("REJECTED", dep=f"dep{i}"), T0 + i).state
     assert len(state.finished) == ex.MAX_FINISHED and state.finished[0][0] == "dep5"
+
+
+def test_back_on_the_new_version_before_the_install_reports_is_a_boot() -> None:
+    # Connectivity and reports come through different topics: the reconnect may overtake them.
+    state, _ = run([("assign", assignment()), ("status", report("DOWNLOADED")), ("disconnect", None),
+                    ("connect", "2.0.0")])
+    assert state.active is not None and state.active.state is ExecState.VERIFYING
+    late = ex.on_status(state, report("REBOOTING"), T0 + 9000)
+    assert late.outcome is Outcome.STALE and not late.send

@@ -251,3 +251,28 @@ def test_abort_with_rollback_puts_the_updated_devices_back_on_their_previous_ver
     back = [n for n in loop.notices if n["payload"].get("deployment_id") == "dep1-rb0"]
     assert {n["device_id"] for n in back} == set(updated)
     assert all(n["payload"]["firmware"]["version"] == "1.0.0" for n in back)
+
+
+def test_the_deployment_row_is_written_on_state_changes_at_once_and_counts_at_most_every_interval() -> None:
+    rcell, members = logic.MemoryCell(), ro.MemoryMembers()
+    devices = [f"d{i}" for i in range(20)]
+    create = {"op": "create", "deployment_id": "dep1", "firmware": FW, "plan": {"rate_per_minute": 60_000},
+              "target_count": 20, "chunks": 1}
+    rows = [o for o in logic.rollout_handle("dep1", json.dumps(create), T0, rcell, members).outputs
+            if o.kind == logic.DEPLOYMENT]
+    started = logic.rollout_handle("dep1", json.dumps({"op": "targets", "deployment_id": "dep1", "chunk": 0,
+                                                       "devices": devices}), T0 + 1, rcell, members)
+    rows += [o for o in started.outputs if o.kind == logic.DEPLOYMENT]
+    assert [r.value["state"] for r in rows] == ["PENDING", "RUNNING"]  # state changes: at once
+    wake = None
+    for i, d in enumerate(devices[:10]):  # ten transitions within 100 ms: no row
+        h = logic.rollout_handle("dep1", json.dumps({"type": "transition", "deployment_id": "dep1", "device_id": d,
+                                                     "wave": 0, "to": "NOTIFIED", "seq": 1}), T0 + 10 + i * 10, rcell,
+                                 members)
+        assert not [o for o in h.outputs if o.kind == logic.DEPLOYMENT]
+        wake = h.wake_at
+    assert wake == T0 + 1 + logic.ROW_INTERVAL_MS
+    flushed = logic.rollout_fire(wake, rcell, members)
+    [row] = [o for o in flushed.outputs if o.kind == logic.DEPLOYMENT]
+    assert json.loads(row.value["summary"])["counts"] == {"NOTIFIED": 10}
+    assert flushed.wake_at is None
