@@ -195,8 +195,28 @@ def body_limit(app, max_bytes: int, route_limits: Mapping[tuple[str, str], int] 
     return middleware
 
 
+def cassandra_outage_errors() -> tuple[type[Exception], ...]:
+    """The driver's errors that mean Cassandra is down or overloaded mid-request (not a bad query):
+    503, like StoreUnavailable at connect time, never a 500."""
+    try:
+        from cassandra import CoordinationFailure, OperationTimedOut, Timeout, Unavailable
+        from cassandra.cluster import NoHostAvailable
+    except ImportError:  # pragma: no cover - the driver is a dependency of the API
+        return ()
+    return (NoHostAvailable, OperationTimedOut, Unavailable, Timeout, CoordinationFailure)
+
+
+async def cassandra_outage(request: Request, exc: Exception) -> Response:
+    log.warning("Cassandra unavailable during %s %s: %s: %s", request.method, request.url.path, type(exc).__name__,
+                exc)
+    return _json(f"Cassandra is unavailable: {type(exc).__name__}: {str(exc)[:300]}",
+                 status.HTTP_503_SERVICE_UNAVAILABLE)
+
+
 def install(app: FastAPI, max_body_bytes: int, route_limits: Mapping[tuple[str, str], int] | None = None) -> None:
     app.add_exception_handler(RequestValidationError, request_validation_error)
     for error in (*CLIENT_ERRORS, StoreUnavailable, KeyFileError):
         app.add_exception_handler(error, client_error)
+    for outage in cassandra_outage_errors():
+        app.add_exception_handler(outage, cassandra_outage)
     app.add_middleware(lambda inner: body_limit(inner, max_body_bytes, route_limits))

@@ -147,8 +147,7 @@ class DeploymentStore:
                   for r in rows]
         ids = sorted({dep for _, dep in claims})
         heads = {rows[0].deployment_id: rows[0] for rows in self._concurrently(self._head, ((i,) for i in ids)) if rows}
-        open_claims = [(device_id, dep) for device_id, dep in claims
-                       if dep in heads and blocks(heads[dep].state, None)]
+        open_claims = [(device_id, dep) for device_id, dep in claims if dep in heads]
         states = self._concurrently(self._exec_state, open_claims)
         return [Holder(device_id, dep, heads[dep].name or "", heads[dep].state)
                 for (device_id, dep), rows in zip(open_claims, states, strict=True)

@@ -364,12 +364,20 @@ def rollout_order(deployment_id: str, t: Target, device_ids: Sequence[str]) -> l
 
 # -- conflicts -------------------------------------------------------------------------------------
 
+_RUNS_ON = frozenset({ExecState.INSTALLING.value, ExecState.REBOOTING.value, ExecState.VERIFYING.value})
+
+
 def blocks(deployment_state: str | None, execution_state: str | None) -> bool:
-    """Whether a deployment that targets a device keeps it from another one: the deployment is not
-    final and the device's execution of it (if it has one yet) is not final either. A deployment
-    whose row is gone holds nothing."""
-    return (deployment_state is not None and deployment_state not in FINAL_DEPLOYMENT
-            and (execution_state is None or execution_state not in FINAL_EXECUTION))
+    """Whether a deployment that targets a device keeps it from another one. While the deployment
+    is not final: until the device's execution of it (if it has one yet) is final. Once it is
+    final (canceled, aborted): only while the device is past the point of no return (installing,
+    rebooting, verifying: it runs on to its own outcome; the earlier states are being canceled).
+    A deployment whose row is gone holds nothing."""
+    if deployment_state is None:
+        return False
+    if deployment_state in FINAL_DEPLOYMENT:
+        return execution_state in _RUNS_ON
+    return execution_state is None or execution_state not in FINAL_EXECUTION
 
 
 @dataclass(frozen=True, slots=True)

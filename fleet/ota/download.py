@@ -107,7 +107,8 @@ class RangeNotSatisfiable(ValueError):
     """416: the range starts past the image's end."""
 
 
-_ONE_RANGE = re.compile(r"^\s*(\d*)\s*-\s*(\d*)\s*$")
+# At most 19 digits (an int64); a longer number is malformed, so the whole image is served.
+_ONE_RANGE = re.compile(r"^\s*([0-9]{0,19})\s*-\s*([0-9]{0,19})\s*$")
 
 
 def byte_range(header: str | None, size: int) -> ByteRange | None:

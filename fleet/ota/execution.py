@@ -176,6 +176,11 @@ class Execution:
     failures: tuple[tuple[str, int], ...] = ()  # failed attempts per kind
     cancel_requested: str | None = None  # who asked to cancel once it could no longer stop
     history: tuple[Change, ...] = ()
+    # When the newest input that moved it was ingested (the bridge's ingest_ts). Reports and
+    # connectivity come through different topics in no fixed order: a connect or disconnect
+    # ingested before it is older news (the reboot's own reconnect before its BOOTED report, a
+    # blip during the download) and does not move the execution.
+    input_at: int | None = None
 
     @property
     def version(self) -> str:
@@ -300,7 +305,7 @@ def cancel(state: DeviceOta, deployment_id: str, by: str, now: int) -> Step:
     if ex.state in CANCELABLE:
         was_notified = ex.state is not ExecState.QUEUED
         ex = b.move(ex, ExecState.CANCELED, now, f"canceled by {by}")
-        if was_notified and state.online:
+        if was_notified:  # online or not: the broker keeps it in the device's session
             b.send.append(Notice(CANCEL, ex))
         return b.step(ex)
     if ex.cancel_requested is None:
@@ -309,13 +314,17 @@ def cancel(state: DeviceOta, deployment_id: str, by: str, now: int) -> Step:
     return _unchanged(state, Outcome.DUPLICATE)
 
 
-def on_connect(state: DeviceOta, firmware_version: str | None, now: int) -> Step:
-    """The device connected, running ``firmware_version`` (its status message's, if it said)."""
+def on_connect(state: DeviceOta, firmware_version: str | None, now: int, at: int | None = None) -> Step:
+    """The device connected, running ``firmware_version`` (its status message's, if it said);
+    ``at``: when the bridge ingested the status message (None: unknown, taken as new)."""
     version = firmware_version or state.firmware_version
     b = _Builder(state)
     ex = state.active
     if ex is None:
         return b.step(None, Outcome.IGNORED, online=True, firmware_version=version)
+    if _older(ex, at):
+        return b.step(ex, Outcome.STALE, online=True)
+    before = ex
     if (version == ex.version and ex.state is not ExecState.QUEUED
             and _ORDER.get(ex.state, 99) < _ORDER[ExecState.VERIFYING]):
         # Back on the new version while its reports of the install are still on their way (they
@@ -330,15 +339,25 @@ def on_connect(state: DeviceOta, firmware_version: str | None, now: int) -> Step
         ex = _booted(b, ex, version, now)
     elif ex.state is ExecState.VERIFYING and ex.verify_since is None:  # back after a disconnect: a boot
         ex = _reboot_seen(b, ex, version, now, ex.boots + 1)
+    if ex is not before and at is not None and not ex.state.final:
+        ex = b.touch(ex, now, input_at=at)
     return b.step(ex, online=True, firmware_version=version)
 
 
-def on_disconnect(state: DeviceOta, now: int) -> Step:
+def on_disconnect(state: DeviceOta, now: int, at: int | None = None) -> Step:
     b = _Builder(state)
     ex = state.active
+    if ex is not None and _older(ex, at):
+        return b.step(ex, Outcome.STALE, online=False)
     if ex is not None and ex.state is ExecState.VERIFYING and ex.verify_since is not None:
-        ex = b.touch(ex, now, verify_since=None)  # the healthy stretch is broken; it restarts on reconnect
+        # The healthy stretch is broken; it restarts on reconnect (progress_timeout_ms to come back).
+        ex = b.touch(ex, now, verify_since=None, last_report_at=now, input_at=at)
     return b.step(ex, Outcome.APPLIED if ex is not None else Outcome.IGNORED, online=False)
+
+
+def _older(ex: Execution, at: int | None) -> bool:
+    """Whether a connectivity event ingested at ``at`` is older than the newest input that moved ``ex``."""
+    return at is not None and ex.input_at is not None and at < ex.input_at
 
 
 def _booted(b: _Builder, ex: Execution, version: str, now: int) -> Execution:
@@ -361,16 +380,26 @@ def _reboot_seen(b: _Builder, ex: Execution, version: str | None, now: int, boot
     return b.touch(ex, now, boots=boots, verify_since=now, last_report_at=now)
 
 
-def on_status(state: DeviceOta, report: dict[str, Any], now: int) -> Step:
+def on_status(state: DeviceOta, report: dict[str, Any], now: int, at: int | None = None) -> Step:
     """A devices/{id}/ota/status report, already checked against the schema's shape
-    (deployment_id, state in DEVICE_STATES; optional progress, error, failure, firmware_version)."""
+    (deployment_id, state in DEVICE_STATES; optional progress, error, failure, firmware_version,
+    boot, attempt); ``at``: when the bridge ingested it."""
     dep = report["deployment_id"]
     active = state.active
     if active is None or active.deployment_id != dep:
         if state.has_finished(dep):
             return _unchanged(state, Outcome.LATE, f"deployment {dep} already ended on this device")
         return _unchanged(state, Outcome.UNKNOWN_DEPLOYMENT, f"device has no execution of deployment {dep}")
-    return _report(state, active, report, now)
+    attempt = report.get("attempt")
+    if report["state"] == "FAILED" and type(attempt) is int and attempt < active.attempt:
+        # A repeat of a failure already retried: it must not use up another retry.
+        return _unchanged(state, Outcome.STALE, f"FAILED of attempt {attempt}, now at {active.attempt}")
+    step = _report(state, active, report, now)
+    after = step.state.active
+    if at is not None and after is not None and after.deployment_id == dep and step.outcome in (
+            Outcome.APPLIED, Outcome.PROGRESS) and (after.input_at is None or at > after.input_at):
+        step = replace(step, state=replace(step.state, active=replace(after, input_at=at)))
+    return step
 
 
 def _report(state: DeviceOta, ex: Execution, report: dict[str, Any], now: int) -> Step:
@@ -447,7 +476,7 @@ def on_timer(state: DeviceOta, now: int) -> Step:
                f"no report for {ex.policy.progress_timeout_ms // 1000} s in {ex.state.value}")
         cancelable = ex.state in CANCELABLE
         ex = b.move(ex, ExecState.TIMED_OUT, now, why, error="timed_out")
-        if cancelable and state.online:
+        if cancelable:  # online or not: the broker keeps it in the device's session
             b.send.append(Notice(CANCEL, ex))
         return b.step(ex)
     return _unchanged(state, Outcome.IGNORED)
@@ -456,9 +485,14 @@ def on_timer(state: DeviceOta, now: int) -> Step:
 def _timeout_at(ex: Execution) -> int | None:
     if ex.state.final or ex.state is ExecState.QUEUED or ex.notified_at is None:
         return None
+    if ex.state is ExecState.VERIFYING:
+        # Connected, its health window decides (the overall timeout must not end a healthy
+        # stretch); offline, it has progress_timeout_ms to come back.
+        if ex.verify_since is not None or ex.last_report_at is None:
+            return None
+        return ex.last_report_at + ex.policy.progress_timeout_ms
     times = [ex.notified_at + ex.policy.timeout_ms]
-    # A device verifying its new image reports nothing by design: its health window bounds it.
-    if ex.state is not ExecState.VERIFYING and ex.last_report_at is not None:
+    if ex.last_report_at is not None:
         times.append(ex.last_report_at + ex.policy.progress_timeout_ms)
     return min(times)
 
@@ -482,7 +516,7 @@ def execution_json(ex: Execution, history: bool = True) -> dict[str, Any]:
         "progress": ex.progress, "error": ex.error, "previous_version": ex.previous_version,
         "firmware": ex.firmware, "policy": ex.policy.to_json(), "notified_at": ex.notified_at,
         "last_report_at": ex.last_report_at, "verify_since": ex.verify_since, "boots": ex.boots,
-        "failures": dict(ex.failures), "cancel_requested": ex.cancel_requested}
+        "failures": dict(ex.failures), "cancel_requested": ex.cancel_requested, "input_at": ex.input_at}
     if history:
         out["history"] = [{"from": c.from_state.value if c.from_state else None, "to": c.to_state.value, "ts": c.ts,
                            "reason": c.reason} for c in ex.history]
@@ -497,7 +531,7 @@ def _execution(raw: dict[str, Any]) -> Execution:
         raw["boots"], tuple((k, raw["failures"].get(k, 0)) for k in FAILURE_KINDS if raw["failures"].get(k)),
         raw["cancel_requested"],
         tuple(Change(ExecState(c["from"]) if c["from"] else None, ExecState(c["to"]), c["ts"], c["reason"])
-              for c in raw["history"]))
+              for c in raw["history"]), raw.get("input_at"))
 
 
 def encode(state: DeviceOta) -> str:

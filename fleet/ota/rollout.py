@@ -284,11 +284,13 @@ def add_targets(r: Rollout, members: Members, chunk: int, devices: list[str], no
     for i, device_id in enumerate(devices):
         members.put_target(base + i, device_id)
     r = replace(r, chunks_seen=tuple(sorted(r.chunks_seen + (chunk,))), updated_at=now)
-    if len(r.chunks_seen) < r.chunks or r.state is not DeployState.PENDING:
+    if len(r.chunks_seen) < r.chunks or r.waves or r.state.final:
         return Step(r, changed=False)
     waves = tuple(Wave(s, e) for s, e in wave_bounds(r.plan, r.target_count))
-    r = replace(_to(r, DeployState.RUNNING, now, f"started: {r.target_count} devices in {len(waves)} waves"),
-                waves=waves, last_tick=now, allowance=_burst(r.rate))
+    r = replace(r, waves=waves, last_tick=now, allowance=_burst(r.rate))
+    if r.state is DeployState.PAUSED:  # paused before it started: the waves wait for resume
+        return Step(r)
+    r = _to(r, DeployState.RUNNING, now, f"started: {r.target_count} devices in {len(waves)} waves")
     return _release_and_evaluate(r, members, now)
 
 

@@ -13,6 +13,7 @@ their own, never waiting for another record. RocksDB checkpoints the state and t
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -77,8 +78,25 @@ def _json_row(out: logic.Output) -> Row:
 class _TimedCore(KeyedProcessFunction):
     """One processing-time timer per key, moved to each step's wake_at."""
 
+    grace_ms = 0
+
     def _open_timer(self, ctx: RuntimeContext) -> None:
         self.timer = ctx.get_state(ValueStateDescriptor("timer", Types.LONG()))
+        self.opened_at = int(time.time() * 1000)
+
+    def _deferred(self, now: int) -> int | None:
+        """After a start or a restore, timers that were due while the job was down fire before the
+        backlog of device reports is read: a device that crashed meanwhile would pass its health
+        window, a device that reported would time out. They wait ``grace_ms`` for the input."""
+        ready = self.opened_at + self.grace_ms
+        return ready if now < ready else None
+
+    def _failed(self, e: Exception, raw: Any, key: str | None, now: int, retry: bool = False) -> logic.Handled:
+        """A bug: dead-letter the record and keep the key's timer (retried a minute later when it
+        was the timer that failed), so the key is never left without one."""
+        letter = logic.dead_letter("invalid_envelope", f"ota job error: {type(e).__name__}: {e}",
+                                   raw if isinstance(raw, str) else "", key, "", now)
+        return logic.Handled([letter], now + 60_000 if retry else self.timer.value())
 
     def _schedule(self, wake_at: int | None, ctx: Any) -> None:
         current = self.timer.value()
@@ -98,6 +116,9 @@ class RolloutCore(_TimedCore):
     """Main output: ota-assignments Row(device_id, JSON); side outputs: DEPLOYMENTS, NEW_DEPLOYMENTS,
     REQUESTS (rollbacks) and ROLLOUT_DEAD_LETTERS."""
 
+    def __init__(self, grace_ms: int):
+        self.grace_ms = grace_ms
+
     def open(self, ctx: RuntimeContext) -> None:
         self.cell = _Cell(ctx.get_state(ValueStateDescriptor("rollout", Types.STRING())))
         self.members = _Members(ctx.get_map_state(MapStateDescriptor("targets", Types.INT(), Types.STRING())),
@@ -113,8 +134,7 @@ class RolloutCore(_TimedCore):
         try:
             handled = logic.rollout_handle(key, raw, now, self.cell, self.members)
         except Exception as e:  # a bug must dead-letter the record, not stop every rollout
-            handled = logic.Handled([logic.dead_letter("invalid_envelope", f"ota job error: {type(e).__name__}: {e}",
-                                                       raw if isinstance(raw, str) else "", None, "", now)])
+            handled = self._failed(e, raw, None, now)
         self.counters["records"].inc()
         yield from self._emit(handled, ctx)
 
@@ -122,7 +142,14 @@ class RolloutCore(_TimedCore):
         self.timer.clear()
         self.counters["timers"].inc()
         now = max(timestamp, ctx.timer_service().current_processing_time())
-        yield from self._emit(logic.rollout_fire(now, self.cell, self.members), ctx)
+        if (later := self._deferred(now)) is not None:
+            yield from self._emit(logic.Handled([], later), ctx)
+            return
+        try:
+            handled = logic.rollout_fire(now, self.cell, self.members)
+        except Exception as e:
+            handled = self._failed(e, "", ctx.get_current_key(), now, retry=True)
+        yield from self._emit(handled, ctx)
 
     def _emit(self, handled: logic.Handled, ctx: Any) -> Iterable:
         self._schedule(handled.wake_at, ctx)
@@ -144,9 +171,10 @@ class RolloutCore(_TimedCore):
 class DeviceCore(_TimedCore):
     """Main output: downlink Row(device_id, JSON); side outputs: EVENTS, EXECUTIONS, DEVICE_DEAD_LETTERS."""
 
-    def __init__(self, url_key_path: str, url_ttl_s: int):
+    def __init__(self, url_key_path: str, url_ttl_s: int, grace_ms: int):
         self.url_key_path = url_key_path
         self.url_ttl_s = url_ttl_s
+        self.grace_ms = grace_ms
 
     def open(self, ctx: RuntimeContext) -> None:
         key = download_urls.load_or_create_key(Path(self.url_key_path))
@@ -168,8 +196,7 @@ class DeviceCore(_TimedCore):
         try:
             handled = logic.device_handle(key, raw, now, self.cell, self.url_for)
         except Exception as e:  # a bug must dead-letter the record, not stop every device's updates
-            handled = logic.Handled([logic.dead_letter("invalid_envelope", f"ota job error: {type(e).__name__}: {e}",
-                                                       raw if isinstance(raw, str) else "", key, "", now)])
+            handled = self._failed(e, raw, key, now)
         self.counters["records"].inc()
         yield from self._emit(handled, ctx)
 
@@ -177,7 +204,14 @@ class DeviceCore(_TimedCore):
         self.timer.clear()
         self.counters["timers"].inc()
         now = max(timestamp, ctx.timer_service().current_processing_time())
-        yield from self._emit(logic.device_fire(now, self.cell, self.url_for), ctx)
+        if (later := self._deferred(now)) is not None:
+            yield from self._emit(logic.Handled([], later), ctx)
+            return
+        try:
+            handled = logic.device_fire(now, self.cell, self.url_for)
+        except Exception as e:
+            handled = self._failed(e, "", ctx.get_current_key(), now, retry=True)
+        yield from self._emit(handled, ctx)
 
     def _emit(self, handled: logic.Handled, ctx: Any) -> Iterable:
         self._schedule(handled.wake_at, ctx)

@@ -33,9 +33,11 @@ def parse_args(argv: list[str]) -> JobOptions:
     p.add_argument("--cassandra-max-in-flight", type=int, default=d.cassandra_max_in_flight)
     p.add_argument("--cassandra-dc", default=d.cassandra_dc)
     p.add_argument("--no-cassandra", dest="cassandra", action="store_false")
+    p.add_argument("--restore-grace-ms", type=int, default=d.restore_grace_ms,
+                   help="after a start or restore, timers wait this long for the backlog of device reports")
     a = p.parse_args(argv)
     return JobOptions(parallelism=a.parallelism, group_id=a.group_id, cassandra_max_in_flight=a.cassandra_max_in_flight,
-                      cassandra_dc=a.cassandra_dc, cassandra=a.cassandra)
+                      cassandra_dc=a.cassandra_dc, cassandra=a.cassandra, restore_grace_ms=a.restore_grace_ms)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -283,6 +283,8 @@ def _notice(n: ex.Notice, now: int, url_for: UrlFor) -> Output:
         fw = e.firmware
         payload: dict[str, Any] = {
             "op": ex.INSTALL, "deployment_id": e.deployment_id, "attempt": e.attempt, "ts": now,
+            # The bootloader's fallback after this many boots of the new image, as the job counts them.
+            "max_boots": e.policy.max_boots,
             "firmware": {k: fw.get(k) for k in ("firmware_id", "version", "sha256", "size", "signature", "signer")}}
         payload["firmware"]["url"] = url_for(e.deployment_id, e.device_id, str(fw.get("firmware_id")), now)
     else:
@@ -323,6 +325,8 @@ def device_handle(key: str | None, raw: str, now: int, cell: Cell, url_for: UrlF
         return Handled([dead_letter("key_mismatch", f"record key {key!r} is not its device_id {device_id!r}", raw,
                                     device_id, mqtt_topic, now)], keep)
     state = loaded if loaded is not None else ex.DeviceOta(device_id)
+    ingested = record.get("ingest_ts")
+    at = ingested if type(ingested) is int else None  # the bridge's clock: orders the two device topics
     op, kind = record.get("op"), record.get("type")
 
     def bad(detail: str, reason: str = "schema_violation") -> Handled:
@@ -344,14 +348,14 @@ def device_handle(key: str | None, raw: str, now: int, cell: Cell, url_for: UrlF
         if not isinstance(payload, dict) or type(payload.get("online")) is not bool:
             return bad("status payload needs a boolean online")
         version = payload.get("firmware_version") if isinstance(payload.get("firmware_version"), str) else None
-        step = ex.on_connect(state, version, now) if payload["online"] else ex.on_disconnect(state, now)
+        step = ex.on_connect(state, version, now, at) if payload["online"] else ex.on_disconnect(state, now, at)
         return _finish(cell, state, step, now, url_for)
     if kind == "ota_status":
         payload = record.get("payload")
         if not isinstance(payload, dict) or not _id_ok(payload.get("deployment_id")) \
                 or payload.get("state") not in _DEVICE_STATES:
             return bad(f"ota status needs a deployment_id and a state of {sorted(_DEVICE_STATES)}")
-        step = ex.on_status(state, payload, now)
+        step = ex.on_status(state, payload, now, at)
         if step.outcome is ex.Outcome.UNKNOWN_DEPLOYMENT:
             return bad(f"unknown_deployment: {step.detail}")
         return _finish(cell, state, step, now, url_for)

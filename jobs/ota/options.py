@@ -17,3 +17,6 @@ class JobOptions:
     cassandra_dc: str = "datacenter1"
     # Skip Cassandra (benchmarks, partial stacks).
     cassandra: bool = True
+    # After a start or a restore, timers wait this long for the backlog of device reports
+    # (jobs/ota/core.py _deferred): a health window must not pass on a crash not read yet.
+    restore_grace_ms: int = 10_000

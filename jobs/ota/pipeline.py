@@ -72,13 +72,14 @@ def build(env: StreamExecutionEnvironment, settings: Settings, rollout_source: D
           device_source: DataStream, sinks: OtaSinks, options: JobOptions = DEFAULT_OPTIONS) -> None:
     """Wire both operators on their sources (Row(key, raw JSON) each, from ``kafka_source``)."""
     assignments = (internals.key_by_device(rollout_source)
-                   .process(RolloutCore(), output_type=KAFKA_TYPE).name("ota-rollout").uid("ota-rollout"))
+                   .process(RolloutCore(options.restore_grace_ms), output_type=KAFKA_TYPE).name("ota-rollout").uid("ota-rollout"))
     sinks.assignments(assignments)
     sinks.deployments(internals.side_output(assignments, DEPLOYMENTS))
     sinks.new_deployments(internals.side_output(assignments, NEW_DEPLOYMENTS))
     sinks.requests(internals.side_output(assignments, REQUESTS))
     downlink = (internals.key_by_device(device_source)
-                .process(DeviceCore(str(settings.ota_url_key_path), settings.ota_url_ttl_s), output_type=KAFKA_TYPE)
+                .process(DeviceCore(str(settings.ota_url_key_path), settings.ota_url_ttl_s, options.restore_grace_ms),
+                         output_type=KAFKA_TYPE)
                 .name("ota-device").uid("ota-device"))
     sinks.downlink(downlink)
     sinks.events(internals.side_output(downlink, EVENTS))

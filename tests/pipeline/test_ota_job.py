@@ -110,7 +110,11 @@ def out(tmp_path_factory):
         return raw.flat_map(Pace(), output_type=row).name(f"pace-{name}").set_parallelism(1)
 
     settings = Settings.from_env({"FLEET_VAR_DIR": str(collector.directory)})
-    build(env, settings, source(ROLLOUT, "rollout"), source(DEVICES, "devices"), Sinks())
+    from jobs.ota.options import JobOptions
+
+    # No restore grace: the story's timers fire within its first seconds.
+    build(env, settings, source(ROLLOUT, "rollout"), source(DEVICES, "devices"), Sinks(),
+          JobOptions(restore_grace_ms=0))
     env.execute("ota-test")
     return collector
 

@@ -53,3 +53,27 @@ def test_oversize_body_is_413(client):
     r = client.post("/v1/devices", content=b"x" * ((1 << 20) + 1), headers={"Content-Type": "application/json"})
     assert r.status_code == 413
     assert "1048576" in r.json()["detail"]
+
+
+@pytest.mark.parametrize("make", [
+    lambda: __import__("cassandra.cluster", fromlist=["NoHostAvailable"]).NoHostAvailable("down", {}),
+    lambda: __import__("cassandra", fromlist=["OperationTimedOut"]).OperationTimedOut("slow"),
+    lambda: __import__("cassandra", fromlist=["Unavailable"]).Unavailable("replicas"),
+    lambda: __import__("cassandra", fromlist=["ReadTimeout"]).ReadTimeout("read"),
+])
+def test_cassandra_going_down_mid_request_is_a_503_not_a_500(make):
+    from fastapi import FastAPI
+    from fastapi.testclient import TestClient
+
+    from api.errors import install
+
+    app = FastAPI()
+    install(app, 1 << 20)
+
+    @app.get("/boom")
+    def boom():
+        raise make()
+
+    with TestClient(app, raise_server_exceptions=False) as c:
+        r = c.get("/boom")
+    assert r.status_code == 503 and r.json()["detail"].startswith("Cassandra is unavailable")

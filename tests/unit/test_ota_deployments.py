@@ -248,7 +248,8 @@ def test_rollout_order_shuffles_a_group_stably_and_keeps_a_list() -> None:
     ("WAITING_APPROVAL", "VERIFYING", True), ("RUNNING", "INSTALLING", True),
     ("RUNNING", "SUCCEEDED", False), ("RUNNING", "FAILED", False), ("RUNNING", "CANCELED", False),
     ("RUNNING", "ALREADY_INSTALLED", False), ("RUNNING", "TIMED_OUT", False),
-    ("SUCCEEDED", None, False), ("ABORTED", "INSTALLING", False), ("CANCELED", "QUEUED", False),
+    ("SUCCEEDED", None, False), ("ABORTED", "INSTALLING", True), ("CANCELED", "VERIFYING", True),
+    ("CANCELED", "QUEUED", False), ("ABORTED", "DOWNLOADING", False), ("ABORTED", "SUCCEEDED", False),
     (None, None, False),  # the other deployment's row is gone
 ])
 def test_the_conflict_rule(deployment_state: str | None, execution_state: str | None, held: bool) -> None:

@@ -166,3 +166,10 @@ def test_cassandra_assignments_cache_what_never_changes_and_read_the_state_each_
         a.execution_state("dep1", "d1")
     with pytest.raises(StoreUnavailable):
         a.record("fw9")
+
+
+def test_a_range_number_too_long_for_an_int64_serves_the_whole_image():
+    from fleet.ota.download import byte_range
+
+    assert byte_range("bytes=" + "9" * 5000 + "-", 10) is None
+    assert byte_range("bytes=-" + "9" * 20, 10) is None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -240,3 +241,39 @@ def test_back_on_the_new_version_before_the_install_reports_is_a_boot() -> None:
     assert state.active is not None and state.active.state is ExecState.VERIFYING
     late = ex.on_status(state, report("REBOOTING"), T0 + 9000)
     assert late.outcome is Outcome.STALE and not late.send
+
+
+def test_connectivity_older_than_the_newest_report_does_not_move_the_execution() -> None:
+    state = ex.assign(online(), assignment(), T0).state
+    state = ex.on_status(state, report("REBOOTING"), T0 + 100, at=T0 + 100).state
+    # A blip during the download (ingested before REBOOTING) delivered late: not a fallback.
+    step = ex.on_connect(state, "1.0.0", T0 + 200, at=T0 + 50)
+    assert step.outcome is Outcome.STALE and step.state.active is not None
+    assert step.state.active.state is ExecState.REBOOTING
+    # BOOTED first, then the reboot's own offline/online (ingested before it): one boot, not two.
+    state = ex.on_status(state, report("BOOTED", firmware_version="2.0.0", boot=1), T0 + 300, at=T0 + 300).state
+    state = ex.on_disconnect(state, T0 + 310, at=T0 + 150).state
+    state = ex.on_connect(state, "2.0.0", T0 + 320, at=T0 + 250).state
+    assert state.active is not None and state.active.boots == 1 and state.active.verify_since is not None
+    # A real crash afterwards still counts.
+    state = ex.on_disconnect(state, T0 + 400, at=T0 + 400).state
+    state = ex.on_connect(state, "2.0.0", T0 + 500, at=T0 + 500).state
+    assert state.active is not None and state.active.boots == 2
+
+
+def test_a_repeated_failure_of_an_older_attempt_uses_no_retry() -> None:
+    state, _ = run([("assign", assignment()), ("status", report("FAILED", failure="download", attempt=1))])
+    assert state.active is not None and state.active.attempt == 2
+    step = ex.on_status(state, report("FAILED", failure="download", attempt=1), T0 + 9000)
+    assert step.outcome is Outcome.STALE and step.state == state
+
+
+def test_verifying_is_bounded_by_its_window_not_the_overall_timeout() -> None:
+    state, _ = run(HAPPY)
+    assert state.active is not None
+    late = replace(state.active, notified_at=T0 - POLICY.timeout_ms)  # long past the overall timeout
+    state = replace(state, active=late)
+    assert ex.next_timer(state) == late.verify_since + POLICY.health_window_ms  # type: ignore[operator]
+    gone = ex.on_disconnect(state, T0 + 20_000).state
+    assert ex.next_timer(gone) == T0 + 20_000 + POLICY.progress_timeout_ms
+    assert final_of(ex.on_timer(gone, T0 + 20_000 + POLICY.progress_timeout_ms).state) == "TIMED_OUT"

@@ -271,3 +271,13 @@ def test_no_rollback_without_the_plan_asking() -> None:
     sim = Sim(2, {**FAST, "waves": [{"size": "100%", "failure_threshold": {"count": 1}}]})
     step = _previous(sim, "d000", "FAILED", "1.0.0")
     assert sim.r.state is DeployState.ABORTED and not step.rollbacks and ro.summary(sim.r)["rollback"] is None
+
+
+def test_paused_before_the_last_targets_arrive_starts_on_resume() -> None:
+    r = ro.create({"deployment_id": "dep1", "firmware": FW, "plan": FAST, "target_count": 2, "chunks": 1}, T0)
+    m = MemoryMembers()
+    r = ro.pause(r, "alice", T0).rollout
+    step = ro.add_targets(r, m, 0, ["a", "b"], T0 + 1, offset=0)
+    assert step.rollout.state is DeployState.PAUSED and step.rollout.waves and not step.assign
+    step = ro.resume(step.rollout, m, "alice", T0 + 2)
+    assert step.rollout.state is DeployState.RUNNING and [d for d, _ in step.assign] == ["a", "b"]
