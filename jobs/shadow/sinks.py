@@ -18,13 +18,10 @@ version exactly once (a restore rewinds the documents and the uncommitted files 
 
 from __future__ import annotations
 
-from functools import cached_property
+from pyflink.datastream import DataStream
 
-from pyflink.datastream import DataStream, StreamExecutionEnvironment
-from pyflink.table import StreamTableEnvironment
-
-from fleet.config import Settings
 from fleet.contract.topics import Kafka
+from jobs.keyed_sinks import KeyedSinks
 from jobs.shadow import pyflink_internals as internals
 from jobs.shadow.options import JobOptions
 
@@ -48,45 +45,7 @@ SHADOW_CHANGES_PARQUET = """message shadow_changes {
 LAKE_PART_BYTES = 128 << 20
 
 
-class ProductionSinks:
-    def __init__(self, env: StreamExecutionEnvironment, settings: Settings, options: JobOptions):
-        self.env = env
-        self.settings = settings
-        self.options = options
-
-    @cached_property
-    def tables(self) -> StreamTableEnvironment:
-        # On first use: a job (or test) that sends nothing to Kafka does not need one.
-        return StreamTableEnvironment.create(self.env)
-
-    def _kafka(self, stream: DataStream, topic: str) -> None:
-        s = self.settings
-        table = f"sink_{topic.replace('-', '_')}"
-        self.tables.execute_sql(f"""
-            CREATE TEMPORARY TABLE {table} (device_id STRING, `value` STRING) WITH (
-              'connector' = 'kafka',
-              'topic' = '{s.topic(topic)}',
-              'properties.bootstrap.servers' = '{s.kafka_bootstrap}',
-              'key.format' = 'raw',
-              'key.fields' = 'device_id',
-              'value.format' = 'raw',
-              'value.fields-include' = 'EXCEPT_KEY',
-              'sink.delivery-guarantee' = 'at-least-once',
-              'properties.linger.ms' = '0'
-            )""")
-        statements = self.tables.create_statement_set()
-        statements.add_insert(table, self.tables.from_data_stream(stream))
-        statements.attach_as_datastream()
-
-    def _cassandra(self, stream: DataStream, name: str, cql: str, fields: str) -> None:
-        s, o = self.settings, self.options
-        if not o.cassandra:
-            internals.discard(stream, f"discard-{name}")
-            return
-        points = ",".join(f"{host}:{s.cassandra_port}" for host in s.cassandra_contact_points)
-        sink = internals.cassandra_sink(points, o.cassandra_dc, s.cassandra_keyspace, cql, fields,
-                                        o.cassandra_max_in_flight)
-        stream.sink_to(sink).name(name).uid(name)
+class ProductionSinks(KeyedSinks[JobOptions]):
 
     def downlink(self, stream: DataStream) -> None:
         self._kafka(stream, Kafka.DOWNLINK)
