@@ -76,9 +76,44 @@ def _json_row(out: logic.Output) -> Row:
 
 
 class _TimedCore(KeyedProcessFunction):
-    """One processing-time timer per key, moved to each step's wake_at."""
+    """The shell both functions share: a record or a timer -> ``_handle`` / ``_fire`` (the logic)
+    -> ``_emit``; one processing-time timer per key, moved to each step's wake_at."""
 
     grace_ms = 0
+    counters: dict[str, Any]
+
+    def _handle(self, key: str, raw: str, now: int) -> logic.Handled:
+        raise NotImplementedError
+
+    def _fire(self, now: int) -> logic.Handled:
+        raise NotImplementedError
+
+    def _emit(self, handled: logic.Handled, ctx: Any) -> Iterable:
+        raise NotImplementedError
+
+    def process_element(self, raw: str, ctx: KeyedProcessFunction.Context) -> Iterable:
+        # The keyed stream (internals.key_by_device) hands over the value; the key is the current key.
+        now = ctx.timer_service().current_processing_time()
+        key = ctx.get_current_key()
+        try:
+            handled = self._handle(key, raw, now)
+        except Exception as e:  # a bug must dead-letter the record, not stop every other key
+            handled = self._failed(e, raw, key, now)
+        self.counters["records"].inc()
+        yield from self._emit(handled, ctx)
+
+    def on_timer(self, timestamp: int, ctx: KeyedProcessFunction.OnTimerContext) -> Iterable:
+        self.timer.clear()
+        self.counters["timers"].inc()
+        now = max(timestamp, ctx.timer_service().current_processing_time())
+        if (later := self._deferred(now)) is not None:
+            yield from self._emit(logic.Handled([], later), ctx)
+            return
+        try:
+            handled = self._fire(now)
+        except Exception as e:
+            handled = self._failed(e, "", ctx.get_current_key(), now, retry=True)
+        yield from self._emit(handled, ctx)
 
     def _open_timer(self, ctx: RuntimeContext) -> None:
         self.timer = ctx.get_state(ValueStateDescriptor("timer", Types.LONG()))
@@ -127,29 +162,11 @@ class RolloutCore(_TimedCore):
         group = ctx.get_metrics_group().add_group("ota_rollout")
         self.counters = {k: group.counter(k) for k in ("records", "timers", "deadLetters", "assignments")}
 
-    def process_element(self, raw: str, ctx: KeyedProcessFunction.Context) -> Iterable:
-        # The keyed stream (internals.key_by_device) hands over the value; the key is the current key.
-        now = ctx.timer_service().current_processing_time()
-        key = ctx.get_current_key()
-        try:
-            handled = logic.rollout_handle(key, raw, now, self.cell, self.members)
-        except Exception as e:  # a bug must dead-letter the record, not stop every rollout
-            handled = self._failed(e, raw, None, now)
-        self.counters["records"].inc()
-        yield from self._emit(handled, ctx)
+    def _handle(self, key: str, raw: str, now: int) -> logic.Handled:
+        return logic.rollout_handle(key, raw, now, self.cell, self.members)
 
-    def on_timer(self, timestamp: int, ctx: KeyedProcessFunction.OnTimerContext) -> Iterable:
-        self.timer.clear()
-        self.counters["timers"].inc()
-        now = max(timestamp, ctx.timer_service().current_processing_time())
-        if (later := self._deferred(now)) is not None:
-            yield from self._emit(logic.Handled([], later), ctx)
-            return
-        try:
-            handled = logic.rollout_fire(now, self.cell, self.members)
-        except Exception as e:
-            handled = self._failed(e, "", ctx.get_current_key(), now, retry=True)
-        yield from self._emit(handled, ctx)
+    def _fire(self, now: int) -> logic.Handled:
+        return logic.rollout_fire(now, self.cell, self.members)
 
     def _emit(self, handled: logic.Handled, ctx: Any) -> Iterable:
         self._schedule(handled.wake_at, ctx)
@@ -189,29 +206,11 @@ class DeviceCore(_TimedCore):
         group = ctx.get_metrics_group().add_group("ota_device")
         self.counters = {k: group.counter(k) for k in ("records", "timers", "deadLetters", "notices", "transitions")}
 
-    def process_element(self, raw: str, ctx: KeyedProcessFunction.Context) -> Iterable:
-        # The keyed stream (internals.key_by_device) hands over the value; the key is the current key.
-        now = ctx.timer_service().current_processing_time()
-        key = ctx.get_current_key()
-        try:
-            handled = logic.device_handle(key, raw, now, self.cell, self.url_for)
-        except Exception as e:  # a bug must dead-letter the record, not stop every device's updates
-            handled = self._failed(e, raw, key, now)
-        self.counters["records"].inc()
-        yield from self._emit(handled, ctx)
+    def _handle(self, key: str, raw: str, now: int) -> logic.Handled:
+        return logic.device_handle(key, raw, now, self.cell, self.url_for)
 
-    def on_timer(self, timestamp: int, ctx: KeyedProcessFunction.OnTimerContext) -> Iterable:
-        self.timer.clear()
-        self.counters["timers"].inc()
-        now = max(timestamp, ctx.timer_service().current_processing_time())
-        if (later := self._deferred(now)) is not None:
-            yield from self._emit(logic.Handled([], later), ctx)
-            return
-        try:
-            handled = logic.device_fire(now, self.cell, self.url_for)
-        except Exception as e:
-            handled = self._failed(e, "", ctx.get_current_key(), now, retry=True)
-        yield from self._emit(handled, ctx)
+    def _fire(self, now: int) -> logic.Handled:
+        return logic.device_fire(now, self.cell, self.url_for)
 
     def _emit(self, handled: logic.Handled, ctx: Any) -> Iterable:
         self._schedule(handled.wake_at, ctx)
