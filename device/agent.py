@@ -262,6 +262,7 @@ class DeviceAgent:
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
         self._connected.clear()
         self.stats.disconnects += 1
+        self._ota_lane.submit(self.ota.on_disconnect)  # no install while a cancel may wait in the session
         if not self._stopping and self._reboot_delay is not None:
             delay, self._reboot_delay = self._reboot_delay, None
             self._boot_pending = True

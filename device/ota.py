@@ -19,10 +19,19 @@ Rules kept here:
 * A deployment the device finished (committed, rolled back, rejected, canceled, already installed)
   is remembered (persisted, the last ``max_remembered``) and a notify for it again is ignored; after
   ``FAILED`` only a notify with a higher ``attempt`` (the platform's retry) starts it again.
-* A notify for the deployment in progress does not restart it: it refreshes the attempt and the
-  download url (a new signed url) and resumes a download that is not running (after a restart).
+* Every report for a deployment carries the ``attempt`` of the notify it works on (the platform
+  drops a FAILED of an older attempt, so a repeated report cannot use up a retry).
+* A notify for the deployment in progress does not restart it: it refreshes the attempt and, for
+  the same image, the download url (the platform re-sends the notify on reconnect with a fresh
+  signed url) and resumes a download that is not running (after a restart). A device that comes
+  back with an expired url waits for that notify instead of asking with it (a 403).
+* The notify's ``max_boots`` (the deployment's policy) overrides ``OtaOptions.max_boots``, so the
+  bootloader falls back when the platform counts a crash loop.
 * Cancel stops the deployment and discards its download while it is RECEIVED, DOWNLOADING or
-  DOWNLOADED; from INSTALLING on it runs to its own outcome (a half-written slot is worse).
+  DOWNLOADED; from INSTALLING on it runs to its own outcome (a half-written slot is worse). A
+  cancel may wait in the MQTT session while the device is away, so INSTALLING starts only while
+  connected and ``install_hold`` seconds after a connect: the notices queued for the device are
+  handled first.
 * A download interrupted by anything (network, restart, a failed attempt) resumes with ``Range``
   from where the partial file ends; a rejected or canceled image is deleted.
 """
@@ -41,7 +50,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import urljoin, urlsplit
+from urllib.parse import parse_qs, urljoin, urlsplit
 
 from device.ota_download import DownloadError, Interrupted, Oversize, fetch, make_opener
 from device.ota_faults import OtaFaults
@@ -82,6 +91,7 @@ RESUMABLE = frozenset({RECEIVED, DOWNLOADING, DOWNLOADED, INSTALLING})
 # The id names files on the device, so nothing that could leave its directory.
 DEPLOYMENT_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}")
 _SHA256 = re.compile(r"[0-9a-fA-F]{64}")
+MAX_BOOTS_RANGE = (1, 20)  # as the platform clamps the policy (fleet/ota/execution.py DevicePolicy)
 _FILE_FORMAT = 1
 
 
@@ -96,7 +106,8 @@ class OtaOptions:
     # PEM files of the Ed25519 public keys the device trusts for firmware (shipped with it).
     trusted_keys: tuple[str, ...] = ()
     faults: OtaFaults = OtaFaults()
-    # Boots of a new image without a commit before the bootloader falls back to the old slot.
+    # Boots of a new image without a commit before the bootloader falls back to the old slot
+    # (a notify's max_boots, the deployment's policy, takes its place).
     max_boots: int = 2
     # Refuse images for another device type (when both the device and the notify name one).
     device_type: str | None = None
@@ -106,6 +117,9 @@ class OtaOptions:
     retry_backoff: float = 1.0
     timeout: float = 30.0
     max_remembered: int = 256
+    # Seconds after a connect before INSTALLING may start (never while disconnected): time for the
+    # notices the broker kept for the device (a cancel) to be handled first.
+    install_hold: float = 2.0
 
 
 @dataclass
@@ -114,11 +128,13 @@ class Job:
     attempt: int
     firmware: dict[str, Any]
     state: str = RECEIVED
+    max_boots: int | None = None  # the notify's (the deployment's policy); None: OtaOptions.max_boots
 
     @classmethod
     def from_json(cls, raw: Any) -> Job | None:
         try:
-            return cls(str(raw["deployment_id"]), int(raw["attempt"]), dict(raw["firmware"]), str(raw["state"]))
+            return cls(str(raw["deployment_id"]), int(raw["attempt"]), dict(raw["firmware"]), str(raw["state"]),
+                       parse_max_boots(raw.get("max_boots")))
         except (KeyError, TypeError, ValueError):
             return None
 
@@ -138,6 +154,21 @@ class _Rejected(Exception):
 
 def _thread_submit(fn: Callable[..., Any], *args: Any) -> None:
     threading.Thread(target=fn, args=args, daemon=True).start()
+
+
+def parse_max_boots(value: Any) -> int | None:
+    """A notify's max_boots, clamped as the platform clamps it; None if absent or not an integer."""
+    low, high = MAX_BOOTS_RANGE
+    return min(max(value, low), high) if type(value) is int else None
+
+
+def url_expired(url: str, now_s: int) -> bool:
+    """Whether a signed download url's ``exp`` (epoch seconds) has passed; False without one."""
+    exp = parse_qs(urlsplit(url).query).get("exp")
+    try:
+        return exp is not None and int(exp[0]) <= now_s
+    except ValueError:
+        return False
 
 
 def parse_firmware(fw: Any, api_base_url: str) -> dict[str, Any] | str:
@@ -191,6 +222,9 @@ class OtaUpdater:
         self._tmp: Path | None = None
         self._failed_once: set[str] = set()  # download_failure_once: deployments already broken off
         self._boot_outcome: BootOutcome | None = None
+        # time.monotonic() of the last connect; None while disconnected. -inf: never told (no agent
+        # around the updater), which lets an install start at once.
+        self._online_since: float | None = float("-inf")
         self._state_path = directory / "state.json" if directory else None
         self.slots = SlotStore(directory / "slots.json" if directory else None, factory_version)
         raw = read_json(self._state_path)
@@ -255,10 +289,11 @@ class OtaUpdater:
                 self._job = None
             self._save()
 
-    def _report(self, deployment_id: str, state: str, *, after_ack: Callable[[], None] | None = None,
-                **fields: Any) -> None:
+    def _report(self, deployment_id: str, state: str, *, attempt: int | None,
+                after_ack: Callable[[], None] | None = None, **fields: Any) -> None:
+        """``attempt``: of the notify being worked on (None only when the device no longer knows it)."""
         payload: dict[str, Any] = {"deployment_id": deployment_id, "state": state}
-        payload.update({k: v for k, v in fields.items() if v is not None})
+        payload.update({k: v for k, v in dict(fields, attempt=attempt).items() if v is not None})
         payload["ts"] = self.clock()
         self.emit(Message(STATUS_SUFFIX, payload, after_ack))
 
@@ -292,7 +327,7 @@ class OtaUpdater:
 
     def _on_install(self, dep: str, msg: dict[str, Any]) -> None:
         attempt = msg.get("attempt")
-        attempt = attempt if type(attempt) is int and attempt >= 0 else 1
+        attempt = attempt if type(attempt) is int and attempt >= 1 else 1
         with self._lock:
             done = self._finished.get(dep)
             if done is not None and not (done["state"] == FAILED and attempt > done.get("attempt", 0)):
@@ -300,41 +335,46 @@ class OtaUpdater:
                 return
             current = self._job
             if current is not None and current.deployment_id == dep:
-                self._refresh(current, attempt, msg.get("firmware"))
+                self._refresh(current, attempt, msg)
                 return
         if current is not None and not self._abandon(current):
-            self._report(dep, FAILED, failure=FAILURE_INSTALL,
+            self._report(dep, FAILED, attempt=attempt, failure=FAILURE_INSTALL,
                          error=f"busy: deployment {current.deployment_id} is {current.state.lower()}")
             return
         fw = parse_firmware(msg.get("firmware"), self.options.api_base_url)
         if isinstance(fw, str):
             self._finish(dep, REJECTED, attempt)
-            self._report(dep, REJECTED, error=f"{INVALID_NOTIFY}: {fw}")
+            self._report(dep, REJECTED, attempt=attempt, error=f"{INVALID_NOTIFY}: {fw}")
             return
         wanted, mine = fw.get("device_type"), self.options.device_type
         if wanted is not None and mine is not None and wanted != mine:
             self._finish(dep, REJECTED, attempt)
-            self._report(dep, REJECTED, error=WRONG_DEVICE_TYPE)
+            self._report(dep, REJECTED, attempt=attempt, error=WRONG_DEVICE_TYPE)
             return
         if fw["version"] == self.running_version:
             self._finish(dep, ALREADY_INSTALLED, attempt)
-            self._report(dep, ALREADY_INSTALLED, firmware_version=self.running_version)
+            self._report(dep, ALREADY_INSTALLED, attempt=attempt, firmware_version=self.running_version)
             return
-        job = Job(dep, attempt, fw)
+        job = Job(dep, attempt, fw, max_boots=parse_max_boots(msg.get("max_boots")))
         with self._lock:
             self._job = job
             self._save()
-            self._report(dep, RECEIVED)
+            self._report(dep, RECEIVED, attempt=attempt)
             self._prune_downloads(self._part_path(job))
             self._start(job)
 
-    def _refresh(self, job: Job, attempt: int, firmware: Any) -> None:
-        """A notify for the deployment in progress (lock held): a newer attempt's url, and a resume."""
-        if attempt > job.attempt:
+    def _refresh(self, job: Job, attempt: int, msg: dict[str, Any]) -> None:
+        """A notify for the deployment in progress (lock held): its url, and a resume.
+
+        The same attempt comes again when the device reconnects, with a fresh signed url: a device
+        away longer than the url's lifetime resumes with that one (the worker re-reads it per try)."""
+        if attempt >= job.attempt:  # an older attempt's notify (late) brings nothing newer
             job.attempt = attempt
-            fw = parse_firmware(firmware, self.options.api_base_url)
+            fw = parse_firmware(msg.get("firmware"), self.options.api_base_url)
             if isinstance(fw, dict) and fw["sha256"] == job.firmware["sha256"]:
-                job.firmware["url"] = fw["url"]  # the signed url of the new attempt (the old may have expired)
+                job.firmware["url"] = fw["url"]
+            if (max_boots := parse_max_boots(msg.get("max_boots"))) is not None:
+                job.max_boots = max_boots
             self._save()
         if job.state in RESUMABLE and not self._worker_alive():
             log.info("%s: resuming deployment %s from %s", self.name, job.deployment_id, job.state)
@@ -405,7 +445,7 @@ class OtaUpdater:
             with self._lock:
                 self._discard(job)
                 self._finish(dep, REJECTED, job.attempt)
-            self._report(dep, REJECTED, error=exc.error)
+            self._report(dep, REJECTED, attempt=job.attempt, error=exc.error)
         except _Failed as exc:
             log.warning("%s: deployment %s failed (%s): %s", self.name, dep, exc.failure, exc.error)
             self._fail(job, exc.failure, exc.error)
@@ -416,7 +456,7 @@ class OtaUpdater:
     def _fail(self, job: Job, failure: str, error: str) -> None:
         # The partial (or verified) download stays: the platform's retry resumes from it.
         self._finish(job.deployment_id, FAILED, job.attempt)
-        self._report(job.deployment_id, FAILED, failure=failure, error=error[:1024])
+        self._report(job.deployment_id, FAILED, attempt=job.attempt, failure=failure, error=error[:1024])
 
     def _discard(self, job: Job) -> None:
         self._part_path(job).unlink(missing_ok=True)
@@ -442,7 +482,7 @@ class OtaUpdater:
             level = (100 if size == 0 else done * 100 // size) // step * step
             if not quiet and level > reported:
                 reported = level
-                self._report(dep, DOWNLOADING, progress=min(100, level))
+                self._report(dep, DOWNLOADING, attempt=job.attempt, progress=min(100, level))
 
         if not quiet:
             self._set_state(job, DOWNLOADING)
@@ -494,27 +534,44 @@ class OtaUpdater:
             if self._halt.is_set():
                 raise Interrupted()
             self._set_state(job, DOWNLOADED)
-        self._report(job.deployment_id, DOWNLOADED)
+        self._report(job.deployment_id, DOWNLOADED, attempt=job.attempt)
+
+    def _await_install_window(self) -> None:
+        """Block while disconnected or within ``install_hold`` of a connect (Interrupted: cancel or close).
+
+        A cancel sent while the device was away waits in its MQTT session and arrives just after the
+        reconnect, on the same lane as on_connect: installing at once (a download completed while
+        away, or resumed complete after a restart) would run past it."""
+        while True:
+            with self._lock:
+                since = self._online_since
+            left = 0.25 if since is None else self.options.install_hold - (time.monotonic() - since)
+            if left <= 0:
+                return
+            if self._halt.wait(min(left, 0.25)):
+                raise Interrupted()
 
     def _install(self, job: Job) -> None:
         fw = job.firmware
+        self._await_install_window()
         with self._lock:
             if self._halt.is_set():
                 raise Interrupted()
             self._set_state(job, INSTALLING)  # from here on a cancel no longer stops it
-        self._report(job.deployment_id, INSTALLING)
+        self._report(job.deployment_id, INSTALLING, attempt=job.attempt)
         if self.options.faults.install_failure:
             raise _Failed(FAILURE_INSTALL, "writing the inactive slot failed (injected)")
         slot_path = self._files() / "slots" / f"slot-{self.slots.inactive}.img"
         try:
             slot = self.slots.install(self._part_path(job), slot_path, version=fw["version"], sha256=fw["sha256"],
-                                      deployment_id=job.deployment_id, max_boots=self.options.max_boots)
+                                      deployment_id=job.deployment_id,
+                                      max_boots=job.max_boots or self.options.max_boots)
         except OSError as exc:
             raise _Failed(FAILURE_INSTALL, f"writing the inactive slot failed: {exc}") from None
         log.info("%s: %s installed in slot %s; rebooting", self.name, fw["version"], slot)
         self._set_state(job, REBOOTING)
         # Down only once the platform has REBOOTING: resent after the reboot it would follow BOOTED.
-        self._report(job.deployment_id, REBOOTING, after_ack=lambda: self.restart(False))
+        self._report(job.deployment_id, REBOOTING, attempt=job.attempt, after_ack=lambda: self.restart(False))
 
     # -- boots ------------------------------------------------------------------------------
     def boot(self) -> str:
@@ -530,19 +587,28 @@ class OtaUpdater:
         with self._lock:
             outcome, self._boot_outcome = self._boot_outcome, None
             job = self._job
+            self._online_since = time.monotonic()
         if outcome is not None:
             dep = outcome.deployment_id
+            attempt = job.attempt if job is not None and job.deployment_id == dep else None
             if outcome.kind == "booted":
                 if job is not None and job.deployment_id == dep:
                     self._set_state(job, BOOTED)
-                self._report(dep, BOOTED, firmware_version=outcome.version, boot=outcome.boots,
+                self._report(dep, BOOTED, attempt=attempt, firmware_version=outcome.version, boot=outcome.boots,
                              after_ack=lambda: self._submit(self._self_test, dep))
             else:
                 log.warning("%s: %s did not come up healthy (%s); back on %s", self.name, outcome.trial_version,
                             outcome.reason, outcome.version)
-                self._finish(dep, ROLLED_BACK, job.attempt if job and job.deployment_id == dep else 0)
-                self._report(dep, ROLLED_BACK, firmware_version=outcome.version, error=outcome.reason)
+                self._finish(dep, ROLLED_BACK, attempt or 0)
+                self._report(dep, ROLLED_BACK, attempt=attempt, firmware_version=outcome.version,
+                             error=outcome.reason)
         self._resume()
+
+    def on_disconnect(self) -> None:
+        """After every disconnect (the same lane as on_connect, so in order): no install starts until
+        the next connect."""
+        with self._lock:
+            self._online_since = None
 
     def _resume(self) -> None:
         with self._lock:
@@ -550,6 +616,11 @@ class OtaUpdater:
             if job is None or self._closing or self._worker_alive():
                 return
             if job.state in RESUMABLE:
+                if self._needs_fresh_url(job):
+                    # The platform re-sends the notify (a fresh url) when the device is back: _refresh.
+                    log.info("%s: deployment %s: the download url expired; waiting for its notify", self.name,
+                             job.deployment_id)
+                    return
                 log.info("%s: resuming deployment %s from %s", self.name, job.deployment_id, job.state)
                 self._start(job)
             elif self.slots.trial() is None:
@@ -557,6 +628,15 @@ class OtaUpdater:
                 # and the device stopped before it wrote it down.
                 done = COMMITTED if self.running_version == job.firmware.get("version") else ROLLED_BACK
                 self._finish(job.deployment_id, done, job.attempt)
+
+    def _needs_fresh_url(self, job: Job) -> bool:
+        """The download still has to ask the server, and its signed url has expired."""
+        if job.state not in (RECEIVED, DOWNLOADING):
+            return False
+        part = self._part_path(job)
+        if part.exists() and part.stat().st_size == job.firmware["size"]:
+            return False
+        return url_expired(job.firmware["url"], self.clock() // 1000)
 
     def _self_test(self, dep: str) -> None:
         trial = self.slots.trial()

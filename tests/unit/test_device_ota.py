@@ -45,6 +45,7 @@ class ImageServer:
         self.drop_after: int | None = None   # the next response stops after this many body bytes
         self.ignore_range = False
         self.fail_status: int | None = None
+        self.forbid: str | None = None       # a request whose path holds this gets 403 (an expired url)
         self.bytes_sent = 0
         server = self
 
@@ -57,8 +58,8 @@ class ImageServer:
             def do_GET(self):
                 rng = self.headers.get("Range")
                 server.requests.append((self.path, rng))
-                if server.fail_status is not None:
-                    self.send_error(server.fail_status)
+                if server.fail_status is not None or (server.forbid and server.forbid in self.path):
+                    self.send_error(server.fail_status or 403)
                     return
                 data, start = server.image, 0
                 if rng and not server.ignore_range:
@@ -126,9 +127,11 @@ def firmware(key, image: bytes = IMAGE, version: str = NEW, **over) -> dict:
     return fw
 
 
-def notify(key, dep="dep-1", attempt=1, **fw) -> bytes:
-    return json.dumps({"op": "install", "deployment_id": dep, "firmware": firmware(key, **fw), "attempt": attempt,
-                       "ts": 1}).encode()
+def notify(key, dep="dep-1", attempt=1, max_boots=None, **fw) -> bytes:
+    msg = {"op": "install", "deployment_id": dep, "firmware": firmware(key, **fw), "attempt": attempt, "ts": 1}
+    if max_boots is not None:
+        msg["max_boots"] = max_boots
+    return json.dumps(msg).encode()
 
 
 def cancel(dep="dep-1") -> bytes:
@@ -139,7 +142,9 @@ def cancel(dep="dep-1") -> bytes:
 
 class Device:
     """What the agent does for the updater: ``emit`` records statuses (each checked against the
-    schema) and acknowledges them, ``restart`` boots and reconnects, all on one 'loop' thread."""
+    schema, and each with its attempt) and acknowledges them, ``restart`` boots and reconnects, all on
+    one 'loop' thread. ``install_hold`` is 0 unless a test sets it (the updater is not told of connects
+    unless a test does)."""
 
     def __init__(self, directory, server, key, faults=None, version=OLD, ack=True, **opts):
         self.statuses: list[dict] = []
@@ -147,6 +152,7 @@ class Device:
         self.ack = ack
         self.cond = threading.Condition()
         self.calls: queue.Queue = queue.Queue()
+        opts.setdefault("install_hold", 0.0)
         options = OtaOptions(api_base_url=server.base, trusted_keys=(key.pem,), faults=faults or OtaFaults(),
                              retry_backoff=0.01, timeout=5.0, **opts)
         self.ota = OtaUpdater(directory, version, self.emit, self.restart, options, submit=self.soon, name="test")
@@ -166,6 +172,7 @@ class Device:
     def emit(self, msg):
         assert msg.suffix == "ota/status"
         assert self.validator.is_valid(msg.payload), msg.payload
+        assert type(msg.payload.get("attempt")) is int, msg.payload
         with self.cond:
             self.statuses.append(msg.payload)
             self.cond.notify_all()
@@ -546,6 +553,164 @@ def test_without_a_state_directory_the_files_live_in_a_temporary_one(make, key):
     assert not tmp.exists()
 
 
+# -- attempts, fresh urls, the deployment's max_boots, cancel around a reconnect ------------------
+
+def test_every_report_carries_the_attempt_of_its_notify(make, key, server):
+    dev = make(faults=OtaFaults(download_failure_once=True))
+    dev.deliver(notify(key))
+    dev.wait_state("FAILED")
+    dev.settle()
+    assert {s["attempt"] for s in dev.statuses} == {1}
+    dev.deliver(notify(key, attempt=2))  # the platform's retry: its reports say 2, a late FAILED of 1 is dropped
+    dev.wait_state("BOOTED")
+    dev.settle()
+    assert [(s["state"], s["attempt"]) for s in dev.statuses if s["state"] != "DOWNLOADING"] == [
+        ("RECEIVED", 1), ("FAILED", 1), ("RECEIVED", 2), ("DOWNLOADED", 2), ("INSTALLING", 2), ("REBOOTING", 2),
+        ("BOOTED", 2)]
+    dev.deliver(notify(key, dep="dep-2", attempt=3, version=NEW))  # running it already
+    dev.deliver(notify(key, dep="dep-3", attempt=4, sha256="zz"))
+    dev.settle()
+    assert [(s["deployment_id"], s["state"], s["attempt"]) for s in dev.statuses[-2:]] == [
+        ("dep-2", "ALREADY_INSTALLED", 3), ("dep-3", "REJECTED", 4)]
+
+
+def test_a_busy_refusal_and_a_roll_back_carry_the_attempt(make, key):
+    dev = make(faults=OtaFaults(crash_loop=True), ack=False)
+    dev.deliver(notify(key, attempt=2))
+    dev.wait_state("REBOOTING")
+    dev.deliver(notify(key, dep="dep-2", attempt=5))
+    busy = dev.wait_for(lambda s: s["deployment_id"] == "dep-2")
+    assert (busy["state"], busy["failure"], busy["attempt"]) == ("FAILED", "install", 5)
+    dev.ack = True
+    dev.restart(False)
+    assert dev.wait_state("ROLLED_BACK")["attempt"] == 2
+    assert {s["attempt"] for s in dev.statuses if s["deployment_id"] == "dep-1"} == {2}
+
+
+def test_a_notify_of_the_same_attempt_and_image_replaces_the_url_on_disk_too(make, key, server, tmp_path):
+    dev = make(faults=OtaFaults(stall=True))
+    dev.deliver(notify(key, attempt=2))
+    dev.wait_state("DOWNLOADING")
+    dev.deliver(notify(key, attempt=2, url="/v1/ota/download/dep-1?sig=other", sha256="1" * 64))
+    dev.deliver(notify(key, attempt=2, url="/v1/ota/download/dep-1?sig=fresh"))
+    dev.deliver(notify(key, attempt=1, url="/v1/ota/download/dep-1?sig=late"))
+    handled = threading.Event()
+    dev.soon(handled.set)
+    assert handled.wait(5)
+    assert dev.ota.job.firmware["url"] == "/v1/ota/download/dep-1?sig=fresh" and dev.ota.job.attempt == 2
+    saved = json.loads((tmp_path / "ota" / "state.json").read_text())["job"]
+    assert saved["firmware"]["url"] == "/v1/ota/download/dep-1?sig=fresh"
+
+
+def test_back_after_the_url_expired_the_device_waits_for_the_fresh_one_and_resumes(make, key, server, tmp_path):
+    stale = "/v1/ota/download/dep-1?device=d1&exp=1000&sig=stale"  # exp long past
+    dev = make(faults=OtaFaults(slow_download=200_000))
+    dev.deliver(notify(key, url=stale))
+    dev.wait_for(lambda s: s.get("progress", 0) >= 20)
+    dev.close()  # away for longer than the url lives
+    part, = (tmp_path / "ota" / "download").glob("dep-1.*.part")
+    have = part.stat().st_size
+    server.forbid = "sig=stale"
+    again = make()
+    again.soon(again.ota.on_connect)
+    again.settle()
+    assert len(server.requests) == 1 and again.statuses == [] and again.ota.job.state == "DOWNLOADING"
+    fresh = "/v1/ota/download/dep-1?device=d1&exp=9999999999&sig=fresh"
+    again.deliver(notify(key, url=fresh))  # the platform's notify on reconnect: same attempt, new url
+    again.wait_state("BOOTED")
+    assert server.requests[1:] == [(fresh, f"bytes={have}-")]
+    again.settle()
+    assert "FAILED" not in again.states() and again.ota.finished("dep-1") == "COMMITTED"
+
+
+def test_the_notify_max_boots_replaces_the_devices_own(make, key, tmp_path):
+    dev = make(faults=OtaFaults(crash_loop=True), max_boots=2)
+    dev.deliver(notify(key, max_boots=3))
+    dev.wait_state("ROLLED_BACK")
+    dev.settle()
+    assert [s["boot"] for s in dev.statuses if s["state"] == "BOOTED"] == [1, 2, 3]
+    dev.deliver(notify(key, dep="dep-2", max_boots="many"))  # not an integer: the device's own
+    dev.wait_for(lambda s: s["deployment_id"] == "dep-2" and s["state"] == "ROLLED_BACK")
+    assert [s["boot"] for s in dev.statuses if s["deployment_id"] == "dep-2" and s["state"] == "BOOTED"] == [1, 2]
+
+
+def test_max_boots_is_clamped_as_the_platform_does_and_kept_with_the_job(make, key, tmp_path):
+    assert [ota.parse_max_boots(v) for v in (0, 1, 7, 50, True, "3", None, 2.0)] == [1, 1, 7, 20, None, None,
+                                                                                      None, None]
+    dev = make(faults=OtaFaults(stall=True))
+    dev.deliver(notify(key, max_boots=4))
+    dev.wait_state("DOWNLOADING")
+    dev.close()
+    assert json.loads((tmp_path / "ota" / "state.json").read_text())["job"]["max_boots"] == 4
+    assert make().ota.job.max_boots == 4
+    old = {"deployment_id": "d", "attempt": 1, "firmware": {}, "state": "RECEIVED"}  # a file from before
+    assert ota.Job.from_json(old).max_boots is None
+
+
+def test_a_download_completed_while_away_waits_and_a_queued_cancel_stops_it(make, key, tmp_path):
+    dev = make(faults=OtaFaults(slow_download=600_000), install_hold=0.3)
+    dev.deliver(notify(key))
+    dev.wait_state("DOWNLOADING")
+    dev.soon(dev.ota.on_disconnect)
+    dev.wait_state("DOWNLOADED")
+    time.sleep(0.6)
+    assert dev.states()[-1] == "DOWNLOADED" and dev.ota.job.state == "DOWNLOADED"
+    dev.soon(dev.ota.on_connect)
+    dev.deliver(cancel())  # kept by the broker while the device was away: it comes right after the connect
+    dev.settle()
+    assert "INSTALLING" not in dev.states() and dev.ota.finished("dep-1") == "CANCELED"
+    assert not list((tmp_path / "ota" / "download").glob("*.part")) and dev.ota.slots.trial() is None
+
+
+def test_a_download_completed_while_away_installs_once_back_and_past_the_hold(make, key):
+    dev = make(faults=OtaFaults(slow_download=600_000), install_hold=0.3)
+    dev.deliver(notify(key))
+    dev.wait_state("DOWNLOADING")
+    dev.soon(dev.ota.on_disconnect)
+    dev.wait_state("DOWNLOADED")
+    time.sleep(0.4)
+    back = ota.now_ms()
+    dev.soon(dev.ota.on_connect)
+    installing = dev.wait_state("INSTALLING")
+    assert installing["ts"] - back >= 250
+    dev.wait_state("BOOTED")
+
+
+@pytest.mark.parametrize("canceled", [True, False])
+def test_after_a_restart_a_complete_download_handles_queued_notices_before_installing(make, key, server, canceled):
+    dev = make(install_hold=60)
+    dev.soon(dev.ota.on_connect)
+    dev.deliver(notify(key))
+    dev.wait_state("DOWNLOADED")
+    dev.close()  # powered off before installing: the job stays DOWNLOADED
+    again = make(install_hold=0.5)
+    assert again.ota.job.state == "DOWNLOADED"
+    again.soon(again.ota.on_connect)  # resumes: the file is complete, verified again, then the hold
+    if canceled:
+        again.deliver(cancel())
+    again.settle()
+    if canceled:
+        assert "INSTALLING" not in again.states() and again.ota.finished("dep-1") == "CANCELED"
+    else:
+        again.wait_state("BOOTED")
+    assert len(server.requests) == 1
+
+
+def test_a_boot_of_a_deployment_the_device_lost_track_of_is_reported_without_an_attempt(make, key, tmp_path):
+    dev = make(ack=False)
+    dev.deliver(notify(key))
+    dev.wait_state("REBOOTING")
+    dev.settle()
+    dev.close()
+    (tmp_path / "ota" / "state.json").unlink()  # the job is gone, the bootloader's trial is not
+    got = []
+    again = OtaUpdater(tmp_path / "ota", OLD, got.append, lambda crash: None, dev.ota.options, submit=lambda *a: None)
+    assert again.boot() == NEW
+    again.on_connect()
+    assert [m.payload["state"] for m in got] == ["BOOTED"] and "attempt" not in got[0].payload
+    assert default_validators()[Uplink.OTA_STATUS].is_valid(got[0].payload)
+
+
 # -- the download on its own ----------------------------------------------------------------------
 
 def test_fetch_starts_over_when_the_server_ignores_the_range(server, tmp_path):
@@ -688,6 +853,7 @@ def test_agent_crash_disconnects_with_the_will(pki, tmp_path, monkeypatch):
     assert [r.value for r in reasons] == [4]  # "Disconnect with Will Message"
     agent._on_disconnect(agent.client, None, None, 0, None)
     assert agent._boot_pending and agent._reconnect_timer.fn == agent._connect
+    assert agent.ota._online_since is None  # told on its lane: no install until the next connect
     agent.seq.close()
 
 
@@ -702,3 +868,4 @@ def test_agent_config_from_settings_points_at_the_api_and_its_keys(tmp_path):
 
 def test_constants_match_the_contract():
     assert ota.NOTIFY_SUFFIX == "ota/notify" and ota.STATUS_SUFFIX == "ota/status"
+
