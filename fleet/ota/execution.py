@@ -165,7 +165,11 @@ class Execution:
     created_at: int
     updated_at: int
     attempt: int = 1
-    seq: int = 0  # +1 on every transition: the controller drops repeats and reorderings by it
+    # Grows on every transition, and with the clock (at least the transition's time in µs): the
+    # rollout keeps the newest transition of each device by it. After a restore the job may take
+    # a device along another path than before the crash (its inputs replayed in another order),
+    # and those transitions must win over the ones it sent before, whatever their count.
+    seq: int = 0
     progress: float | None = None  # the device's last percent of the current step
     error: str | None = None
     previous_version: str | None = None  # what the device ran when it was assigned
@@ -238,7 +242,7 @@ class _Builder:
     def move(self, ex: Execution, to: ExecState, now: int, reason: str, **changes: Any) -> Execution:
         change = Change(ex.state, to, now, reason[:300])
         history = (ex.history + (change,))[-MAX_HISTORY:]
-        ex = replace(ex, state=to, updated_at=now, seq=ex.seq + 1, history=history, **changes)
+        ex = replace(ex, state=to, updated_at=now, seq=max(ex.seq + 1, now * 1000), history=history, **changes)
         self.transitions.append((ex, change))
         self._changed(ex)
         return ex

@@ -267,7 +267,9 @@ def execution_row(e: ex.Execution) -> Output:
     return Output(EXECUTION, {"deployment_id": e.deployment_id, "device_id": e.device_id, "state": e.state.value,
                               "wave": e.wave, "attempt": e.attempt, "updated_at": e.updated_at,
                               "execution": dumps(ex.execution_json(e)),
-                              "write_ts": e.updated_at * 1000 + min(e.seq, 499) * 2 + (1 if e.progress else 0)})
+                              # seq is at least the transition's time in µs and grows with each one; a
+                              # progress update (same seq, a later updated_at) lands after it.
+                              "write_ts": max(e.seq, e.updated_at * 1000) + (1 if e.progress else 0)})
 
 
 def _event(e: ex.Execution, c: ex.Change) -> Output:

@@ -276,3 +276,38 @@ def test_the_deployment_row_is_written_on_state_changes_at_once_and_counts_at_mo
     [row] = [o for o in flushed.outputs if o.kind == logic.DEPLOYMENT]
     assert json.loads(row.value["summary"])["counts"] == {"NOTIFIED": 10}
     assert flushed.wake_at is None
+
+
+def test_after_a_restore_the_new_path_of_a_device_wins_over_the_old_one() -> None:
+    """The job restores a device from before its DOWNLOADED and, its inputs replayed in another
+    order, takes it NOTIFIED -> VERIFYING -> SUCCEEDED: fewer transitions than it had sent before
+    the crash. The rollout must still count it SUCCEEDED (seq grows with the clock)."""
+    rcell, members = logic.MemoryCell(), ro.MemoryMembers()
+    logic.rollout_handle("dep1", json.dumps({"op": "create", "deployment_id": "dep1", "firmware": FW,
+                                             "plan": {"rate_per_minute": 6000}, "target_count": 1, "chunks": 1}),
+                         T0, rcell, members)
+    logic.rollout_handle("dep1", json.dumps({"op": "targets", "deployment_id": "dep1", "chunk": 0,
+                                             "devices": ["d1"]}), T0, rcell, members)
+    cell = logic.MemoryCell()
+    online = json.dumps({"device_id": "d1", "type": "status", "payload": {"online": True, "firmware_version": "1.0"}})
+    assign = json.dumps({"op": "assign", "deployment_id": "dep1", "device_id": "d1", "wave": 0, "firmware": FW,
+                         "device": DEVICE})
+    logic.device_handle("d1", online, T0, cell, url_for)
+    snapshot = logic.device_handle("d1", assign, T0 + 1, cell, url_for)
+    checkpoint = cell.value  # NOTIFIED
+    events = [o for o in snapshot.outputs if o.kind == logic.EVENT]
+    for s in ("DOWNLOADING", "DOWNLOADED"):
+        h = logic.device_handle("d1", json.dumps({"device_id": "d1", "type": "ota_status", "payload": {
+            "deployment_id": "dep1", "state": s}}), T0 + 2, cell, url_for)
+        events += [o for o in h.outputs if o.kind == logic.EVENT]
+    for e in events:
+        logic.rollout_handle("dep1", json.dumps(e.value), T0 + 3, rcell, members)
+    cell.value = checkpoint  # the crash: back to NOTIFIED; the reconnect on 2.0.0 is read first
+    later = T0 + 10_000
+    h = logic.device_handle("d1", json.dumps({"device_id": "d1", "type": "status", "payload": {
+        "online": True, "firmware_version": "2.0.0"}}), later, cell, url_for)
+    h2 = logic.device_fire(later + DEVICE["health_window_ms"], cell, url_for)  # type: ignore[operator]
+    for e in [o for o in h.outputs + h2.outputs if o.kind == logic.EVENT]:
+        logic.rollout_handle("dep1", json.dumps(e.value), later + 5_000, rcell, members)
+    summary = ro.summary(ro.decode(rcell.value or ""))
+    assert summary["counts"] == {"SUCCEEDED": 1} and summary["state"] == "SUCCEEDED"
