@@ -6,9 +6,7 @@ tests check it with tables.
 
 from __future__ import annotations
 
-import base64
 import datetime as dt
-import json
 import re
 import uuid
 from collections.abc import Mapping
@@ -16,6 +14,7 @@ from dataclasses import dataclass, field, replace
 from enum import Enum
 
 from fleet.contract.topics import is_valid_device_id
+from fleet.infra.page_cursor import decode_after, encode_after
 
 # Groups, device types and metadata keys appear in URLs and CQL partition keys: keep them plain.
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$")
@@ -142,7 +141,7 @@ def metadata_filters(query: Mapping[str, str]) -> dict[str, str]:
 
 
 def encode_cursor(last_device_id: str) -> str:
-    return base64.urlsafe_b64encode(json.dumps({"after": last_device_id}).encode()).decode().rstrip("=")
+    return encode_after(last_device_id)
 
 
 def decode_cursor(cursor: str | None) -> str | None:
@@ -150,10 +149,9 @@ def decode_cursor(cursor: str | None) -> str | None:
     if not cursor:
         return None
     try:
-        padded = cursor + "=" * (-len(cursor) % 4)
-        after = json.loads(base64.urlsafe_b64decode(padded.encode()))["after"]
-    except (ValueError, KeyError, TypeError):
+        after = decode_after(cursor)
+    except ValueError:
         raise RegistryError("bad_request", "invalid cursor: pass back the next_cursor of the previous page") from None
-    if not isinstance(after, str) or not is_valid_device_id(after):
+    if not is_valid_device_id(after):
         raise RegistryError("bad_request", "invalid cursor: pass back the next_cursor of the previous page")
     return after

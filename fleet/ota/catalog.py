@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
-import json
 import re
 import uuid
 from dataclasses import dataclass
@@ -18,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from fleet.identity.devices import NAME_PATTERN
 from fleet.infra.cql_values import epoch_ms, from_epoch_ms
+from fleet.infra.page_cursor import decode_after, encode_after
 from fleet.ota.errors import FirmwareError
 
 if TYPE_CHECKING:  # the driver ships no type hints
@@ -83,7 +83,7 @@ def settle(existing: FirmwareRecord, sha256: str) -> FirmwareRecord:
 
 
 def encode_cursor(after: str) -> str:
-    return base64.urlsafe_b64encode(json.dumps({"after": after}).encode()).decode().rstrip("=")
+    return encode_after(after)
 
 
 def decode_cursor(cursor: str | None) -> str | None:
@@ -91,10 +91,10 @@ def decode_cursor(cursor: str | None) -> str | None:
     if not cursor:
         return None
     try:
-        after = json.loads(base64.urlsafe_b64decode((cursor + "=" * (-len(cursor) % 4)).encode()))["after"]
-    except (ValueError, KeyError, TypeError):
+        after = decode_after(cursor)
+    except ValueError:
         raise ValueError("not a firmware page token") from None
-    if not isinstance(after, str) or not (VERSION_PATTERN.match(after) or re.fullmatch(r"[0-9a-f]{32}", after)):
+    if not (VERSION_PATTERN.match(after) or re.fullmatch(r"[0-9a-f]{32}", after)):
         raise ValueError("not a firmware page token")
     return after
 

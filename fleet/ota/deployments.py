@@ -48,6 +48,7 @@ from typing import Any, Protocol
 
 from fleet.identity.devices import Device, DeviceFilter, DeviceStatus, RegistryError, check_device_id
 from fleet.identity.devices import check_name as check_registry_name
+from fleet.infra.page_cursor import decode_after, encode_after
 from fleet.ota import execution
 from fleet.ota.catalog import FirmwareRecord
 from fleet.ota.errors import DeploymentError
@@ -501,7 +502,7 @@ def progress(*, state: str, summary: Mapping[str, Any] | None, plan: Mapping[str
 
 
 def encode_cursor(after: str) -> str:
-    return base64.urlsafe_b64encode(json.dumps({"after": after}).encode()).decode().rstrip("=")
+    return encode_after(after)
 
 
 def decode_cursor(cursor: str | None) -> str | None:
@@ -509,9 +510,9 @@ def decode_cursor(cursor: str | None) -> str | None:
     if not cursor:
         return None
     try:
-        after = json.loads(base64.urlsafe_b64decode((cursor + "=" * (-len(cursor) % 4)).encode()))["after"]
-    except (ValueError, KeyError, TypeError):
+        after = decode_after(cursor)
+    except ValueError:
         raise ValueError("not an OTA page token") from None
-    if not isinstance(after, str) or not 0 < len(after) <= 200:
+    if not 0 < len(after) <= 200:
         raise ValueError("not an OTA page token")
     return after
