@@ -25,21 +25,7 @@ from jobs.commands import logic
 from jobs.commands.logic import BATCH_MEMBER_FIELDS, COMMAND_FIELDS
 from jobs.commands.options import JobOptions
 from jobs.commands.records import BATCH_MEMBERS, COMMANDS, DEAD_LETTERS, EVENTS
-
-
-class _Cell:
-    """logic.StateCell over the function's keyed ValueState (the current key is the device)."""
-
-    def __init__(self, state: Any):
-        self._state = state
-
-    def get(self) -> str | None:
-        value: str | None = self._state.value()
-        return value
-
-    def put(self, encoded: str) -> None:
-        self._state.update(encoded)
-
+from jobs.keyed_state import ValueCell, move_timer
 
 _KAFKA_TAGS = {logic.EVENT: EVENTS, logic.DEAD_LETTER: DEAD_LETTERS}
 
@@ -52,7 +38,7 @@ class CommandsCore(KeyedProcessFunction):
         self.keep_final_ms = options.keep_final_ms
 
     def open(self, ctx: RuntimeContext) -> None:
-        self.cell = _Cell(ctx.get_state(ValueStateDescriptor("commands", Types.STRING())))
+        self.cell = ValueCell(ctx.get_state(ValueStateDescriptor("commands", Types.STRING())))
         self.timer = ctx.get_state(ValueStateDescriptor("timer", Types.LONG()))
         group = ctx.get_metrics_group().add_group("commands")
         self.counters = {kind: group.counter(kind) for kind in ("records", "timers", "deadLetters", "sent")}
@@ -92,14 +78,4 @@ class CommandsCore(KeyedProcessFunction):
                 yield COMMANDS, Row(*(out.value[f] for f in COMMAND_FIELDS))
 
     def _schedule(self, wake_at: int | None, ctx: Any) -> None:
-        current = self.timer.value()
-        if wake_at == current:
-            return
-        timers = ctx.timer_service()
-        if current is not None:
-            timers.delete_processing_time_timer(current)
-        if wake_at is None:
-            self.timer.clear()
-        else:
-            timers.register_processing_time_timer(wake_at)
-            self.timer.update(wake_at)
+        move_timer(self.timer, ctx, wake_at)

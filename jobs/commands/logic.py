@@ -27,10 +27,11 @@ import base64
 import json
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 from fleet.commands import domain as dom
 from fleet.contract.topics import Downlink, is_valid_device_id
+from jobs.keyed_state import StateCell  # the state: fleet.commands.domain.encode(DeviceCommands)
 
 SOURCE = "commands-job"
 
@@ -54,27 +55,6 @@ CANCEL = "cancel"
 DEFAULT_RULES = dom.CommandRules()  # frozen
 DEFAULT_KEEP_FINAL_MS = 5 * 60_000  # whole final commands; then fleet.commands.domain.Ended
 _RESULT_STATUSES = {"IN_PROGRESS", *(s.value for s in dom.RESULT_STATES)}
-
-
-class StateCell(Protocol):
-    """One device's keyed state: fleet.commands.domain.encode(DeviceCommands), or None."""
-
-    def get(self) -> str | None: ...
-
-    def put(self, encoded: str) -> None: ...
-
-
-class MemoryCell:
-    """A StateCell in memory (unit tests)."""
-
-    def __init__(self) -> None:
-        self.value: str | None = None
-
-    def get(self) -> str | None:
-        return self.value
-
-    def put(self, encoded: str) -> None:
-        self.value = encoded
 
 
 @dataclass(frozen=True, slots=True)

@@ -24,6 +24,7 @@ from pyflink.datastream.state import MapStateDescriptor, ValueStateDescriptor
 
 from fleet.ota import download_urls
 from fleet.ota.rollout import Member
+from jobs.keyed_state import ValueCell, move_timer
 from jobs.ota import logic
 from jobs.ota.logic import DEPLOYMENT_FIELDS, EXECUTION_FIELDS, NEW_DEPLOYMENT_FIELDS
 from jobs.ota.records import (
@@ -35,18 +36,6 @@ from jobs.ota.records import (
     REQUESTS,
     ROLLOUT_DEAD_LETTERS,
 )
-
-
-class _Cell:
-    def __init__(self, state: Any):
-        self._state = state
-
-    def get(self) -> str | None:
-        value: str | None = self._state.value()
-        return value
-
-    def put(self, encoded: str) -> None:
-        self._state.update(encoded)
 
 
 class _Members:
@@ -134,17 +123,7 @@ class _TimedCore(KeyedProcessFunction):
         return logic.Handled([letter], now + 60_000 if retry else self.timer.value())
 
     def _schedule(self, wake_at: int | None, ctx: Any) -> None:
-        current = self.timer.value()
-        if wake_at == current:
-            return
-        timers = ctx.timer_service()
-        if current is not None:
-            timers.delete_processing_time_timer(current)
-        if wake_at is None:
-            self.timer.clear()
-        else:
-            timers.register_processing_time_timer(wake_at)
-            self.timer.update(wake_at)
+        move_timer(self.timer, ctx, wake_at)
 
 
 class RolloutCore(_TimedCore):
@@ -155,7 +134,7 @@ class RolloutCore(_TimedCore):
         self.grace_ms = grace_ms
 
     def open(self, ctx: RuntimeContext) -> None:
-        self.cell = _Cell(ctx.get_state(ValueStateDescriptor("rollout", Types.STRING())))
+        self.cell = ValueCell(ctx.get_state(ValueStateDescriptor("rollout", Types.STRING())))
         self.members = _Members(ctx.get_map_state(MapStateDescriptor("targets", Types.INT(), Types.STRING())),
                                 ctx.get_map_state(MapStateDescriptor("members", Types.STRING(), Types.STRING())))
         self._open_timer(ctx)
@@ -201,7 +180,7 @@ class DeviceCore(_TimedCore):
             return download_urls.download_path(key, deployment_id, device_id, firmware_id, now_ms / 1000, ttl)
 
         self.url_for = url_for
-        self.cell = _Cell(ctx.get_state(ValueStateDescriptor("ota", Types.STRING())))
+        self.cell = ValueCell(ctx.get_state(ValueStateDescriptor("ota", Types.STRING())))
         self._open_timer(ctx)
         group = ctx.get_metrics_group().add_group("ota_device")
         self.counters = {k: group.counter(k) for k in ("records", "timers", "deadLetters", "notices", "transitions")}

@@ -27,11 +27,12 @@ import base64
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import Any, Protocol
+from typing import Any
 
 from fleet.contract.topics import Downlink, is_valid_device_id
 from fleet.ota import execution as ex
 from fleet.ota import rollout as ro
+from jobs.keyed_state import StateCell
 
 SOURCE = "ota-job"
 
@@ -55,23 +56,6 @@ _ID_LIMIT = 64
 
 # The signed download path of a notice: (deployment_id, device_id, firmware_id, now_ms) -> path+query.
 UrlFor = Callable[[str, str, str, int], str]
-
-
-class Cell(Protocol):
-    def get(self) -> str | None: ...
-
-    def put(self, encoded: str) -> None: ...
-
-
-class MemoryCell:
-    def __init__(self) -> None:
-        self.value: str | None = None
-
-    def get(self) -> str | None:
-        return self.value
-
-    def put(self, encoded: str) -> None:
-        self.value = encoded
 
 
 @dataclass(frozen=True, slots=True)
@@ -183,7 +167,7 @@ def _rollout_wake(r: ro.Rollout) -> int | None:
     return min(times, default=None)
 
 
-def rollout_handle(key: str | None, raw: str, now: int, cell: Cell, members: ro.Members) -> Handled:
+def rollout_handle(key: str | None, raw: str, now: int, cell: StateCell, members: ro.Members) -> Handled:
     text = cell.get()
     r = ro.decode(text) if text is not None else None
     # A dead letter keeps the key's timer where it was (a bad record must not stop a rollout).
@@ -250,7 +234,7 @@ def _rollout_step(r: ro.Rollout | None, record: dict[str, Any], now: int, member
                        "", now)
 
 
-def rollout_fire(now: int, cell: Cell, members: ro.Members) -> Handled:
+def rollout_fire(now: int, cell: StateCell, members: ro.Members) -> Handled:
     text = cell.get()
     if text is None:
         return Handled()
@@ -303,13 +287,13 @@ def _device_outputs(step: ex.Step, now: int, url_for: UrlFor) -> list[Output]:
     return out
 
 
-def _finish(cell: Cell, before: ex.DeviceOta, step: ex.Step, now: int, url_for: UrlFor) -> Handled:
+def _finish(cell: StateCell, before: ex.DeviceOta, step: ex.Step, now: int, url_for: UrlFor) -> Handled:
     if step.state != before:
         cell.put(ex.encode(step.state))
     return Handled(_device_outputs(step, now, url_for), ex.next_timer(step.state))
 
 
-def device_handle(key: str | None, raw: str, now: int, cell: Cell, url_for: UrlFor) -> Handled:
+def device_handle(key: str | None, raw: str, now: int, cell: StateCell, url_for: UrlFor) -> Handled:
     text = cell.get()
     loaded = ex.decode(text) if text is not None else None
     # A dead letter keeps the key's timer where it was (a bad record must not stop an execution).
@@ -364,7 +348,7 @@ def device_handle(key: str | None, raw: str, now: int, cell: Cell, url_for: UrlF
     return bad(f"unknown record (op {op!r}, type {kind!r})", "invalid_envelope")
 
 
-def device_fire(now: int, cell: Cell, url_for: UrlFor) -> Handled:
+def device_fire(now: int, cell: StateCell, url_for: UrlFor) -> Handled:
     text = cell.get()
     if text is None:
         return Handled()

@@ -20,6 +20,7 @@ from fleet.access.auth import Principal, Role
 from fleet.commands.query import Claim, PageCursor
 from fleet.config import Settings
 from jobs.commands import logic
+from jobs.keyed_state import MemoryCell
 from tests.support.api import api_client
 from tests.unit.test_api_shadow import (
     ADMIN,
@@ -36,7 +37,7 @@ from tests.unit.test_api_shadow import (
 
 class FakeJob:
     def __init__(self):
-        self.cells: dict[str, logic.MemoryCell] = {}
+        self.cells: dict[str, MemoryCell] = {}
         self.rows: dict[str, dict] = {}
         self.records: list[dict] = []
         self.claims: dict[tuple[str, str], Claim] = {}
@@ -45,7 +46,7 @@ class FakeJob:
         record = json.loads(raw)
         device = record["device_id"]
         handled = logic.handle(device, raw, now or record.get("created_at") or record.get("ts") or 0,
-                               self.cells.setdefault(device, logic.MemoryCell()))
+                               self.cells.setdefault(device, MemoryCell()))
         for out in handled.outputs:
             self.keep(out)
         return [o.value for o in handled.outputs if o.kind == logic.EVENT]

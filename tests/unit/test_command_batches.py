@@ -12,7 +12,8 @@ from fleet.commands import batches
 from fleet.commands import domain as dom
 from fleet.contract.validation import kafka_schema
 from jobs.commands import logic
-from jobs.commands.logic import MemoryCell, handle
+from jobs.commands.logic import handle
+from jobs.keyed_state import MemoryCell
 from tests.unit.test_commands_job_logic import T0, result, status, submit
 
 # -- target ------------------------------------------------------------------------------------

@@ -9,7 +9,8 @@ import pytest
 from fleet.commands import domain as dom
 from fleet.contract.validation import kafka_schema
 from jobs.commands import logic
-from jobs.commands.logic import MemoryCell, fire, handle
+from jobs.commands.logic import fire, handle
+from jobs.keyed_state import MemoryCell
 
 T0 = 1_767_225_600_000
 

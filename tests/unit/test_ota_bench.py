@@ -16,6 +16,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
 import ota_bench as ob  # noqa: E402 - after the sys.path set-up above
 
 from fleet.contract.topics import Kafka  # noqa: E402 - after the sys.path set-up above
+from jobs.keyed_state import MemoryCell
 from jobs.ota import logic  # noqa: E402 - after the sys.path set-up above
 
 T0 = 1_767_225_600_000
@@ -89,7 +90,7 @@ class Device:
     """The OTA job's device operator for one device (jobs/ota/logic.py), fed the bench's envelopes."""
 
     def __init__(self, health_window_ms: int = 2_000):
-        self.cell = logic.MemoryCell()
+        self.cell = MemoryCell()
         self.events: list[str] = []
         self.notices: list[dict[str, Any]] = []
         self.wake: int | None = None

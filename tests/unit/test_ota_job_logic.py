@@ -11,6 +11,7 @@ from collections import defaultdict
 from typing import Any
 
 from fleet.ota import rollout as ro
+from jobs.keyed_state import MemoryCell
 from jobs.ota import logic
 
 T0 = 1_700_000_000_000
@@ -26,9 +27,9 @@ class Loop:
     def __init__(self, behaviour: dict[str, str]):
         self.behaviour = behaviour  # device -> ok | install_fail | crash | silent
         self.now = T0
-        self.rollout_cells: dict[str, logic.MemoryCell] = defaultdict(logic.MemoryCell)
+        self.rollout_cells: dict[str, MemoryCell] = defaultdict(MemoryCell)
         self.members: dict[str, ro.MemoryMembers] = defaultdict(ro.MemoryMembers)
-        self.device_cells: dict[str, logic.MemoryCell] = defaultdict(logic.MemoryCell)
+        self.device_cells: dict[str, MemoryCell] = defaultdict(MemoryCell)
         self.rollout_wake: dict[str, int | None] = {}
         self.device_wake: dict[str, int | None] = {}
         self.queue: list[tuple[str, str, str]] = []  # (operator, key, raw)
@@ -195,7 +196,7 @@ def test_operator_cancel_and_an_offline_device() -> None:
 
 
 def test_hostile_records_are_dead_letters() -> None:
-    cell = logic.MemoryCell()
+    cell = MemoryCell()
     for raw in ("{oops", "[]", json.dumps({"device_id": "other", "type": "status", "payload": {"online": True}}),
                 json.dumps({"device_id": "d1", "type": "ota_status", "payload": {"deployment_id": "x", "state": "?"}}),
                 json.dumps({"device_id": "d1", "type": "ota_status",
@@ -203,7 +204,7 @@ def test_hostile_records_are_dead_letters() -> None:
         h = logic.device_handle("d1", raw, T0, cell, url_for)
         assert [o.kind for o in h.outputs] == [logic.DEAD_LETTER], raw
     members = ro.MemoryMembers()
-    rcell = logic.MemoryCell()
+    rcell = MemoryCell()
     for raw in (json.dumps({"op": "targets", "deployment_id": "dep1", "chunk": 0, "devices": ["a"]}),
                 json.dumps({"op": "create", "deployment_id": "dep2"}),
                 json.dumps({"op": "create", "deployment_id": "dep1", "firmware": FW, "target_count": 0, "chunks": 0})):
@@ -212,14 +213,14 @@ def test_hostile_records_are_dead_letters() -> None:
 
 
 def test_a_dead_letter_keeps_the_keys_timer() -> None:
-    cell = logic.MemoryCell()
+    cell = MemoryCell()
     logic.device_handle("d1", json.dumps({"device_id": "d1", "type": "status", "payload": {"online": True}}), T0,
                         cell, url_for)
     h = logic.device_handle("d1", json.dumps({"op": "assign", "deployment_id": "dep1", "device_id": "d1", "wave": 0,
                                               "firmware": FW, "device": DEVICE}), T0, cell, url_for)
     assert h.wake_at == T0 + 5_000  # the progress timeout
     assert logic.device_handle("d1", "{oops", T0 + 1, cell, url_for).wake_at == h.wake_at
-    rcell, members = logic.MemoryCell(), ro.MemoryMembers()
+    rcell, members = MemoryCell(), ro.MemoryMembers()
     logic.rollout_handle("dep1", json.dumps({"op": "create", "deployment_id": "dep1", "firmware": FW, "plan":
                                              {"rate_per_minute": 1}, "target_count": 3, "chunks": 1}), T0, rcell,
                          members)
@@ -254,7 +255,7 @@ def test_abort_with_rollback_puts_the_updated_devices_back_on_their_previous_ver
 
 
 def test_the_deployment_row_is_written_on_state_changes_at_once_and_counts_at_most_every_interval() -> None:
-    rcell, members = logic.MemoryCell(), ro.MemoryMembers()
+    rcell, members = MemoryCell(), ro.MemoryMembers()
     devices = [f"d{i}" for i in range(20)]
     create = {"op": "create", "deployment_id": "dep1", "firmware": FW, "plan": {"rate_per_minute": 60_000},
               "target_count": 20, "chunks": 1}
@@ -282,13 +283,13 @@ def test_after_a_restore_the_new_path_of_a_device_wins_over_the_old_one() -> Non
     """The job restores a device from before its DOWNLOADED and, its inputs replayed in another
     order, takes it NOTIFIED -> VERIFYING -> SUCCEEDED: fewer transitions than it had sent before
     the crash. The rollout must still count it SUCCEEDED (seq grows with the clock)."""
-    rcell, members = logic.MemoryCell(), ro.MemoryMembers()
+    rcell, members = MemoryCell(), ro.MemoryMembers()
     logic.rollout_handle("dep1", json.dumps({"op": "create", "deployment_id": "dep1", "firmware": FW,
                                              "plan": {"rate_per_minute": 6000}, "target_count": 1, "chunks": 1}),
                          T0, rcell, members)
     logic.rollout_handle("dep1", json.dumps({"op": "targets", "deployment_id": "dep1", "chunk": 0,
                                              "devices": ["d1"]}), T0, rcell, members)
-    cell = logic.MemoryCell()
+    cell = MemoryCell()
     online = json.dumps({"device_id": "d1", "type": "status", "payload": {"online": True, "firmware_version": "1.0"}})
     assign = json.dumps({"op": "assign", "deployment_id": "dep1", "device_id": "d1", "wave": 0, "firmware": FW,
                          "device": DEVICE})
